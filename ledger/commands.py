@@ -1,0 +1,347 @@
+"""Commands: what callers ask the ledger to do, as plain values, with field validation.
+
+Validation here is about form only (lengths, ranges, syntax) and reports every bad field at once.
+Rules that depend on the ledger's state (balances, account status, four-eyes) live in rules.py.
+"""
+
+import dataclasses
+import datetime
+import re
+from decimal import Decimal, InvalidOperation
+
+from ledger import limits
+from ledger.currencies import ISO_4217_MINOR_UNITS
+from ledger.errors import RequestInvalid, Violation
+
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,%d}$" % limits.REQUEST_ID_LENGTH_MAX)
+ACCOUNT_ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{%d,%d}$" % (limits.ID_LENGTH_MIN - 1, limits.ID_LENGTH_MAX - 1))
+PENDING_ID_PATTERN = re.compile(r"^(pu|tr|cc)-[0-9]{1,19}$")
+DECIMAL_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")
+TXID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+ADDRESS_PATTERN = re.compile(r"^[A-Za-z0-9]{14,%d}$" % limits.ADDRESS_LENGTH_MAX)
+DESCRIPTOR_PATTERN = re.compile(r"^[a-z]+\([\x21-\x7e]*\)(#[a-z0-9]{8})?$")
+ACCOUNT_KINDS = ("cold", "warm", "hot")
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who sends a command: the identity and role taken from the client certificate."""
+
+    identity: str
+    role: str
+
+
+class _Checker:
+    """Collects violations so a caller learns about every bad field in one answer."""
+
+    def __init__(self):
+        self.violations: list[Violation] = []
+
+    def fail(self, field: str, rule: str, description: str) -> None:
+        self.violations.append(Violation(field, rule, description))
+
+    def request_id(self, value: str) -> None:
+        if not value:
+            self.fail("request_id", "REQUEST_ID_MISSING", "request_id is required on every command")
+        elif not REQUEST_ID_PATTERN.match(value):
+            self.fail("request_id", "REQUEST_ID_MALFORMED",
+                      f"request_id must be 1-{limits.REQUEST_ID_LENGTH_MAX} chars of [A-Za-z0-9._:-]")
+
+    def account_id(self, field: str, value: str) -> None:
+        if not value:
+            self.fail(field, "ACCOUNT_ID_MISSING", f"{field} is required")
+        elif not (ACCOUNT_ID_PATTERN.match(value) or value.startswith("nominal:") and len(value) <= 64):
+            self.fail(field, "ACCOUNT_ID_MALFORMED",
+                      f"{field} must be {limits.ID_LENGTH_MIN}-{limits.ID_LENGTH_MAX} chars of [a-z0-9-] starting with a letter")
+
+    def pending_id(self, field: str, value: str, prefix: str) -> None:
+        if not PENDING_ID_PATTERN.match(value or "") or not value.startswith(prefix + "-"):
+            self.fail(field, "PENDING_ID_MALFORMED", f"{field} must look like {prefix}-<number>")
+
+    def amount(self, field: str, value: int, *, zero_allowed: bool = False) -> None:
+        if value < 0 or (value == 0 and not zero_allowed):
+            self.fail(field, "AMOUNT_MUST_BE_POSITIVE", f"{field} must be a positive number of satoshis")
+        elif value > limits.AMOUNT_MAX_SATS:
+            self.fail(field, "AMOUNT_ABOVE_MAXIMUM", f"{field} must not exceed {limits.AMOUNT_MAX_SATS} sats")
+
+    def text(self, field: str, value: str, length_max: int, *, required: bool = False) -> None:
+        if required and not value.strip():
+            self.fail(field, "TEXT_MISSING", f"{field} is required")
+        elif len(value) > length_max:
+            self.fail(field, "TEXT_TOO_LONG", f"{field} must be at most {length_max} characters")
+        elif any(not ch.isprintable() for ch in value):
+            self.fail(field, "TEXT_NOT_PRINTABLE", f"{field} must not contain control characters")
+
+    def decimal(self, field: str, value: str, integer_digits_max: int, fraction_digits_max: int) -> Decimal | None:
+        if not DECIMAL_PATTERN.match(value or ""):
+            self.fail(field, "DECIMAL_MALFORMED", f"{field} must be a plain positive decimal such as 61234.50")
+            return None
+        integer, _, fraction = value.partition(".")
+        if len(integer) > integer_digits_max or len(fraction) > fraction_digits_max:
+            self.fail(field, "DECIMAL_OUT_OF_RANGE",
+                      f"{field} allows {integer_digits_max} integer and {fraction_digits_max} fraction digits")
+            return None
+        try:
+            number = Decimal(value)
+        except InvalidOperation:  # pragma: no cover - the pattern already excludes this
+            self.fail(field, "DECIMAL_MALFORMED", f"{field} is not a decimal")
+            return None
+        if number <= 0:
+            self.fail(field, "DECIMAL_MUST_BE_POSITIVE", f"{field} must be greater than zero")
+            return None
+        return number
+
+    def currency(self, field: str, value: str) -> None:
+        if value not in ISO_4217_MINOR_UNITS:
+            self.fail(field, "CURRENCY_CODE_UNKNOWN", f"{field} must be an active ISO-4217 code such as USD")
+
+    def date(self, field: str, value: str) -> None:
+        try:
+            ok = len(value) == 10 and datetime.date.fromisoformat(value) is not None
+        except ValueError:
+            ok = False
+        if not ok:
+            self.fail(field, "DATE_MALFORMED", f"{field} must be an ISO 8601 date YYYY-MM-DD")
+
+    def quorum(self, prefix: str, required: int, total: int, *, optional: bool) -> None:
+        if optional and required == 0 and total == 0:
+            return
+        if not (1 <= required <= total <= limits.QUORUM_TOTAL_MAX):
+            self.fail(f"{prefix}.required", "QUORUM_INVALID",
+                      f"quorum must satisfy 1 <= required <= total <= {limits.QUORUM_TOTAL_MAX}")
+
+    def raise_if_any(self) -> None:
+        if self.violations:
+            raise RequestInvalid(self.violations)
+
+
+class Command:
+    """Base of every command; `payload()` is what idempotency compares and what the event records."""
+
+    request_id: str
+
+    def check(self, checker: _Checker) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def validate(self) -> None:
+        checker = _Checker()
+        checker.request_id(self.request_id)
+        self.check(checker)
+        checker.raise_if_any()
+
+    def payload(self) -> dict:
+        fields = dataclasses.asdict(self)
+        fields.pop("request_id")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenAccount(Command):
+    request_id: str
+    account_id: str
+    kind: str
+    custodian: str
+    wallet_label: str
+    quorum_required: int
+    quorum_total: int
+    addresses: tuple[str, ...] = ()
+    descriptor: str = ""
+
+    def check(self, c: _Checker) -> None:
+        c.account_id("account_id", self.account_id)
+        if self.account_id.startswith("nominal:"):
+            c.fail("account_id", "ACCOUNT_ID_RESERVED", "the nominal: prefix is reserved for nominal accounts")
+        if self.kind not in ACCOUNT_KINDS:
+            c.fail("kind", "ACCOUNT_KIND_INVALID", "kind must be cold, warm or hot")
+        c.text("custodian", self.custodian, limits.NAME_LENGTH_MAX, required=True)
+        c.text("wallet_label", self.wallet_label, limits.NAME_LENGTH_MAX, required=True)
+        c.quorum("quorum", self.quorum_required, self.quorum_total, optional=False)
+        if len(self.addresses) > limits.ADDRESSES_MAX:
+            c.fail("addresses", "TOO_MANY_ADDRESSES", f"at most {limits.ADDRESSES_MAX} addresses")
+        for i, address in enumerate(self.addresses[: limits.ADDRESSES_MAX]):
+            if not ADDRESS_PATTERN.match(address):
+                c.fail(f"addresses[{i}]", "ADDRESS_MALFORMED", "not a Bitcoin address")
+        if len(set(self.addresses)) != len(self.addresses):
+            c.fail("addresses", "ADDRESS_DUPLICATED", "each address may be registered once")
+        if self.descriptor and (len(self.descriptor) > limits.DESCRIPTOR_LENGTH_MAX
+                                or not DESCRIPTOR_PATTERN.match(self.descriptor)):
+            c.fail("descriptor", "DESCRIPTOR_MALFORMED", "not an output descriptor such as wpkh(...)#checksum")
+
+
+@dataclasses.dataclass(frozen=True)
+class _AccountStatusChange(Command):
+    request_id: str
+    account_id: str
+    reason: str = ""
+
+    def check(self, c: _Checker) -> None:
+        c.account_id("account_id", self.account_id)
+        c.text("reason", self.reason, limits.TEXT_LENGTH_MAX)
+
+
+class FreezeAccount(_AccountStatusChange):
+    pass
+
+
+class UnfreezeAccount(_AccountStatusChange):
+    pass
+
+
+class CloseAccount(_AccountStatusChange):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordPurchase(Command):
+    request_id: str
+    account_id: str
+    quantity_sats: int
+    price_per_btc: str
+    currency_code: str
+    fiat_total: str
+    counterparty: str
+    trade_reference: str
+    trade_date: str
+
+    def check(self, c: _Checker) -> None:
+        c.account_id("account_id", self.account_id)
+        c.amount("quantity_sats", self.quantity_sats)
+        price = c.decimal("price_per_btc", self.price_per_btc,
+                          limits.PRICE_INTEGER_DIGITS_MAX, limits.PRICE_FRACTION_DIGITS_MAX)
+        c.currency("currency_code", self.currency_code)
+        if self.currency_code == "XXX":
+            c.fail("currency_code", "CURRENCY_CODE_UNKNOWN", "XXX (no currency) cannot price a purchase")
+        total = c.decimal("fiat_total", self.fiat_total, limits.FIAT_INTEGER_DIGITS_MAX, 4)
+        c.text("counterparty", self.counterparty, limits.NAME_LENGTH_MAX, required=True)
+        c.text("trade_reference", self.trade_reference, limits.NAME_LENGTH_MAX, required=True)
+        c.date("trade_date", self.trade_date)
+        if price is not None and total is not None and self.currency_code in ISO_4217_MINOR_UNITS \
+                and 0 < self.quantity_sats <= limits.AMOUNT_MAX_SATS:
+            minor_unit = Decimal(1).scaleb(-ISO_4217_MINOR_UNITS[self.currency_code])
+            if abs(price * self.quantity_sats / limits.SATS_PER_BTC - total) > minor_unit:
+                c.fail("fiat_total", "FIAT_TOTAL_MISMATCH",
+                       "fiat_total must equal price_per_btc x quantity_sats / 1e8 within one minor unit")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvePurchase(Command):
+    request_id: str
+    purchase_id: str
+    reason: str = ""
+
+    def check(self, c: _Checker) -> None:
+        c.pending_id("purchase_id", self.purchase_id, "pu")
+        c.text("reason", self.reason, limits.TEXT_LENGTH_MAX)
+
+
+class ApprovePurchase(ResolvePurchase):
+    pass
+
+
+class RejectPurchase(ResolvePurchase):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposeTransfer(Command):
+    request_id: str
+    debit_account_id: str
+    credit_account_id: str
+    amount_sats: int
+    memo: str = ""
+    expire_time_us: int = 0       # 0: the default expiry after the record time
+    corrects_position: int = -1   # -1: not a correction
+
+    def check(self, c: _Checker) -> None:
+        c.account_id("debit_account_id", self.debit_account_id)
+        c.account_id("credit_account_id", self.credit_account_id)
+        if self.debit_account_id and self.debit_account_id == self.credit_account_id:
+            c.fail("credit_account_id", "SAME_ACCOUNT_ON_BOTH_SIDES", "debit and credit accounts must differ")
+        c.amount("amount_sats", self.amount_sats)
+        c.text("memo", self.memo, limits.TEXT_LENGTH_MAX)
+        if self.expire_time_us < 0:
+            c.fail("expire_time", "EXPIRE_TIME_INVALID", "expire_time must be after the epoch")
+        if self.corrects_position < -1:
+            c.fail("corrects_position", "POSITION_INVALID", "corrects_position must be -1 or a position")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolveTransfer(Command):
+    request_id: str
+    transfer_id: str
+    reason: str = ""
+
+    def check(self, c: _Checker) -> None:
+        c.pending_id("transfer_id", self.transfer_id, "tr")
+        c.text("reason", self.reason, limits.TEXT_LENGTH_MAX)
+
+
+class ApproveTransfer(ResolveTransfer):
+    pass
+
+
+class RejectTransfer(ResolveTransfer):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpirePending(Command):
+    request_id: str
+    pending_id: str
+
+    def check(self, c: _Checker) -> None:
+        if not PENDING_ID_PATTERN.match(self.pending_id or ""):
+            c.fail("pending_id", "PENDING_ID_MALFORMED", "pending_id must look like tr-<number>")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposeCustodyChange(Command):
+    request_id: str
+    from_account_id: str
+    to_account_id: str
+    amount_sats: int
+    reason: str
+    key_ceremony_reference: str = ""
+    new_quorum_required: int = 0
+    new_quorum_total: int = 0
+    txid: str = ""
+    network_fee_sats: int = 0
+    expire_time_us: int = 0
+
+    def check(self, c: _Checker) -> None:
+        c.account_id("from_account_id", self.from_account_id)
+        c.account_id("to_account_id", self.to_account_id)
+        if self.from_account_id and self.from_account_id == self.to_account_id:
+            c.fail("to_account_id", "SAME_ACCOUNT_ON_BOTH_SIDES", "source and destination must differ")
+        c.amount("amount_sats", self.amount_sats)
+        c.text("reason", self.reason, limits.TEXT_LENGTH_MAX, required=True)
+        c.text("key_ceremony_reference", self.key_ceremony_reference, limits.NAME_LENGTH_MAX)
+        c.quorum("new_quorum", self.new_quorum_required, self.new_quorum_total, optional=True)
+        if self.txid and not TXID_PATTERN.match(self.txid):
+            c.fail("txid", "TXID_MALFORMED", "txid must be 64 lower-case hex characters")
+        c.amount("network_fee_sats", self.network_fee_sats, zero_allowed=True)
+        if 0 < self.amount_sats <= self.network_fee_sats:
+            c.fail("network_fee_sats", "FEE_NOT_BELOW_AMOUNT", "network_fee_sats must be below amount_sats")
+        if self.network_fee_sats > 0 and not self.txid:
+            c.fail("txid", "TXID_MISSING", "a network fee needs the on-chain txid")
+        if self.expire_time_us < 0:
+            c.fail("expire_time", "EXPIRE_TIME_INVALID", "expire_time must be after the epoch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolveCustodyChange(Command):
+    request_id: str
+    custody_change_id: str
+    reason: str = ""
+
+    def check(self, c: _Checker) -> None:
+        c.pending_id("custody_change_id", self.custody_change_id, "cc")
+        c.text("reason", self.reason, limits.TEXT_LENGTH_MAX)
+
+
+class ApproveCustodyChange(ResolveCustodyChange):
+    pass
+
+
+class RejectCustodyChange(ResolveCustodyChange):
+    pass

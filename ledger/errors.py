@@ -1,0 +1,156 @@
+"""Domain errors: each subclass names the rule that was broken and carries the offending values.
+
+services/status.py maps every class here to one gRPC status; nothing else in the code base decides
+status codes. A subclass sets `field` when the error concerns one request field, so that the
+service can answer with a google.rpc.BadRequest field violation.
+"""
+
+
+class LedgerError(Exception):
+    """Base of every expected, caller-caused failure of the ledger domain."""
+
+    field: str | None = None
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        if field is not None:
+            self.field = field
+
+    @property
+    def reason(self) -> str:
+        """UPPER_SNAKE name of the broken rule, for google.rpc.ErrorInfo."""
+        name = type(self).__name__
+        return "".join("_" + c if c.isupper() else c.upper() for c in name).lstrip("_")
+
+
+# --- INVALID_ARGUMENT: the request itself is malformed ---------------------------------------------
+
+class Violation:
+    """One bad field: the field path, the rule it broke (UPPER_SNAKE) and a sentence for humans."""
+
+    __slots__ = ("field", "rule", "description")
+
+    def __init__(self, field: str, rule: str, description: str):
+        self.field, self.rule, self.description = field, rule, description
+
+    def __repr__(self) -> str:
+        return f"Violation({self.field!r}, {self.rule!r}, {self.description!r})"
+
+
+class RequestInvalid(LedgerError):
+    """One or more fields are malformed; nothing was recorded."""
+
+    def __init__(self, violations: list[Violation]):
+        assert violations
+        self.violations = violations
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations), field=violations[0].field)
+
+    @property
+    def reason(self) -> str:
+        return self.violations[0].rule
+
+
+# --- NOT_FOUND ------------------------------------------------------------------------------------
+
+class NotFound(LedgerError):
+    """Base: the named thing does not exist."""
+
+
+class AccountNotFound(NotFound):
+    pass
+
+
+class PendingNotFound(NotFound):
+    pass
+
+
+# --- ALREADY_EXISTS -------------------------------------------------------------------------------
+
+class AlreadyExists(LedgerError):
+    """Base: the thing to create exists already."""
+
+
+class AccountAlreadyExists(AlreadyExists):
+    pass
+
+
+class RequestIdReusedWithDifferentPayload(AlreadyExists):
+    def __init__(self, request_id: str, differences: list[str]):
+        self.differences = differences
+        super().__init__(
+            f"request_id {request_id!r} was used before with a different payload; differing fields: "
+            + ", ".join(differences),
+            field="request_id",
+        )
+
+
+# --- FAILED_PRECONDITION: a ledger rule refuses the command in the current state ---------------------
+
+class RuleViolated(LedgerError):
+    """Base: the command is well formed but the ledger's state forbids it."""
+
+
+class InsufficientAvailableBalance(RuleViolated):
+    pass
+
+
+class AccountFrozen(RuleViolated):
+    pass
+
+
+class AccountClosed(RuleViolated):
+    pass
+
+
+class AccountNotFrozen(RuleViolated):
+    pass
+
+
+class AccountNotEmpty(RuleViolated):
+    pass
+
+
+class NominalAccountCannotChange(RuleViolated):
+    pass
+
+
+class AccountMustBeCustody(RuleViolated):
+    pass
+
+
+class ApproverMustDifferFromProposer(RuleViolated):
+    pass
+
+
+class PendingAlreadyResolved(RuleViolated):
+    pass
+
+
+class PendingExpired(RuleViolated):
+    pass
+
+
+class PendingNotYetExpired(RuleViolated):
+    pass
+
+
+class CorrectedPositionUnknown(RuleViolated):
+    pass
+
+
+# --- PERMISSION_DENIED / UNAUTHENTICATED / ABORTED --------------------------------------------------
+
+class RoleNotAllowed(LedgerError):
+    pass
+
+
+class IdentityMissing(LedgerError):
+    pass
+
+
+class ConcurrencyRetriesExhausted(LedgerError):
+    pass
+
+
+class PositionBeyondLog(LedgerError):
+    pass

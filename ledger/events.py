@@ -1,0 +1,170 @@
+"""Domain events of the reserve ledger and their canonical form.
+
+Every event is recorded on the single `Book` aggregate: its version n is the event at log position
+n - 1, so positions are dense, gap-free and known when the event is decided. Events are immutable;
+corrections are new events (a transfer to or from nominal:adjustments that names what it corrects).
+
+Canonical form (docs/FORMATS.md): a JSON object with sorted keys, no insignificant whitespace, UTF-8,
+integers only (amounts in satoshis; prices and fiat amounts as decimal strings):
+  {"actor", "actor_role", "data": {...event fields...}, "format_version": 1, "position",
+   "request_digest", "request_id", "time_us", "type"}
+The canonical bytes are what the Merkle log commits to and what auditors re-hash.
+"""
+
+import json
+import uuid
+from datetime import datetime, timezone
+
+from eventsourcing.domain import Aggregate
+
+CANONICAL_FORMAT_VERSION = 1
+BOOK_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://reserve-ledger.invalid/book")
+METADATA_FIELDS = ("request_id", "request_digest", "actor", "actor_role")
+
+
+class Book(Aggregate):
+    """The aggregate every event belongs to; its version is the log length (see module docstring)."""
+
+    class Recorded(Aggregate.Event):
+        request_id: str
+        request_digest: str
+        actor: str
+        actor_role: str
+
+        def apply(self, aggregate: "Book") -> None:
+            """State lives in ledger.state.ReserveState, folded from canonical events."""
+
+    class AccountOpened(Recorded):
+        account_id: str
+        kind: str
+        custodian: str
+        wallet_label: str
+        quorum_required: int
+        quorum_total: int
+        addresses: list
+        descriptor: str
+
+    class AccountFrozen(Recorded):
+        account_id: str
+        reason: str
+
+    class AccountUnfrozen(Recorded):
+        account_id: str
+        reason: str
+
+    class AccountClosed(Recorded):
+        account_id: str
+        reason: str
+
+    class ReservePurchased(Recorded):
+        purchase_id: str
+        account_id: str
+        quantity_sats: int
+        price_per_btc: str
+        currency_code: str
+        fiat_total: str
+        counterparty: str
+        trade_reference: str
+        trade_date: str
+
+    class PurchaseProposed(ReservePurchased):
+        expire_time_us: int
+
+    class PurchaseApproved(Recorded):
+        purchase_id: str
+        proposer: str
+
+    class PurchaseRejected(Recorded):
+        purchase_id: str
+        reason: str
+
+    class PurchaseExpired(Recorded):
+        purchase_id: str
+
+    class TransferProposed(Recorded):
+        transfer_id: str
+        debit_account_id: str
+        credit_account_id: str
+        amount_sats: int
+        memo: str
+        expire_time_us: int
+        corrects_position: int
+
+    class TransferApproved(Recorded):
+        transfer_id: str
+        proposer: str
+
+    class TransferRejected(Recorded):
+        transfer_id: str
+        reason: str
+
+    class TransferExpired(Recorded):
+        transfer_id: str
+
+    class CustodyChangeProposed(Recorded):
+        custody_change_id: str
+        from_account_id: str
+        to_account_id: str
+        amount_sats: int
+        reason: str
+        key_ceremony_reference: str
+        new_quorum_required: int
+        new_quorum_total: int
+        txid: str
+        network_fee_sats: int
+        expire_time_us: int
+
+    class CustodyChangeApproved(Recorded):
+        custody_change_id: str
+        proposer: str
+
+    class CustodyChangeRejected(Recorded):
+        custody_change_id: str
+        reason: str
+
+    class CustodyChangeExpired(Recorded):
+        custody_change_id: str
+
+
+EVENT_CLASSES: dict[str, type] = {
+    name: cls for name, cls in vars(Book).items()
+    if isinstance(cls, type) and issubclass(cls, Book.Recorded) and cls is not Book.Recorded
+}
+
+
+def make_event(event_type: str, position: int, time_us: int, metadata: dict, data: dict) -> Book.Recorded:
+    """Build the stored event for a decision; its Book version is position + 1."""
+    timestamp = datetime.fromtimestamp(time_us // 1_000_000, tz=timezone.utc).replace(microsecond=time_us % 1_000_000)
+    return EVENT_CLASSES[event_type](originator_id=BOOK_ID, originator_version=position + 1, timestamp=timestamp,
+                                     **metadata, **data)
+
+
+def time_us_of(timestamp_iso: str) -> int:
+    moment = datetime.fromisoformat(timestamp_iso)
+    whole = moment.replace(microsecond=0)
+    return int(whole.timestamp()) * 1_000_000 + moment.microsecond
+
+
+def canonical_event(originator_version: int, topic: str, state: bytes) -> dict:
+    """The canonical form of one stored event (its row: version, topic, state JSON)."""
+    fields = json.loads(state)
+    stamp = fields.pop("timestamp")
+    if not (isinstance(stamp, dict) and stamp.get("_type_") == "datetime_iso"):
+        raise ValueError(f"event {originator_version} has no timestamp")
+    metadata = {name: fields.pop(name) for name in METADATA_FIELDS}
+    return {"format_version": CANONICAL_FORMAT_VERSION, "position": originator_version - 1,
+            "type": topic.rpartition(".")[2], "time_us": time_us_of(stamp["_data_"]), **metadata, "data": fields}
+
+
+def canonical_bytes(event: dict) -> bytes:
+    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_canonical_bytes(data: bytes) -> dict:
+    """Inverse of canonical_bytes for auditors; refuses bytes that are not in canonical form."""
+    event = json.loads(data)
+    if not isinstance(event, dict) or event.get("format_version") != CANONICAL_FORMAT_VERSION:
+        raise ValueError("not a canonical event of a known format version")
+    if canonical_bytes(event) != data:
+        raise ValueError("bytes are not in canonical form")
+    return event

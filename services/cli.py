@@ -1,0 +1,124 @@
+"""The `reserve-ledger` command."""
+
+import argparse
+import logging
+import sys
+
+from tqdm import tqdm
+
+
+def _storage_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--data-dir", default="./reserve-data", help="SQLite data directory (default ./reserve-data)")
+    group.add_argument("--database", metavar="URL", help="PostgreSQL URL, e.g. postgresql://postgres@127.0.0.1/test")
+
+
+def _open_ledger(args):
+    from ledger.application import ReserveLedger
+    from services.config import storage_env
+    return ReserveLedger(storage_env(None if args.database else args.data_dir, args.database))
+
+
+def cmd_serve(args) -> int:
+    from services.server import LedgerServer, ServerConfig
+    server = LedgerServer(ServerConfig(
+        listen=args.listen, data_dir=None if args.database else args.data_dir, database_url=args.database,
+        certs_dir=args.certs, insecure_loopback=args.insecure_loopback,
+        purchase_approval_threshold_sats=args.purchase_approval_threshold_sats)).start()
+    print(f"reserve-ledger serving on port {server.port}", flush=True)
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+def cmd_certs(args) -> int:
+    from services.certs import DEFAULT_IDENTITIES, init_certs
+    identities = [tuple(i.split(":", 1)) for i in args.identity] if args.identity else DEFAULT_IDENTITIES
+    out = init_certs(args.dir, identities)
+    print(f"wrote ca.pem, server.pem/.key and {', '.join(n for n, _ in identities)} certificates to {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from services.demo import run_demo
+    return run_demo(args.data_dir)
+
+
+def cmd_rebuild(args) -> int:
+    ledger = _open_ledger(args)
+    size = ledger.store.log_size()
+    with tqdm(total=size, unit="event", desc="replaying", disable=not sys.stderr.isatty()) as bar:
+        last = [0]
+
+        def progress(position: int) -> None:
+            bar.update(position - last[0])
+            last[0] = position
+        rebuilt = ledger.rebuild(progress)
+        bar.update(size - last[0])
+    live = ledger.live_state_bytes()
+    same = rebuilt.to_bytes() == live
+    print(f"replayed {size} events; rebuilt projection {'equals' if same else 'DIFFERS FROM'} the live view")
+    ledger.replace_projection(rebuilt)
+    ledger.close()
+    return 0 if same else 1
+
+
+def cmd_balances(args) -> int:
+    from ledger import state as views
+    from services.tables import balances_table, holdings_table
+    ledger = _open_ledger(args)
+    if args.as_of_position is not None:
+        state = ledger.state_as_of(args.as_of_position)
+    else:
+        with ledger.reading() as live:
+            state = live.copy()
+    print(f"as of position {state.position}")
+    print(balances_table(views.balances(state)))
+    print(holdings_table(views.holdings(state)))
+    ledger.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reserve-ledger", description="Event-sourced ledger for Bitcoin reserves")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gRPC service")
+    _storage_args(serve)
+    serve.add_argument("--listen", default="127.0.0.1:50051")
+    serve.add_argument("--certs", help="directory with ca.pem, server.pem, server.key")
+    serve.add_argument("--insecure-loopback", action="store_true", help="plaintext, loopback development only")
+    serve.add_argument("--purchase-approval-threshold-sats", type=int, default=10 * 100_000_000)
+    serve.set_defaults(run=cmd_serve)
+    certs = commands.add_parser("certs", help="development certificates")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_sub.add_parser("init", help="create a CA, a server and client certificates")
+    init.add_argument("dir")
+    init.add_argument("--identity", action="append", metavar="NAME:ROLE",
+                      help="client identity (repeatable); default alice:operator bob:approver carol:approver "
+                           "dave:auditor erin:admin")
+    init.set_defaults(run=cmd_certs)
+    demo = commands.add_parser("demo", help="run the demonstration scenario")
+    demo.add_argument("--data-dir", help="keep the demo's data here (default: a temporary directory)")
+    demo.set_defaults(run=cmd_demo)
+    rebuild = commands.add_parser("rebuild", help="replay every event into fresh projections")
+    _storage_args(rebuild)
+    rebuild.set_defaults(run=cmd_rebuild)
+    balances = commands.add_parser("balances", help="print balances and holdings")
+    _storage_args(balances)
+    balances.add_argument("--as-of-position", type=int)
+    balances.set_defaults(run=cmd_balances)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Storage configuration: a SQLite data directory (default) or a PostgreSQL URL -> eventsourcing env.
+
+The env is complete and explicit: the ledger application does not merge os.environ into it, so a stray
+variable (e.g. POSTGRES_ENABLE_DB_FUNCTIONS, which would drop the insert lock) cannot change storage.
+"""
+
+import pathlib
+from urllib.parse import parse_qs, unquote, urlparse
+
+SQLITE_FILE_NAME = "ledger.sqlite"
+POSTGRES_LOCK_TIMEOUT_S = 5
+
+
+def sqlite_env(data_dir: str | pathlib.Path) -> dict:
+    path = pathlib.Path(data_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(path / SQLITE_FILE_NAME),
+        "SQLITE_LOCK_TIMEOUT": "30",
+        "APPLICATION_RECORDER_TOPIC": "services.storage:SQLiteLedgerRecorder",
+        "CREATE_TABLE": "y",
+    }
+
+
+def postgres_env(database_url: str) -> dict:
+    """postgresql://user[:password]@host[:port]/dbname[?schema=name]"""
+    url = urlparse(database_url)
+    if url.scheme not in ("postgresql", "postgres") or not url.path.strip("/"):
+        raise ValueError("database URL must look like postgresql://user@host:5432/dbname")
+    query = parse_qs(url.query)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": url.path.strip("/"),
+        "POSTGRES_HOST": url.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": unquote(url.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(url.password or ""),
+        "POSTGRES_SCHEMA": query.get("schema", ["public"])[0],
+        "POSTGRES_LOCK_TIMEOUT": str(POSTGRES_LOCK_TIMEOUT_S),
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "POSTGRES_POOL_SIZE": "4",
+        "POSTGRES_MAX_OVERFLOW": "8",
+        "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+        "APPLICATION_RECORDER_TOPIC": "services.storage:PostgresLedgerRecorder",
+        "CREATE_TABLE": "y",
+    }
+
+
+def storage_env(data_dir: str | None, database_url: str | None) -> dict:
+    if database_url:
+        return postgres_env(database_url)
+    return sqlite_env(data_dir or "./reserve-data")

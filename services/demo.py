@@ -1,0 +1,136 @@
+"""`reserve-ledger demo`: a real server on SQLite, driven through gRPC with mTLS by several identities."""
+
+import hashlib
+import pathlib
+import tempfile
+
+import grpc
+
+from reserve_ledger.v1 import ledger_pb2 as pb
+from services.certs import init_certs
+from services.client import ledger_stub
+from services.server import LedgerServer, ServerConfig
+from services.tables import balances_table, cost_table, holdings_table
+
+BTC = 100_000_000
+
+
+def _say(text: str) -> None:
+    print(f"  - {text}")
+
+
+def _accounts(alice) -> None:
+    for account_id, custodian, kind, quorum, label in (
+            ("bny-cold-1", "BNY Mellon", pb.ACCOUNT_KIND_COLD, (3, 5), "BNY cold vault A"),
+            ("vault-cold-2", "Central Bank Vault", pb.ACCOUNT_KIND_COLD, (4, 7), "Basement vault 2"),
+            ("ops-warm-1", "Central Bank Operations", pb.ACCOUNT_KIND_WARM, (2, 3), "Operations warm wallet"),
+            ("vault-cold-3", "Central Bank Vault", pb.ACCOUNT_KIND_COLD, (5, 7), "Vault 3 (2026 ceremony)")):
+        alice.OpenAccount(pb.OpenAccountRequest(
+            request_id=f"open-{account_id}", account_id=account_id, kind=kind, custodian=custodian,
+            wallet_label=label, quorum=pb.Quorum(required=quorum[0], total=quorum[1])), timeout=10)
+        _say(f"alice (operator) opened {account_id} at {custodian}, {quorum[0]}-of-{quorum[1]}")
+
+
+def _purchases(alice, bob) -> None:
+    trades = (("buy-1", "bny-cold-1", 5 * BTC, "61234.50", "USD", "306172.50", "Coinbase Prime", "2026-11-02"),
+              ("buy-2", "vault-cold-2", 8 * BTC, "56780.25", "EUR", "454242.00", "Bitstamp Institutional", "2026-11-05"),
+              ("buy-3", "bny-cold-1", 25 * BTC, "62010.00", "USD", "1550250.00", "Cumberland OTC", "2026-11-09"))
+    for request_id, account, sats, price, currency, total, venue, date in trades:
+        reply = alice.RecordPurchase(pb.RecordPurchaseRequest(
+            request_id=request_id, account_id=account, quantity_sats=sats, price_per_btc=price,
+            currency_code=currency, fiat_total=total, counterparty=venue, trade_reference=f"T-{request_id}",
+            trade_date=date), timeout=10)
+        note = "waits for approval (above threshold)" if reply.pending_approval else "posted"
+        _say(f"alice recorded {sats // BTC} BTC at {price} {currency} from {venue}: {note}")
+        if reply.pending_approval:
+            bob.ApprovePurchase(pb.ApprovePurchaseRequest(request_id=f"approve-{request_id}",
+                                                          purchase_id=reply.purchase_id), timeout=10)
+            _say(f"bob (approver) approved {reply.purchase_id}")
+
+
+def _transfers(alice, bob, carol) -> None:
+    first = alice.ProposeTransfer(pb.ProposeTransferRequest(
+        request_id="move-1", debit_account_id="bny-cold-1", credit_account_id="ops-warm-1",
+        amount_sats=2 * BTC, memo="top up operations wallet"), timeout=10)
+    _say(f"alice proposed {first.transfer_id}: 2 BTC bny-cold-1 -> ops-warm-1 (held until approved)")
+    try:
+        alice.ApproveTransfer(pb.ApproveTransferRequest(request_id="self-approve", transfer_id=first.transfer_id),
+                              timeout=10)
+    except grpc.RpcError as error:
+        _say(f"alice tried to approve it: {error.code().name} ({error.details()})")
+    carol.ApproveTransfer(pb.ApproveTransferRequest(request_id="approve-move-1", transfer_id=first.transfer_id),
+                          timeout=10)
+    _say(f"carol (approver) approved {first.transfer_id}")
+    second = alice.ProposeTransfer(pb.ProposeTransferRequest(
+        request_id="move-2", debit_account_id="vault-cold-2", credit_account_id="ops-warm-1",
+        amount_sats=BTC, memo="unplanned top-up"), timeout=10)
+    bob.RejectTransfer(pb.RejectTransferRequest(request_id="reject-move-2", transfer_id=second.transfer_id,
+                                                reason="not in the liquidity plan"), timeout=10)
+    _say(f"bob rejected {second.transfer_id} (1 BTC vault-cold-2 -> ops-warm-1): hold released")
+
+
+def _four_eyes(frank_operator, frank_approver) -> None:
+    proposal = frank_operator.ProposeTransfer(pb.ProposeTransferRequest(
+        request_id="frank-move", debit_account_id="vault-cold-2", credit_account_id="ops-warm-1",
+        amount_sats=BTC // 2, memo="frank's proposal"), timeout=10)
+    _say(f"frank (operator certificate) proposed {proposal.transfer_id}")
+    try:
+        frank_approver.ApproveTransfer(pb.ApproveTransferRequest(request_id="frank-approves-himself",
+                                                                 transfer_id=proposal.transfer_id), timeout=10)
+    except grpc.RpcError as error:
+        _say(f"frank (approver certificate) tried to approve it himself: {error.code().name} ({error.details()})")
+    frank_approver.RejectTransfer(pb.RejectTransferRequest(request_id="frank-withdraws",
+                                                           transfer_id=proposal.transfer_id,
+                                                           reason="withdrawn: needs a second approver"), timeout=10)
+
+
+def _custody_change(alice, bob) -> None:
+    txid = hashlib.sha256(b"demo custody move").hexdigest()
+    change = alice.ProposeCustodyChange(pb.ProposeCustodyChangeRequest(
+        request_id="ceremony-2026", from_account_id="bny-cold-1", to_account_id="vault-cold-3",
+        amount_sats=10 * BTC, reason="repatriate to own vault after key ceremony",
+        key_ceremony_reference="KC-2026-11-20", new_quorum=pb.Quorum(required=5, total=7), txid=txid,
+        network_fee_sats=2_500), timeout=10)
+    bob.ApproveCustodyChange(pb.ApproveCustodyChangeRequest(request_id="approve-ceremony-2026",
+                                                            custody_change_id=change.custody_change_id), timeout=10)
+    _say(f"custody change {change.custody_change_id}: 10 BTC BNY -> vault-cold-3 (5-of-7), fee 2,500 sats, "
+         "proposed by alice, approved by bob")
+
+
+def _report(dave) -> None:
+    balances = dave.GetBalances(pb.GetBalancesRequest(), timeout=10)
+    rows = [{"account_id": b.account_id, "kind": pb.AccountKind.Name(b.kind).removeprefix("ACCOUNT_KIND_").lower(),
+             "balance_sats": b.balance_sats, "held_sats": b.held_sats, "available_sats": b.available_sats}
+            for b in balances.balances]
+    print(f"\nBalances as of position {balances.position} (as seen by dave, auditor):")
+    print(balances_table(rows))
+    holdings = dave.GetHoldings(pb.GetHoldingsRequest(), timeout=10)
+    print("\nHoldings per custodian:")
+    print(holdings_table({"custodians": [{"custodian": c.custodian, "wallet_count": c.wallet_count,
+                                          "balance_sats": c.balance_sats, "held_sats": c.held_sats}
+                                         for c in holdings.custodians], "total_sats": holdings.total_sats}))
+    cost = dave.GetCostBasis(pb.GetCostBasisRequest(), timeout=10)
+    print("\nCost basis:")
+    print(cost_table({"currencies": [{"currency_code": c.currency_code, "quantity_sats": c.quantity_sats,
+                                      "fiat_total": c.fiat_total, "average_price_per_btc": c.average_price_per_btc,
+                                      "remaining_sats": c.remaining_sats, "remaining_cost_fifo": c.remaining_cost_fifo}
+                                     for c in cost.currencies]}))
+
+
+def run_demo(data_dir: str | None) -> int:
+    directory = pathlib.Path(data_dir or tempfile.mkdtemp(prefix="reserve-ledger-demo-"))
+    certs = init_certs(directory / "certs")
+    server = LedgerServer(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs))).start()
+    address = f"127.0.0.1:{server.port}"
+    print(f"Reserve Ledger demo: server on {address} (mTLS), SQLite data in {directory}")
+    try:
+        alice, bob, carol, dave = (ledger_stub(address, certs, name) for name in ("alice", "bob", "carol", "dave"))
+        _accounts(alice)
+        _purchases(alice, bob)
+        _transfers(alice, bob, carol)
+        _four_eyes(ledger_stub(address, certs, "frank-operator"), ledger_stub(address, certs, "frank-approver"))
+        _custody_change(alice, bob)
+        _report(dave)
+    finally:
+        server.stop()
+    return 0

@@ -1,0 +1,269 @@
+"""ReserveLedgerService: proto -> one ledger call -> proto. No business rules and no try/except here;
+errors raised as LedgerError are turned into statuses by the interceptor (services/interceptor.py)."""
+
+import base64
+import json
+import time
+
+from google.protobuf import timestamp_pb2
+
+from ledger import commands as cmd
+from ledger import errors, limits
+from ledger import state as views
+from ledger.application import Recorded, ReserveLedger
+from reserve_ledger.v1 import ledger_pb2 as pb
+from reserve_ledger.v1 import ledger_pb2_grpc
+from services.auth import caller_of
+from services.writer import CommandWriter
+
+KIND_TO_PROTO = {"cold": pb.ACCOUNT_KIND_COLD, "warm": pb.ACCOUNT_KIND_WARM, "hot": pb.ACCOUNT_KIND_HOT,
+                 "nominal": pb.ACCOUNT_KIND_NOMINAL}
+PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items() if k != "nominal"}
+STATUS_TO_PROTO = {"open": pb.ACCOUNT_STATUS_OPEN, "frozen": pb.ACCOUNT_STATUS_FROZEN,
+                   "closed": pb.ACCOUNT_STATUS_CLOSED}
+STREAM_HEARTBEAT_S = 5.0
+STREAM_POLL_S = 0.2
+
+
+def time_us_of(stamp: timestamp_pb2.Timestamp) -> int:
+    return stamp.seconds * 1_000_000 + stamp.nanos // 1000
+
+
+def timestamp_of(time_us: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=time_us // 1_000_000, nanos=(time_us % 1_000_000) * 1000)
+
+
+def result_of(recorded: Recorded) -> pb.CommandResult:
+    return pb.CommandResult(position=recorded.position, event_type=recorded.event_type, replayed=recorded.replayed)
+
+
+def event_to_proto(event: dict, event_bytes: bytes, leaf: bytes) -> pb.Event:
+    return pb.Event(position=event["position"], event_type=event["type"], actor=event["actor"],
+                    actor_role=event["actor_role"], record_time=timestamp_of(event["time_us"]),
+                    payload_json=json.dumps(event["data"], sort_keys=True, separators=(",", ":")),
+                    canonical_bytes=event_bytes, leaf_hash=leaf)
+
+
+def account_to_proto(account: dict) -> pb.Account:
+    return pb.Account(account_id=account["account_id"], kind=KIND_TO_PROTO[account["kind"]],
+                      status=STATUS_TO_PROTO[account["status"]], custodian=account["custodian"],
+                      wallet_label=account["wallet_label"],
+                      quorum=pb.Quorum(required=account["quorum"][0], total=account["quorum"][1]),
+                      addresses=account["addresses"], descriptor=account["descriptor"])
+
+
+def page_size_of(requested: int, field: str = "page_size") -> int:
+    if requested < 0:
+        raise errors.RequestInvalid([errors.Violation(field, "PAGE_SIZE_NEGATIVE", f"{field} must not be negative")])
+    return min(requested or limits.PAGE_SIZE_DEFAULT, limits.PAGE_SIZE_MAX)
+
+
+def offset_of(token: str, kind: str) -> int:
+    """Page tokens are opaque to clients; they carry the kind of list and the next offset."""
+    if not token:
+        return 0
+    try:
+        found_kind, _, offset = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if found_kind == kind and offset.isdigit():
+            return int(offset)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise errors.RequestInvalid([errors.Violation("page_token", "PAGE_TOKEN_INVALID", "page_token is not one we issued")])
+
+
+def token_of(kind: str, offset: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{offset}".encode()).decode()
+
+
+class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
+    def __init__(self, ledger: ReserveLedger, writer: CommandWriter, leaf_of, dev_mode: bool = False):
+        self._ledger = ledger
+        self._writer = writer
+        self._leaf_of = leaf_of
+        self._dev_mode = dev_mode
+
+    def _run(self, command: cmd.Command, context) -> Recorded:
+        command.validate()
+        remaining_s = context.time_remaining()
+        outcome = self._writer.execute(command, caller_of(context, self._dev_mode), context.is_active,
+                                       remaining_s if remaining_s is not None and remaining_s < 86_400 else None)
+        if isinstance(outcome, errors.LedgerError):
+            raise outcome
+        return outcome
+
+    # --- accounts -------------------------------------------------------------------------------------
+
+    def OpenAccount(self, request, context):
+        recorded = self._run(cmd.OpenAccount(
+            request_id=request.request_id, account_id=request.account_id,
+            kind=PROTO_TO_KIND.get(request.kind, "unspecified"), custodian=request.custodian,
+            wallet_label=request.wallet_label, quorum_required=request.quorum.required,
+            quorum_total=request.quorum.total, addresses=tuple(request.addresses), descriptor=request.descriptor),
+            context)
+        data = recorded.data
+        return pb.OpenAccountResponse(result=result_of(recorded), account=pb.Account(
+            account_id=data["account_id"], kind=KIND_TO_PROTO[data["kind"]], status=pb.ACCOUNT_STATUS_OPEN,
+            custodian=data["custodian"], wallet_label=data["wallet_label"],
+            quorum=pb.Quorum(required=data["quorum_required"], total=data["quorum_total"]),
+            addresses=data["addresses"], descriptor=data["descriptor"]))
+
+    def FreezeAccount(self, request, context):
+        recorded = self._run(cmd.FreezeAccount(request.request_id, request.account_id, request.reason), context)
+        return pb.FreezeAccountResponse(result=result_of(recorded))
+
+    def UnfreezeAccount(self, request, context):
+        recorded = self._run(cmd.UnfreezeAccount(request.request_id, request.account_id, request.reason), context)
+        return pb.UnfreezeAccountResponse(result=result_of(recorded))
+
+    def CloseAccount(self, request, context):
+        recorded = self._run(cmd.CloseAccount(request.request_id, request.account_id, request.reason), context)
+        return pb.CloseAccountResponse(result=result_of(recorded))
+
+    # --- purchases ------------------------------------------------------------------------------------
+
+    def RecordPurchase(self, request, context):
+        recorded = self._run(cmd.RecordPurchase(
+            request_id=request.request_id, account_id=request.account_id, quantity_sats=request.quantity_sats,
+            price_per_btc=request.price_per_btc, currency_code=request.currency_code,
+            fiat_total=request.fiat_total, counterparty=request.counterparty,
+            trade_reference=request.trade_reference, trade_date=request.trade_date), context)
+        return pb.RecordPurchaseResponse(result=result_of(recorded), purchase_id=recorded.data["purchase_id"],
+                                         pending_approval=recorded.event_type == "PurchaseProposed")
+
+    def ApprovePurchase(self, request, context):
+        recorded = self._run(cmd.ApprovePurchase(request.request_id, request.purchase_id), context)
+        return pb.ApprovePurchaseResponse(result=result_of(recorded))
+
+    def RejectPurchase(self, request, context):
+        recorded = self._run(cmd.RejectPurchase(request.request_id, request.purchase_id, request.reason), context)
+        return pb.RejectPurchaseResponse(result=result_of(recorded))
+
+    # --- transfers ------------------------------------------------------------------------------------
+
+    def ProposeTransfer(self, request, context):
+        recorded = self._run(cmd.ProposeTransfer(
+            request_id=request.request_id, debit_account_id=request.debit_account_id,
+            credit_account_id=request.credit_account_id, amount_sats=request.amount_sats, memo=request.memo,
+            expire_time_us=time_us_of(request.expire_time) if request.HasField("expire_time") else 0,
+            corrects_position=request.corrects_position if request.corrects_position else -1), context)
+        return pb.ProposeTransferResponse(result=result_of(recorded), transfer_id=recorded.data["transfer_id"])
+
+    def ApproveTransfer(self, request, context):
+        recorded = self._run(cmd.ApproveTransfer(request.request_id, request.transfer_id), context)
+        return pb.ApproveTransferResponse(result=result_of(recorded))
+
+    def RejectTransfer(self, request, context):
+        recorded = self._run(cmd.RejectTransfer(request.request_id, request.transfer_id, request.reason), context)
+        return pb.RejectTransferResponse(result=result_of(recorded))
+
+    def ExpireTransfer(self, request, context):
+        recorded = self._run(cmd.ExpirePending(request.request_id, request.transfer_id), context)
+        return pb.ExpireTransferResponse(result=result_of(recorded))
+
+    # --- custody changes ------------------------------------------------------------------------------
+
+    def ProposeCustodyChange(self, request, context):
+        recorded = self._run(cmd.ProposeCustodyChange(
+            request_id=request.request_id, from_account_id=request.from_account_id,
+            to_account_id=request.to_account_id, amount_sats=request.amount_sats, reason=request.reason,
+            key_ceremony_reference=request.key_ceremony_reference,
+            new_quorum_required=request.new_quorum.required, new_quorum_total=request.new_quorum.total,
+            txid=request.txid, network_fee_sats=request.network_fee_sats,
+            expire_time_us=time_us_of(request.expire_time) if request.HasField("expire_time") else 0), context)
+        return pb.ProposeCustodyChangeResponse(result=result_of(recorded),
+                                               custody_change_id=recorded.data["custody_change_id"])
+
+    def ApproveCustodyChange(self, request, context):
+        recorded = self._run(cmd.ApproveCustodyChange(request.request_id, request.custody_change_id), context)
+        return pb.ApproveCustodyChangeResponse(result=result_of(recorded))
+
+    def RejectCustodyChange(self, request, context):
+        recorded = self._run(cmd.RejectCustodyChange(request.request_id, request.custody_change_id,
+                                                     request.reason), context)
+        return pb.RejectCustodyChangeResponse(result=result_of(recorded))
+
+    # --- queries --------------------------------------------------------------------------------------
+
+    def _state_at(self, as_of: pb.AsOf):
+        which = as_of.WhichOneof("point")
+        if which == "position":
+            if as_of.position < 0:
+                raise errors.RequestInvalid([errors.Violation("as_of.position", "POSITION_INVALID",
+                                                              "as_of.position must not be negative")])
+            return self._ledger.state_as_of(as_of.position)
+        if which == "time":
+            position = self._ledger.position_at_time(time_us_of(as_of.time))
+            if position < 0:
+                from ledger.state import ReserveState
+                return ReserveState()
+            return self._ledger.state_as_of(position)
+        with self._ledger.reading() as state:
+            return state.copy()
+
+    def ListAccounts(self, request, context):
+        size = page_size_of(request.page_size)
+        offset = offset_of(request.page_token, "accounts")
+        with self._ledger.reading() as state:
+            accounts = sorted(state.accounts.values(), key=lambda a: a["account_id"])
+            page = [account_to_proto(a) for a in accounts[offset:offset + size]]
+            more = offset + size < len(accounts)
+        return pb.ListAccountsResponse(accounts=page, next_page_token=token_of("accounts", offset + size) if more else "")
+
+    def GetBalances(self, request, context):
+        state = self._state_at(request.as_of)
+        return pb.GetBalancesResponse(position=state.position, balances=[
+            pb.Balance(**{**row, "kind": KIND_TO_PROTO[row["kind"]]}) for row in views.balances(state)])
+
+    def GetHoldings(self, request, context):
+        state = self._state_at(request.as_of)
+        view = views.holdings(state)
+        return pb.GetHoldingsResponse(position=state.position, total_sats=view["total_sats"],
+                                      custodians=[pb.CustodianHolding(**row) for row in view["custodians"]])
+
+    def GetCostBasis(self, request, context):
+        state = self._state_at(request.as_of)
+        view = views.cost_basis(state)
+        return pb.GetCostBasisResponse(position=state.position, lots=[pb.Lot(**lot) for lot in view["lots"]],
+                                       currencies=[pb.CurrencyCost(**c) for c in view["currencies"]])
+
+    def ListPending(self, request, context):
+        with self._ledger.reading() as state:
+            rows = sorted(state.pending.values(), key=lambda p: p["position"])
+            position = state.position
+        return pb.ListPendingResponse(position=position, pending=[pb.Pending(
+            pending_id=p["pending_id"], pending_kind=p["pending_kind"], debit_account_id=p["debit_account_id"],
+            credit_account_id=p["credit_account_id"], amount_sats=p["amount_sats"], proposer=p["proposer"],
+            position=p["position"], expire_time=timestamp_of(p["expire_time_us"])) for p in rows])
+
+    def _events(self, start: int, limit: int) -> list[pb.Event]:
+        return [event_to_proto(event, data, self._leaf_of(data)) for event, data in
+                self._ledger.read_events(start, limit)]
+
+    def ListEvents(self, request, context):
+        size = page_size_of(request.page_size)
+        if request.start_position < 0:
+            raise errors.RequestInvalid([errors.Violation("start_position", "POSITION_INVALID",
+                                                          "start_position must not be negative")])
+        start = offset_of(request.page_token, "events") if request.page_token else request.start_position
+        events = self._events(start, size + 1)
+        more = len(events) > size
+        return pb.ListEventsResponse(events=events[:size],
+                                     next_page_token=token_of("events", start + size) if more else "")
+
+    def StreamEvents(self, request, context):
+        size = page_size_of(request.batch_size, "batch_size") if request.batch_size else limits.STREAM_BATCH_DEFAULT
+        if request.start_position < 0:
+            raise errors.RequestInvalid([errors.Violation("start_position", "POSITION_INVALID",
+                                                          "start_position must not be negative")])
+        position, idle_since = request.start_position, time.monotonic()
+        while context.is_active():  # a follow stream runs until the client cancels or the server stops
+            events = self._events(position, min(size, limits.STREAM_BATCH_MAX))
+            if events:
+                position = events[-1].position + 1
+                idle_since = time.monotonic()
+                yield pb.StreamEventsResponse(events=events, next_position=position)
+            elif time.monotonic() - idle_since >= STREAM_HEARTBEAT_S:
+                idle_since = time.monotonic()
+                yield pb.StreamEventsResponse(next_position=position)
+            else:
+                time.sleep(STREAM_POLL_S)

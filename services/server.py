@@ -1,0 +1,118 @@
+"""Composition root: storage -> ledger -> writer -> servicers -> gRPC server; graceful stop."""
+
+import dataclasses
+import ipaddress
+import logging
+import pathlib
+import random
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ledger import merkle
+from ledger.application import ReserveLedger
+from ledger.commands import Caller, ExpirePending
+from ledger.rules import Policy
+from reserve_ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from services.config import storage_env
+from services.interceptor import LedgerInterceptor
+from services.ledger_servicer import LedgerServicer
+from services.writer import CommandWriter
+
+log = logging.getLogger("reserve_ledger.server")
+SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["ReserveLedgerService"].full_name
+WORKER_THREADS = 64
+SYSTEM_CALLER = Caller("system", "system")
+
+
+def clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+def jittered_backoff(attempt: int) -> None:
+    """After losing an append race to another process: sleep up to 1 ms x 2^attempt (capped at 100 ms)."""
+    time.sleep(random.uniform(0, min(0.001 * 2 ** attempt, 0.1)))
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    data_dir: str | None = "./reserve-data"
+    database_url: str | None = None
+    certs_dir: str | None = None           # holds ca.pem, server.pem, server.key
+    insecure_loopback: bool = False        # plaintext, development only, loopback only
+    purchase_approval_threshold_sats: int = Policy().purchase_approval_threshold_sats
+    expiry_interval_s: float = 30.0
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_credentials(certs_dir: str) -> grpc.ServerCredentials:
+    directory = pathlib.Path(certs_dir)
+    return grpc.ssl_server_credentials(
+        [((directory / "server.key").read_bytes(), (directory / "server.pem").read_bytes())],
+        root_certificates=(directory / "ca.pem").read_bytes(), require_client_auth=True)
+
+
+class LedgerServer:
+    def __init__(self, config: ServerConfig):
+        if config.insecure_loopback and not is_loopback(config.listen):
+            raise ValueError("plaintext mode is for loopback development only; use mTLS on other addresses")
+        if not config.insecure_loopback and not config.certs_dir:
+            raise ValueError("mTLS needs --certs DIR (ca.pem, server.pem, server.key); see `reserve-ledger certs init`")
+        self.config = config
+        self.ledger = ReserveLedger(storage_env(config.data_dir, config.database_url),
+                                    Policy(config.purchase_approval_threshold_sats), jittered_backoff)
+        self.writer = CommandWriter(self.ledger, clock_us)
+        self.health = health.HealthServicer(experimental_non_blocking=True,
+                                            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKER_THREADS),
+                                  interceptors=[LedgerInterceptor(config.insecure_loopback)],
+                                  options=[("grpc.so_reuseport", 0)])
+        ledger_pb2_grpc.add_ReserveLedgerServiceServicer_to_server(
+            LedgerServicer(self.ledger, self.writer, merkle.leaf_hash, config.insecure_loopback), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        if config.insecure_loopback:
+            self.port = self.server.add_insecure_port(config.listen)
+        else:
+            self.port = self.server.add_secure_port(config.listen, server_credentials(config.certs_dir))
+        self._stopping = threading.Event()
+        self._expiry = threading.Thread(target=self._expire_forever, name="expiry", daemon=True)
+
+    def start(self) -> "LedgerServer":
+        self.server.start()
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._expiry.start()
+        log.info("serving on port %s", self.port)
+        return self
+
+    def _expire_forever(self) -> None:
+        """Runs until stop(): voids proposals whose expiry time has passed."""
+        while not self._stopping.wait(self.config.expiry_interval_s):
+            for pending_id in self.ledger.due_for_expiry(clock_us()):
+                self.writer.execute(ExpirePending(f"expire:{pending_id}", pending_id), SYSTEM_CALLER)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Refuse new calls, let running ones finish, commit what is queued, save the projection."""
+        self._stopping.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait()
+        self.writer.stop()
+        self.ledger.persist_projection()
+        self.ledger.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
