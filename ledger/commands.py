@@ -130,9 +130,9 @@ class Command:
         checker.raise_if_any()
 
     def payload(self) -> dict:
-        fields = dataclasses.asdict(self)
-        fields.pop("request_id")
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+        """The command's fields but request_id (flat: every field is a primitive or a tuple of them)."""
+        values = ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "request_id")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,33 @@
+"""The benchmark scripts run end to end at small sizes, so they cannot rot between measurement runs.
+
+These check that the scripts work and report what they claim; speed is measured by running them by hand.
+"""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_replay_benchmark_replays_every_event_it_wrote(tmp_path):
+    out = run("bench_replay.py", "--events", "3000", "--data-dir", str(tmp_path))
+    size = int(re.search(r"events: ([\d,]+)", out).group(1).replace(",", ""))
+    assert size >= 3000
+    assert re.search(r"replay into fresh projections: +[\d,]+ events/s", out)
+    assert re.search(r"replay / raw scan: \d+\.\d\d", out)
+
+
+def test_command_benchmark_reports_ledger_and_echo_rates():
+    out = run("bench_commands.py", "--clients", "2", "--seconds", "1")
+    rates = [float(m.replace(",", "")) for m in re.findall(r"([\d,]+) calls/s", out)]
+    assert len(rates) == 2 and all(rate > 0 for rate in rates), out
+    assert re.search(r"ledger / echo: \d+\.\d\d", out)
