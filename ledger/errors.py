@@ -154,3 +154,11 @@ class ConcurrencyRetriesExhausted(LedgerError):
 
 class PositionBeyondLog(LedgerError):
     pass
+
+
+class TreeSizeBeyondLog(LedgerError):
+    """A position or tree size lies beyond the current log (OUT_OF_RANGE: it may exist later)."""
+
+
+class TreeHeadNotFound(NotFound):
+    """No signed tree head exists for that size."""

@@ -32,3 +32,7 @@ COMMAND_BATCH_MAX = 256
 COMMAND_ATTEMPTS_MAX = 12
 # Events read per page when replaying the log.
 REPLAY_PAGE_SIZE = 5000
+
+# Audit API: leaves per StreamLeaves message.
+LEAF_BATCH_DEFAULT = 500
+LEAF_BATCH_MAX = 2000

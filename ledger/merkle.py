@@ -229,3 +229,22 @@ class MemoryNodeStore:
 
     def get_nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
         return {key: self.nodes[key] for key in keys if key in self.nodes}
+
+
+class CompactRange:
+    """The O(log n) frontier of a log being rebuilt leaf by leaf: root at any size without storing the tree."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._nodes: dict[NodeKey, bytes] = {}
+
+    def append(self, leaf: bytes) -> None:
+        self._nodes.update(append_nodes(self.size, leaf, self._nodes))
+        self.size += 1
+        keep = set(frontier_keys(self.size))
+        self._nodes = {key: value for key, value in self._nodes.items() if key in keep}
+
+    def root(self) -> bytes:
+        if self.size == 0:
+            return EMPTY_ROOT
+        return fold_range([self._nodes[key] for key in frontier_keys(self.size)])

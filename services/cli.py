@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import pathlib
 import sys
 
 from tqdm import tqdm
@@ -24,7 +25,8 @@ def cmd_serve(args) -> int:
     server = LedgerServer(ServerConfig(
         listen=args.listen, data_dir=None if args.database else args.data_dir, database_url=args.database,
         certs_dir=args.certs, insecure_loopback=args.insecure_loopback,
-        purchase_approval_threshold_sats=args.purchase_approval_threshold_sats)).start()
+        purchase_approval_threshold_sats=args.purchase_approval_threshold_sats,
+        signing_key_path=args.signing_key, tree_head_interval_s=args.tree_head_interval_s)).start()
     print(f"reserve-ledger serving on port {server.port}", flush=True)
     import signal
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
@@ -67,6 +69,38 @@ def cmd_rebuild(args) -> int:
     return 0 if same else 1
 
 
+def _public_key_for_verify(args) -> bytes | None:
+    from cryptography.hazmat.primitives import serialization
+    from services.signing import SIGNING_KEY_FILE_NAME
+    if args.public_key:
+        return bytes.fromhex(args.public_key)
+    path = pathlib.Path(args.signing_key) if args.signing_key else (
+        None if args.database else pathlib.Path(args.data_dir) / SIGNING_KEY_FILE_NAME)
+    if path is None or not path.exists():
+        return None
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def cmd_verify(args) -> int:
+    from services.verify import verify_ledger
+    public_key = _public_key_for_verify(args)
+    ledger = _open_ledger(args)
+    size = ledger.store.log_size()
+    with tqdm(total=size, unit="event", desc="verifying", disable=not sys.stderr.isatty()) as bar:
+        report = verify_ledger(ledger, public_key, lambda position: bar.update(position - bar.n))
+    ledger.close()
+    for problem in report.problems:
+        print(f"FAIL {problem.description}")
+    if public_key is None:
+        print("note: no public key given (--public-key HEX or --signing-key FILE): signatures were not checked")
+    if report.problems:
+        print(f"{len(report.problems)} problem(s); first bad position: {report.first_bad_position}")
+        return 1
+    print(f"OK: {report.events} events, {report.tree_heads} signed tree heads, projections equal a replay")
+    return 0
+
+
 def cmd_balances(args) -> int:
     from ledger import state as views
     from services.tables import balances_table, holdings_table
@@ -92,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certs", help="directory with ca.pem, server.pem, server.key")
     serve.add_argument("--insecure-loopback", action="store_true", help="plaintext, loopback development only")
     serve.add_argument("--purchase-approval-threshold-sats", type=int, default=10 * 100_000_000)
+    serve.add_argument("--signing-key", metavar="FILE",
+                       help="Ed25519 PEM key for tree heads (default DATA_DIR/tree-head-signing.key; "
+                            "required with --database)")
+    serve.add_argument("--tree-head-interval-s", type=float, default=60.0,
+                       help="sign a tree head this often when the log has grown (default 60)")
     serve.set_defaults(run=cmd_serve)
     certs = commands.add_parser("certs", help="development certificates")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
@@ -104,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the demonstration scenario")
     demo.add_argument("--data-dir", help="keep the demo's data here (default: a temporary directory)")
     demo.set_defaults(run=cmd_demo)
+    verify = commands.add_parser("verify", help="re-check stored events, Merkle log, tree heads and projections")
+    _storage_args(verify)
+    verify.add_argument("--public-key", metavar="HEX", help="raw Ed25519 public key of the tree heads")
+    verify.add_argument("--signing-key", metavar="FILE", help="take the public key from this key file")
+    verify.set_defaults(run=cmd_verify)
     rebuild = commands.add_parser("rebuild", help="replay every event into fresh projections")
     _storage_args(rebuild)
     rebuild.set_defaults(run=cmd_rebuild)

@@ -17,14 +17,17 @@ from ledger import merkle
 from ledger.application import ReserveLedger
 from ledger.commands import Caller, ExpirePending
 from ledger.rules import Policy
-from reserve_ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from reserve_ledger.v1 import audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from services.audit_servicer import AuditServicer
 from services.config import storage_env
 from services.interceptor import LedgerInterceptor
 from services.ledger_servicer import LedgerServicer
+from services.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key
 from services.writer import CommandWriter
 
 log = logging.getLogger("reserve_ledger.server")
 SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["ReserveLedgerService"].full_name
+AUDIT_SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 WORKER_THREADS = 64
 SYSTEM_CALLER = Caller("system", "system")
 
@@ -47,6 +50,16 @@ class ServerConfig:
     insecure_loopback: bool = False        # plaintext, development only, loopback only
     purchase_approval_threshold_sats: int = Policy().purchase_approval_threshold_sats
     expiry_interval_s: float = 30.0
+    signing_key_path: str | None = None    # default: <data_dir>/tree-head-signing.key (required with a database)
+    tree_head_interval_s: float = 60.0     # how often a new head is signed when the log has grown
+
+
+def signing_key_path_of(config: ServerConfig) -> pathlib.Path:
+    if config.signing_key_path:
+        return pathlib.Path(config.signing_key_path)
+    if config.database_url:
+        raise ValueError("with --database every replica must sign with the same key: pass --signing-key FILE")
+    return pathlib.Path(config.data_dir or "./reserve-data") / SIGNING_KEY_FILE_NAME
 
 
 def is_loopback(listen: str) -> bool:
@@ -76,6 +89,8 @@ class LedgerServer:
         self.ledger = ReserveLedger(storage_env(config.data_dir, config.database_url),
                                     Policy(config.purchase_approval_threshold_sats), jittered_backoff)
         self.writer = CommandWriter(self.ledger, clock_us)
+        self.signer = TreeHeadSigner(self.ledger.store, load_or_create_signing_key(signing_key_path_of(config)),
+                                     clock_us)
         self.health = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKER_THREADS),
@@ -83,19 +98,23 @@ class LedgerServer:
                                   options=[("grpc.so_reuseport", 0)])
         ledger_pb2_grpc.add_ReserveLedgerServiceServicer_to_server(
             LedgerServicer(self.ledger, self.writer, merkle.leaf_hash, config.insecure_loopback), self.server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.ledger, self.signer), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, AUDIT_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         if config.insecure_loopback:
             self.port = self.server.add_insecure_port(config.listen)
         else:
             self.port = self.server.add_secure_port(config.listen, server_credentials(config.certs_dir))
         self._stopping = threading.Event()
         self._expiry = threading.Thread(target=self._expire_forever, name="expiry", daemon=True)
+        self._heads = threading.Thread(target=self._sign_heads_forever, name="tree-heads", daemon=True)
 
     def start(self) -> "LedgerServer":
         self.server.start()
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._expiry.start()
+        self._heads.start()
         log.info("serving on port %s", self.port)
         return self
 
@@ -105,6 +124,14 @@ class LedgerServer:
             for pending_id in self.ledger.due_for_expiry(clock_us()):
                 self.writer.execute(ExpirePending(f"expire:{pending_id}", pending_id), SYSTEM_CALLER)
 
+    def _sign_heads_forever(self) -> None:
+        """Runs until stop(): signs a tree head for the current log whenever it has grown."""
+        while not self._stopping.wait(self.config.tree_head_interval_s):
+            try:
+                self.signer.latest()
+            except Exception:  # a database hiccup must not end the worker; the next period retries
+                log.exception("signing a tree head failed")
+
     def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new calls, let running ones finish, commit what is queued, save the projection."""
         self._stopping.set()
@@ -112,6 +139,10 @@ class LedgerServer:
         self.server.stop(grace_s).wait()
         self.writer.stop()
         self.ledger.persist_projection()
+        try:
+            self.signer.latest()  # a head that covers every acknowledged command
+        except Exception:
+            log.exception("signing the final tree head failed")
         self.ledger.close()
 
     def wait(self) -> None:

@@ -12,6 +12,7 @@ DOMAIN = "reserve-ledger"
 STATUS_BY_ERROR: dict[type, grpc.StatusCode] = {
     errors.RequestInvalid: grpc.StatusCode.INVALID_ARGUMENT,
     errors.PositionBeyondLog: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.TreeSizeBeyondLog: grpc.StatusCode.OUT_OF_RANGE,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.RuleViolated: grpc.StatusCode.FAILED_PRECONDITION,

@@ -19,6 +19,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from ledger import merkle
+from ledger.tree_heads import TreeHead
 from ledger.application import LogRow
 from ledger.events import canonical_bytes, canonical_event
 
@@ -35,6 +36,11 @@ CREATE TABLE IF NOT EXISTS {s}tree_heads (
   tree_size BIGINT PRIMARY KEY, root_hash {blob} NOT NULL, timestamp_us BIGINT NOT NULL,
   signature {blob} NOT NULL, key_id TEXT NOT NULL)
 """
+
+
+def _tree_head(row) -> TreeHead:
+    return TreeHead(row["tree_size"], bytes(row["root_hash"]), row["timestamp_us"], bytes(row["signature"]),
+                    row["key_id"])
 
 
 class _LedgerTables:
@@ -128,6 +134,9 @@ class _LedgerTables:
         self._write("INSERT INTO {s}checkpoints (position, state) VALUES (?, ?) ON CONFLICT (position) DO NOTHING",
                     (position, state))
 
+    def checkpoint_positions(self) -> list[int]:
+        return [r["position"] for r in self._read_all("SELECT position FROM {s}checkpoints ORDER BY position")]
+
     def get_nodes(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         """merkle.NodeReader: every requested complete subtree, in one query."""
         if not keys:
@@ -136,6 +145,49 @@ class _LedgerTables:
         params = tuple(v for key in keys for v in key)
         rows = self._read_all(f"SELECT level, idx, hash FROM {{s}}merkle_nodes WHERE {clause}", params)
         return {(r["level"], r["idx"]): bytes(r["hash"]) for r in rows}
+
+    # --- signed tree heads ---------------------------------------------------------------------------
+
+    def save_tree_head(self, head: TreeHead) -> None:
+        """First head signed for a size wins (replicas may race); heads are never changed."""
+        self._write("INSERT INTO {s}tree_heads (tree_size, root_hash, timestamp_us, signature, key_id) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tree_size) DO NOTHING",
+                    (head.tree_size, head.root_hash, head.timestamp_us, head.signature, head.key_id))
+
+    def load_tree_head(self, tree_size: int | None = None) -> TreeHead | None:
+        """The head of that size, or the largest one when tree_size is None."""
+        where = "" if tree_size is None else "WHERE tree_size = ? "
+        row = self._read_one("SELECT tree_size, root_hash, timestamp_us, signature, key_id FROM {s}tree_heads "
+                             + where + "ORDER BY tree_size DESC LIMIT 1", () if tree_size is None else (tree_size,))
+        return None if row is None else _tree_head(row)
+
+    def list_tree_heads(self) -> list[TreeHead]:
+        rows = self._read_all("SELECT tree_size, root_hash, timestamp_us, signature, key_id FROM {s}tree_heads "
+                              "ORDER BY tree_size")
+        return [_tree_head(row) for row in rows]
+
+    # --- raw reads for `reserve-ledger verify` (no trust in any derived table) --------------------------
+
+    def scan_log_rows(self, start_position: int, limit: int) -> list[dict]:
+        """ledger_log rows from a position, each with its event row's columns (None when that row is gone)."""
+        rows = self._read_all(
+            "SELECT l.position AS position, l.request_id AS request_id, l.event_type AS event_type, "
+            "e.originator_version AS version, e.topic AS topic, e.state AS state FROM {s}ledger_log l "
+            "LEFT JOIN {e} e ON e." + self.events_id_column + " = l.notification_id "
+            "WHERE l.position >= ? ORDER BY l.position LIMIT ?", (start_position, limit))
+        return [dict(r) for r in rows]
+
+    def stray_event_versions(self, limit: int) -> list[int]:
+        """Versions of event rows that no log position refers to (rows inserted behind the log's back)."""
+        rows = self._read_all(
+            "SELECT e.originator_version AS version FROM {e} e LEFT JOIN {s}ledger_log l ON l.notification_id = e."
+            + self.events_id_column + " WHERE l.position IS NULL ORDER BY e.originator_version LIMIT ?", (limit,))
+        return [r["version"] for r in rows]
+
+    def scan_leaves(self, start_idx: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = self._read_all("SELECT idx, hash FROM {s}merkle_nodes WHERE level = 0 AND idx >= ? "
+                              "ORDER BY idx LIMIT ?", (start_idx, limit))
+        return [(r["idx"], bytes(r["hash"])) for r in rows]
 
     def clear_projections(self) -> None:
         self._write("DELETE FROM {s}projections", ())

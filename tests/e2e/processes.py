@@ -19,9 +19,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(certs_dir, data_dir=None, database_url=None, timeout_s=30.0):
+def start_server(certs_dir, data_dir=None, database_url=None, timeout_s=30.0, signing_key=None):
     port = free_port()
     storage = ["--database", database_url] if database_url else ["--data-dir", str(data_dir)]
+    if signing_key:
+        storage += ["--signing-key", str(signing_key)]
     process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--listen", f"127.0.0.1:{port}",
                                 "--certs", str(certs_dir), *storage],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -10,9 +10,12 @@ import grpc
 import pytest
 
 from ledger.application import ReserveLedger
+from ledger.tree_heads import raw_public_key
 from reserve_ledger.v1 import ledger_pb2 as pb
 from services.client import ledger_stub
 from services.config import postgres_env, sqlite_env
+from services.signing import load_or_create_signing_key
+from services.verify import verify_ledger
 from tests.e2e.helpers import BTC, open_account, purchase
 from tests.e2e.processes import start_server
 
@@ -51,9 +54,15 @@ def _race(addresses, certs_dir, client_number, transfers, acknowledged, lock):
             acknowledged.append(proposed.transfer_id)
 
 
-def _check_log(env, acknowledged):
+def _check_log(env, acknowledged, signing_key=None):
     ledger = ReserveLedger(env)
     try:
+        public_key = None
+        if signing_key is not None:
+            public_key = raw_public_key(load_or_create_signing_key(signing_key).public_key())
+        report = verify_ledger(ledger, public_key)  # dense leaves in log order, none skipped or doubled
+        assert report.problems == [] and report.events == ledger.store.log_size()
+        assert signing_key is None or report.tree_heads >= 1
         rebuilt = ledger.rebuild()  # the fold raises on any overdraft or debit/credit mismatch
         assert rebuilt.to_bytes() == ledger.live_state_bytes()
         approvals = collections.Counter(event["data"]["transfer_id"] for event in ledger.iter_events(0)
@@ -93,12 +102,13 @@ def test_eight_clients_racing_on_sqlite_conserve_totals_and_never_overdraw(tmp_p
 
 
 @pytest.mark.postgres
-def test_eight_clients_on_two_server_processes_sharing_postgresql_stay_correct(certs_dir):
+def test_eight_clients_on_two_server_processes_sharing_postgresql_stay_correct(certs_dir, tmp_path):
     """Two `serve` processes on one PostgreSQL database: optimistic concurrency keeps the ledger right."""
     from tests.conftest import POSTGRES_URL, _drop_schema, _postgres_schema
     schema = _postgres_schema()
     url = f"{POSTGRES_URL}?schema={schema}"
-    servers = [start_server(certs_dir, database_url=url) for _ in range(2)]
+    signing_key = tmp_path / "signing.key"
+    servers = [start_server(certs_dir, database_url=url, signing_key=signing_key) for _ in range(2)]
     try:
         _fund(servers[0][1], certs_dir)
         acknowledged = _run_clients([address for _, address in servers], certs_dir, TRANSFERS_PER_CLIENT)
@@ -106,7 +116,7 @@ def test_eight_clients_on_two_server_processes_sharing_postgresql_stay_correct(c
             process.send_signal(signal.SIGTERM)
             process.wait(30)
         assert len(acknowledged) > CLIENTS * TRANSFERS_PER_CLIENT // 2
-        _check_log(postgres_env(url), acknowledged)
+        _check_log(postgres_env(url), acknowledged, signing_key)
     finally:
         for process, _ in servers:
             process.kill()

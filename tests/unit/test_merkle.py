@@ -209,3 +209,11 @@ def test_append_touches_only_log_many_nodes():
         assert len(store.nodes) - before <= 11
     assert len(merkle.frontier_keys(1023)) == 10
     assert merkle.frontier_keys(6) == [(2, 0), (1, 2)]
+
+
+def test_compact_range_root_equals_stored_root_at_every_size(log):
+    compact = merkle.CompactRange()
+    assert compact.root() == merkle.EMPTY_ROOT
+    for i, data in enumerate(leaf_inputs(SIZE_MAX)):
+        compact.append(merkle.leaf_hash_from_digest(data))
+        assert compact.root() == merkle.root_hash(log, i + 1)

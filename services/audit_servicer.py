@@ -1,0 +1,95 @@
+"""AuditService: signed tree heads, RFC 9162 proofs and canonical event bytes, read-only.
+
+Proofs are computed from stored subtree hashes (ledger.merkle), never by rehashing the log.
+Errors are LedgerErrors, mapped to statuses by the interceptor.
+"""
+
+from ledger import errors, limits, merkle
+from ledger.application import ReserveLedger
+from ledger.tree_heads import TreeHead
+from reserve_ledger.v1 import audit_pb2 as pb
+from reserve_ledger.v1 import audit_pb2_grpc
+from services.signing import TreeHeadSigner
+
+
+def head_to_proto(head: TreeHead) -> pb.SignedTreeHead:
+    return pb.SignedTreeHead(tree_size=head.tree_size, root_hash=head.root_hash, timestamp_us=head.timestamp_us,
+                             signature=head.signature, key_id=head.key_id)
+
+
+def _not_negative(**values: int) -> None:
+    violations = [errors.Violation(name, "MUST_NOT_BE_NEGATIVE", f"{name} must not be negative")
+                  for name, value in values.items() if value < 0]
+    if violations:
+        raise errors.RequestInvalid(violations)
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    def __init__(self, ledger: ReserveLedger, signer: TreeHeadSigner):
+        self._ledger = ledger
+        self._store = ledger.store
+        self._signer = signer
+
+    def _within_log(self, value: int, field: str) -> None:
+        size = self._store.log_size()
+        if value > size:
+            raise errors.TreeSizeBeyondLog(f"{field} {value} is beyond the log's {size} events", field=field)
+
+    def _leaf(self, position: int) -> pb.Leaf:
+        if position >= self._store.log_size():
+            raise errors.TreeSizeBeyondLog(f"no event at position {position} yet", field="position")
+        _, event_bytes = self._ledger.read_events(position, 1)[0]
+        return pb.Leaf(position=position, canonical_bytes=event_bytes, leaf_hash=merkle.leaf_hash(event_bytes))
+
+    def GetTreeHead(self, request, context):
+        _not_negative(tree_size=request.tree_size)
+        if request.tree_size == 0:
+            return pb.GetTreeHeadResponse(tree_head=head_to_proto(self._signer.latest()))
+        self._within_log(request.tree_size, "tree_size")
+        head = self._store.load_tree_head(request.tree_size)
+        if head is None:
+            raise errors.TreeHeadNotFound(f"no tree head was signed at size {request.tree_size}", field="tree_size")
+        return pb.GetTreeHeadResponse(tree_head=head_to_proto(head))
+
+    def GetInclusionProof(self, request, context):
+        _not_negative(position=request.position, tree_size=request.tree_size)
+        self._within_log(request.tree_size, "tree_size")
+        if request.position >= request.tree_size:
+            raise errors.TreeSizeBeyondLog(f"position {request.position} is not in a tree of {request.tree_size}",
+                                           field="position")
+        hashes = merkle.inclusion_proof(self._store, request.position, request.tree_size)
+        leaf = self._store.get_nodes([(0, request.position)])[(0, request.position)]
+        return pb.GetInclusionProofResponse(position=request.position, tree_size=request.tree_size,
+                                            leaf_hash=leaf, hashes=hashes)
+
+    def GetConsistencyProof(self, request, context):
+        first, second = request.first_tree_size, request.second_tree_size
+        _not_negative(first_tree_size=first, second_tree_size=second)
+        if first > second:
+            raise errors.RequestInvalid([errors.Violation(
+                "first_tree_size", "FIRST_TREE_SIZE_ABOVE_SECOND", "first_tree_size must not exceed second_tree_size")])
+        self._within_log(second, "second_tree_size")
+        return pb.GetConsistencyProofResponse(first_tree_size=first, second_tree_size=second,
+                                              hashes=merkle.consistency_proof(self._store, first, second))
+
+    def GetEventBytes(self, request, context):
+        _not_negative(position=request.position)
+        return pb.GetEventBytesResponse(leaf=self._leaf(request.position))
+
+    def StreamLeaves(self, request, context):
+        _not_negative(start_position=request.start_position)
+        if not 0 <= request.batch_size <= limits.LEAF_BATCH_MAX:
+            raise errors.RequestInvalid([errors.Violation(
+                "batch_size", "BATCH_SIZE_OUT_OF_RANGE", f"batch_size must be 0..{limits.LEAF_BATCH_MAX}")])
+        end = self._store.log_size()
+        self._within_log(request.start_position, "start_position")
+        batch_size, position = request.batch_size or limits.LEAF_BATCH_DEFAULT, request.start_position
+        while position < end and context.is_active():  # bounded: stops at the log's size when the call began
+            rows = self._ledger.read_events(position, min(batch_size, end - position))
+            yield pb.StreamLeavesResponse(leaves=[
+                pb.Leaf(position=event["position"], canonical_bytes=data, leaf_hash=merkle.leaf_hash(data))
+                for event, data in rows])
+            position = rows[-1][0]["position"] + 1
+
+    def GetPublicKey(self, request, context):
+        return pb.GetPublicKeyResponse(ed25519_public_key=self._signer.public_key_raw, key_id=self._signer.key_id)
