@@ -31,3 +31,10 @@ def test_command_benchmark_reports_ledger_and_echo_rates():
     rates = [float(m.replace(",", "")) for m in re.findall(r"([\d,]+) calls/s", out)]
     assert len(rates) == 2 and all(rate > 0 for rate in rates), out
     assert re.search(r"ledger / echo: \d+\.\d\d", out)
+
+
+def test_proof_benchmark_verifies_the_proofs_it_times(tmp_path):
+    out = run("bench_proofs.py", "--events", "2000", "--samples", "50", "--data-dir", str(tmp_path))
+    assert re.search(r"log part of the inserts .*: [\d.]+ us/event", out)
+    assert re.search(r"inclusion proof \(size [\d,]+\): +p50 [\d.]+ ms", out)
+    assert re.search(r"consistency proof \(to [\d,]+\): +p50 [\d.]+ ms", out)
