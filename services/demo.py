@@ -6,9 +6,13 @@ import tempfile
 
 import grpc
 
+from ledger import merkle
+from ledger.tree_heads import TreeHead, verify_tree_head
+from reserve_ledger.v1 import audit_pb2 as apb
+from reserve_ledger.v1 import audit_pb2_grpc
 from reserve_ledger.v1 import ledger_pb2 as pb
 from services.certs import init_certs
-from services.client import ledger_stub
+from services.client import ledger_stub, secure_channel
 from services.server import LedgerServer, ServerConfig
 from services.tables import balances_table, cost_table, holdings_table
 
@@ -117,6 +121,24 @@ def _report(dave) -> None:
                                      for c in cost.currencies]}))
 
 
+def _audit(address: str, certs) -> None:
+    """dave checks, with ledger/ verifiers only, a signed tree head, an inclusion and a consistency proof."""
+    audit = audit_pb2_grpc.AuditServiceStub(secure_channel(address, certs, "dave"))
+    public_key = audit.GetPublicKey(apb.GetPublicKeyRequest(), timeout=10).ed25519_public_key
+    proto = audit.GetTreeHead(apb.GetTreeHeadRequest(), timeout=10).tree_head
+    head = TreeHead(proto.tree_size, proto.root_hash, proto.timestamp_us, proto.signature, proto.key_id)
+    position = head.tree_size // 2
+    leaf = audit.GetEventBytes(apb.GetEventBytesRequest(position=position), timeout=10).leaf
+    path = audit.GetInclusionProof(apb.GetInclusionProofRequest(position=position, tree_size=head.tree_size),
+                                   timeout=10).hashes
+    print(f"\nAudit (dave): tree head of {head.tree_size} events, root {head.root_hash.hex()[:16]}…, "
+          f"signature {'valid' if verify_tree_head(public_key, head) else 'INVALID'} (key {head.key_id[:16]}…)")
+    included = merkle.verify_inclusion(merkle.leaf_hash(leaf.canonical_bytes), position, head.tree_size,
+                                       list(path), head.root_hash)
+    print(f"  event {position} ({len(leaf.canonical_bytes)} canonical bytes) is in that tree: "
+          f"{'proof valid' if included else 'PROOF INVALID'} ({len(path)} hashes)")
+
+
 def run_demo(data_dir: str | None) -> int:
     directory = pathlib.Path(data_dir or tempfile.mkdtemp(prefix="reserve-ledger-demo-"))
     certs = init_certs(directory / "certs")
@@ -131,6 +153,7 @@ def run_demo(data_dir: str | None) -> int:
         _four_eyes(ledger_stub(address, certs, "frank-operator"), ledger_stub(address, certs, "frank-approver"))
         _custody_change(alice, bob)
         _report(dave)
+        _audit(address, certs)
     finally:
         server.stop()
     return 0

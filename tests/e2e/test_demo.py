@@ -1,0 +1,17 @@
+"""`reserve-ledger demo` runs end to end, and the history it leaves behind passes `reserve-ledger verify`."""
+
+import subprocess
+import sys
+
+
+def test_demo_runs_and_its_history_verifies(tmp_path):
+    demo = subprocess.run([sys.executable, "-m", "services.cli", "demo", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=180)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    for expected in ("Balances as of position", "Holdings per custodian", "Cost basis", "signature valid",
+                     "proof valid"):
+        assert expected in demo.stdout, expected
+    verify = subprocess.run([sys.executable, "-m", "services.cli", "verify", "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=180)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.startswith("OK: ")
