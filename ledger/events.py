@@ -155,9 +155,11 @@ def canonical_event(originator_version: int, topic: str, state: bytes) -> dict:
     stamp = fields.pop("timestamp")
     if not (isinstance(stamp, dict) and stamp.get("_type_") == "datetime_iso"):
         raise ValueError(f"event {originator_version} has no timestamp")
-    metadata = {name: fields.pop(name) for name in METADATA_FIELDS}
+    take = fields.pop  # the metadata fields (METADATA_FIELDS) move up; what remains is the event's data
     return {"format_version": CANONICAL_FORMAT_VERSION, "position": originator_version - 1,
-            "type": topic.rpartition(".")[2], "time_us": time_us_of(stamp["_data_"]), **metadata, "data": fields}
+            "type": topic.rpartition(".")[2], "time_us": time_us_of(stamp["_data_"]),
+            "request_id": take("request_id"), "request_digest": take("request_digest"), "actor": take("actor"),
+            "actor_role": take("actor_role"), "data": fields}
 
 
 def canonical_bytes(event: dict) -> bytes:

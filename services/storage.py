@@ -34,8 +34,19 @@ CREATE TABLE IF NOT EXISTS {s}projections (name TEXT PRIMARY KEY, position BIGIN
 CREATE TABLE IF NOT EXISTS {s}checkpoints (position BIGINT PRIMARY KEY, state {blob} NOT NULL);
 CREATE TABLE IF NOT EXISTS {s}tree_heads (
   tree_size BIGINT PRIMARY KEY, root_hash {blob} NOT NULL, timestamp_us BIGINT NOT NULL,
-  signature {blob} NOT NULL, key_id TEXT NOT NULL)
+  signature {blob} NOT NULL, key_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS {s}anchors (
+  anchor_id BIGINT PRIMARY KEY, tree_size BIGINT NOT NULL, root_hash {blob} NOT NULL, txid TEXT NOT NULL UNIQUE,
+  raw_tx {blob} NOT NULL, vsize BIGINT NOT NULL, fee_sats BIGINT NOT NULL, prev_txid TEXT NOT NULL,
+  prev_vout BIGINT NOT NULL, prev_value_sats BIGINT NOT NULL, change_vout BIGINT NOT NULL,
+  change_value_sats BIGINT NOT NULL, state TEXT NOT NULL, replaces BIGINT, broadcast_height BIGINT,
+  block_hash TEXT, block_height BIGINT, confirmations BIGINT NOT NULL, created_us BIGINT NOT NULL,
+  updated_us BIGINT NOT NULL)
 """
+ANCHOR_COLUMNS = ("anchor_id", "tree_size", "root_hash", "txid", "raw_tx", "vsize", "fee_sats", "prev_txid",
+                  "prev_vout", "prev_value_sats", "change_vout", "change_value_sats", "state", "replaces",
+                  "broadcast_height", "block_hash", "block_height", "confirmations", "created_us", "updated_us")
+ANCHOR_MUTABLE_COLUMNS = ("state", "broadcast_height", "block_hash", "block_height", "confirmations", "updated_us")
 
 
 def _tree_head(row) -> TreeHead:
@@ -166,6 +177,31 @@ class _LedgerTables:
                               "ORDER BY tree_size")
         return [_tree_head(row) for row in rows]
 
+    # --- Bitcoin anchors (written only by the one process holding the anchor turn) -------------------
+
+    def insert_anchor(self, anchor: dict) -> int:
+        """Record a signed anchor transaction before it is broadcast; returns its anchor_id (1, 2, ...)."""
+        row = self._read_one("SELECT COALESCE(MAX(anchor_id), 0) + 1 AS next_id FROM {s}anchors")
+        anchor = {**anchor, "anchor_id": row["next_id"]}
+        marks = ", ".join("?" for _ in ANCHOR_COLUMNS)
+        self._write(f"INSERT INTO {{s}}anchors ({', '.join(ANCHOR_COLUMNS)}) VALUES ({marks})",
+                    tuple(anchor[c] for c in ANCHOR_COLUMNS))
+        return anchor["anchor_id"]
+
+    def update_anchor(self, anchor_id: int, **changes) -> None:
+        assert changes and set(changes) <= set(ANCHOR_MUTABLE_COLUMNS), changes
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        self._write(f"UPDATE {{s}}anchors SET {assignments} WHERE anchor_id = ?", (*changes.values(), anchor_id))
+
+    def list_anchors(self) -> list[dict]:
+        rows = self._read_all(f"SELECT {', '.join(ANCHOR_COLUMNS)} FROM {{s}}anchors ORDER BY anchor_id")
+        return [{c: (bytes(r[c]) if c in ("root_hash", "raw_tx") else r[c]) for c in ANCHOR_COLUMNS} for r in rows]
+
+    @contextlib.contextmanager
+    def anchor_turn(self) -> Iterator[bool]:
+        """True when this process may anchor now (SQLite: one process owns the data dir)."""
+        yield True
+
     # --- raw reads for `reserve-ledger verify` (no trust in any derived table) --------------------------
 
     def scan_log_rows(self, start_position: int, limit: int) -> list[dict]:
@@ -285,6 +321,19 @@ class PostgresLedgerRecorder(_LedgerTables, PostgresApplicationRecorder):
                 yield
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    @contextlib.contextmanager
+    def anchor_turn(self) -> Iterator[bool]:
+        """At most one process anchors at a time: a session advisory lock, released if the process dies."""
+        key = zlib.crc32(f"reserve-ledger-anchor:{self.datastore.schema}".encode())
+        with self.datastore.get_connection() as conn:
+            conn.execute("SET statement_timeout = '30s'")
+            won = conn.execute("SELECT pg_try_advisory_lock(%s) AS won", (key,)).fetchone()["won"]
+            try:
+                yield won
+            finally:
+                if won:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     def _fetch_ids_after_insert_events(self, curs, stored_events, **kwargs):
         notification_ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)

@@ -1,0 +1,176 @@
+"""The anchor worker: commits the latest signed tree head to Bitcoin, one transaction per period at most.
+
+Each step (run every `interval_s` by `serve`, or once by `reserve-ledger anchor`):
+  1. take the anchor turn (PostgreSQL: a try-lock; another replica may be anchoring -> do nothing);
+  2. re-broadcast anchors recorded but not yet accepted (a crash between recording and broadcasting);
+  3. refresh every non-final anchor against the best chain: confirmations move it forward; an anchor whose
+     block left the best chain returns to `broadcast` and is re-sent (reorg);
+  4. if an anchor is still unconfirmed `replace_after_blocks` after its broadcast, replace it (full RBF:
+     same coin, higher fee, committing to the newest tree head);
+  5. otherwise, if no anchor is in flight and the newest tree head is larger than the last anchored one,
+     build one transaction spending the previous anchor's change (or a funding coin), record it, then
+     broadcast it.
+Recording before broadcasting means a crash can neither lose an anchor nor make two for one head.
+"""
+
+import dataclasses
+import logging
+from decimal import Decimal
+from typing import Callable
+
+from ledger import anchor_policy as policy_rules
+from ledger.anchor_policy import AnchorPolicy
+from ledger.anchoring import ChainBackend, Utxo, encode_payload, fee_rate_for_anchor
+from services.bitcoin.anchor_tx import AnchorKey, build_anchor_tx
+from services.signing import TreeHeadSigner
+
+log = logging.getLogger("reserve_ledger.anchors")
+
+
+class NoFundingCoin(RuntimeError):
+    """The anchor key holds no confirmed coin to pay the first anchor's fee."""
+
+
+@dataclasses.dataclass
+class StepReport:
+    leader: bool = True
+    built: list[str] = dataclasses.field(default_factory=list)       # txids recorded and broadcast
+    replaced: list[str] = dataclasses.field(default_factory=list)    # txids superseded this step
+    reorged: list[str] = dataclasses.field(default_factory=list)     # txids that left the best chain
+
+
+class AnchorWorker:
+    def __init__(self, store, signer: TreeHeadSigner, backend: ChainBackend, key: AnchorKey,
+                 policy: AnchorPolicy, clock_us: Callable[[], int]):
+        self._store, self._signer, self._backend = store, signer, backend
+        self._key, self._policy, self._clock_us = key, policy, clock_us
+
+    def step(self) -> StepReport:
+        with self._store.anchor_turn() as leader:
+            if not leader:
+                return StepReport(leader=False)
+            report = StepReport()
+            tip = self._backend.tip_height()
+            self._broadcast_recorded(tip)
+            self._refresh(tip, report)
+            in_flight = [a for a in self._anchors() if a["state"] == "broadcast"]
+            if in_flight:
+                self._maybe_replace(in_flight[-1], tip, report)
+            else:
+                self._maybe_anchor(tip, report)
+            return report
+
+    # --- bookkeeping ------------------------------------------------------------------------------------
+
+    def _anchors(self) -> list[dict]:
+        return self._store.list_anchors()
+
+    def _update(self, anchor: dict, **changes) -> None:
+        self._store.update_anchor(anchor["anchor_id"], updated_us=self._clock_us(), **changes)
+
+    def _broadcast_recorded(self, tip: int) -> None:
+        for anchor in self._anchors():
+            if anchor["state"] == "built":
+                self._send(anchor, tip)
+
+    def _send(self, anchor: dict, tip: int) -> bool:
+        try:
+            self._backend.broadcast(anchor["raw_tx"])
+        except Exception as error:  # noqa: BLE001 - a refusal is recorded, the worker goes on
+            block_hash, _ = self._status(anchor["txid"])
+            if block_hash is None:
+                log.warning("anchor %s refused: %s", anchor["txid"], error)
+                self._update(anchor, state="abandoned")
+                return False
+        self._update(anchor, state="broadcast", broadcast_height=tip)
+        return True
+
+    def _status(self, txid: str) -> tuple[str | None, int]:
+        try:
+            return self._backend.transaction_status(txid)
+        except LookupError:
+            return None, 0
+
+    def _refresh(self, tip: int, report: StepReport) -> None:
+        for anchor in self._anchors():
+            if anchor["state"] not in ("broadcast", "included", "anchored", "replaced"):
+                continue
+            block_hash, confirmations = self._status(anchor["txid"])
+            if block_hash is None:
+                if anchor["state"] in policy_rules.CONFIRMED_STATES:
+                    report.reorged.append(anchor["txid"])
+                    log.warning("anchor %s left the best chain (reorg); re-sending", anchor["txid"])
+                    self._update(anchor, state="broadcast", block_hash=None, block_height=None, confirmations=0,
+                                 broadcast_height=tip)
+                    self._resend_quietly(anchor)
+                continue
+            state = policy_rules.state_for_confirmations(confirmations, self._policy)
+            if anchor["state"] == "replaced":
+                self._replaced_one_won(anchor)
+            self._update(anchor, state=state, block_hash=block_hash, confirmations=confirmations,
+                         block_height=tip - confirmations + 1)
+
+    def _resend_quietly(self, anchor: dict) -> None:
+        try:
+            self._backend.broadcast(anchor["raw_tx"])
+        except Exception as error:  # noqa: BLE001 - it may be back in the mempool already, or conflict
+            log.info("re-sending %s after a reorg: %s", anchor["txid"], error)
+
+    def _replaced_one_won(self, anchor: dict) -> None:
+        """A transaction we had replaced was mined after all: its replacements lost."""
+        for other in self._anchors():
+            if other["replaces"] == anchor["anchor_id"] and other["state"] in policy_rules.IN_FLIGHT_STATES:
+                self._update(other, state="abandoned")
+
+    # --- building ---------------------------------------------------------------------------------------
+
+    def _maybe_anchor(self, tip: int, report: StepReport) -> None:
+        head = self._signer.latest()
+        chain = [a for a in self._anchors() if a["state"] not in ("replaced", "abandoned")]
+        if head.tree_size == 0 or (chain and chain[-1]["tree_size"] >= head.tree_size):
+            return  # nothing new, nothing sent
+        coin = self._change_of(chain[-1]) if chain else self._funding_coin()
+        fee_rate = fee_rate_for_anchor(self._estimate(), self._policy.fee_rate_max_sat_per_vb)
+        anchor = self._record(coin, head, fee_rate, tip, replaces=None)
+        if self._send(anchor, tip):
+            report.built.append(anchor["txid"])
+
+    def _maybe_replace(self, stuck: dict, tip: int, report: StepReport) -> None:
+        if not policy_rules.needs_replacement(stuck["broadcast_height"], tip, self._policy):
+            return
+        head = self._signer.latest()
+        coin = Utxo(stuck["prev_txid"], stuck["prev_vout"], stuck["prev_value_sats"])
+        fee_rate = policy_rules.replacement_fee_rate(stuck["fee_sats"], stuck["vsize"], self._estimate(), self._policy)
+        replacement = self._record(coin, head, fee_rate, tip, replaces=stuck["anchor_id"])
+        if self._send(replacement, tip):
+            self._update(stuck, state="replaced")
+            report.replaced.append(stuck["txid"])
+            report.built.append(replacement["txid"])
+
+    def _estimate(self) -> Decimal:
+        return Decimal(self._backend.estimate_fee_sat_per_vb(self._policy.confirmation_target_blocks))
+
+    def _change_of(self, anchor: dict) -> Utxo:
+        return Utxo(anchor["txid"], anchor["change_vout"], anchor["change_value_sats"])
+
+    def _funding_coin(self) -> Utxo:
+        spent = {(a["prev_txid"], a["prev_vout"]) for a in self._anchors()}
+        coins = [c for c in self._backend.utxos(self._key.script_pubkey) if (c.txid, c.vout) not in spent]
+        if not coins:
+            raise NoFundingCoin(f"no confirmed coin pays the anchor address {self._key.address}")
+        return max(coins, key=lambda c: c.value_sats)
+
+    def _record(self, coin: Utxo, head, fee_rate: Decimal, tip: int, replaces: int | None) -> dict:
+        tx = build_anchor_tx(coin, self._key, encode_payload(head.tree_size, head.root_hash), fee_rate,
+                             self._policy.fee_max_sats, tip)
+        now = self._clock_us()
+        anchor = {"tree_size": head.tree_size, "root_hash": head.root_hash, "txid": tx.txid, "raw_tx": tx.raw,
+                  "vsize": tx.vsize, "fee_sats": tx.fee_sats, "prev_txid": coin.txid, "prev_vout": coin.vout,
+                  "prev_value_sats": coin.value_sats, "change_vout": tx.change_vout,
+                  "change_value_sats": tx.change_value_sats, "state": "built", "replaces": replaces,
+                  "broadcast_height": None, "block_hash": None, "block_height": None, "confirmations": 0,
+                  "created_us": now, "updated_us": now}
+        anchor["anchor_id"] = self._store.insert_anchor(anchor)
+        log.info("anchor %s records tree size %d (fee %d sats, %d vB)", tx.txid, head.tree_size, tx.fee_sats,
+                 tx.vsize)
+        return anchor
