@@ -22,6 +22,7 @@ from ledger import anchor_policy as policy_rules
 from ledger.anchor_policy import AnchorPolicy
 from ledger.anchoring import ChainBackend, Utxo, encode_payload, fee_rate_for_anchor
 from services.bitcoin.anchor_tx import AnchorKey, build_anchor_tx
+from services.bitcoin.errors import BroadcastRejected
 from services.signing import TreeHeadSigner
 
 log = logging.getLogger("reserve_ledger.anchors")
@@ -44,6 +45,11 @@ class AnchorWorker:
                  policy: AnchorPolicy, clock_us: Callable[[], int]):
         self._store, self._signer, self._backend = store, signer, backend
         self._key, self._policy, self._clock_us = key, policy, clock_us
+
+    @property
+    def key(self) -> AnchorKey:
+        """The fee-only anchor wallet's key (fund its address; it never holds reserve coins)."""
+        return self._key
 
     def step(self) -> StepReport:
         with self._store.anchor_turn() as leader:
@@ -76,7 +82,7 @@ class AnchorWorker:
     def _send(self, anchor: dict, tip: int) -> bool:
         try:
             self._backend.broadcast(anchor["raw_tx"])
-        except Exception as error:  # noqa: BLE001 - a refusal is recorded, the worker goes on
+        except BroadcastRejected as error:  # a transport failure propagates: the anchor stays `built`
             block_hash, _ = self._status(anchor["txid"])
             if block_hash is None:
                 log.warning("anchor %s refused: %s", anchor["txid"], error)
@@ -101,19 +107,26 @@ class AnchorWorker:
                     report.reorged.append(anchor["txid"])
                     log.warning("anchor %s left the best chain (reorg); re-sending", anchor["txid"])
                     self._update(anchor, state="broadcast", block_hash=None, block_height=None, confirmations=0,
-                                 broadcast_height=tip)
+                                 broadcast_height=tip, block_header=None, txout_proof=None)
                     self._resend_quietly(anchor)
                 continue
             state = policy_rules.state_for_confirmations(confirmations, self._policy)
             if anchor["state"] == "replaced":
                 self._replaced_one_won(anchor)
             self._update(anchor, state=state, block_hash=block_hash, confirmations=confirmations,
-                         block_height=tip - confirmations + 1)
+                         block_height=tip - confirmations + 1, **self._block_evidence(anchor, block_hash))
+
+    def _block_evidence(self, anchor: dict, block_hash: str) -> dict:
+        """The header and merkleblock of the block holding the anchor, fetched once per block."""
+        if anchor["block_hash"] == block_hash and anchor["txout_proof"] is not None:
+            return {}
+        return {"block_header": self._backend.block_header(block_hash),
+                "txout_proof": self._backend.txout_proof(anchor["txid"], block_hash)}
 
     def _resend_quietly(self, anchor: dict) -> None:
         try:
             self._backend.broadcast(anchor["raw_tx"])
-        except Exception as error:  # noqa: BLE001 - it may be back in the mempool already, or conflict
+        except BroadcastRejected as error:  # it may conflict with a replacement; the next steps decide
             log.info("re-sending %s after a reorg: %s", anchor["txid"], error)
 
     def _replaced_one_won(self, anchor: dict) -> None:

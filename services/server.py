@@ -16,9 +16,13 @@ from grpc_reflection.v1alpha import reflection
 from ledger import merkle
 from ledger.application import ReserveLedger
 from ledger.commands import Caller, ExpirePending
+from ledger.anchor_policy import AnchorPolicy
 from ledger.rules import Policy
 from reserve_ledger.v1 import audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from services.anchor_worker import AnchorWorker
 from services.audit_servicer import AuditServicer
+from services.bitcoin.anchor_tx import AnchorKey
+from services.bitcoin.backends import close_backend, open_backend
 from services.config import storage_env
 from services.interceptor import LedgerInterceptor
 from services.ledger_servicer import LedgerServicer
@@ -30,6 +34,7 @@ SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["ReserveLedgerService"].fu
 AUDIT_SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 WORKER_THREADS = 64
 SYSTEM_CALLER = Caller("system", "system")
+ANCHOR_KEY_FILE_NAME = "anchor-wallet.wif"
 
 
 def clock_us() -> int:
@@ -52,6 +57,10 @@ class ServerConfig:
     expiry_interval_s: float = 30.0
     signing_key_path: str | None = None    # default: <data_dir>/tree-head-signing.key (required with a database)
     tree_head_interval_s: float = 60.0     # how often a new head is signed when the log has grown
+    chain: str | None = None               # Bitcoin backend for anchors (services/bitcoin/backends.py); None: off
+    anchor_key_path: str | None = None     # WIF key file of the fee-only anchor wallet
+    anchor_network: str = "regtest"        # mainnet | testnet | signet | regtest (the key and addresses)
+    anchor_policy: AnchorPolicy = dataclasses.field(default_factory=AnchorPolicy)
 
 
 def signing_key_path_of(config: ServerConfig) -> pathlib.Path:
@@ -60,6 +69,22 @@ def signing_key_path_of(config: ServerConfig) -> pathlib.Path:
     if config.database_url:
         raise ValueError("with --database every replica must sign with the same key: pass --signing-key FILE")
     return pathlib.Path(config.data_dir or "./reserve-data") / SIGNING_KEY_FILE_NAME
+
+
+def anchor_key_path_of(config: ServerConfig) -> pathlib.Path:
+    if config.anchor_key_path:
+        return pathlib.Path(config.anchor_key_path)
+    if config.database_url or config.anchor_network != "regtest":
+        raise ValueError("anchoring needs --anchor-key FILE (a WIF key of the fee-only anchor wallet)")
+    return pathlib.Path(config.data_dir or "./reserve-data") / ANCHOR_KEY_FILE_NAME
+
+
+def open_anchor_key(config: ServerConfig) -> AnchorKey:
+    """Load the anchor wallet's key; on regtest with a data dir, create it on first start."""
+    path = anchor_key_path_of(config)
+    if not path.exists() and config.anchor_network == "regtest" and not config.anchor_key_path:
+        AnchorKey.generate("regtest").save(path)
+    return AnchorKey.load(path, config.anchor_network)
 
 
 def is_loopback(listen: str) -> bool:
@@ -109,12 +134,20 @@ class LedgerServer:
         self._stopping = threading.Event()
         self._expiry = threading.Thread(target=self._expire_forever, name="expiry", daemon=True)
         self._heads = threading.Thread(target=self._sign_heads_forever, name="tree-heads", daemon=True)
+        self.chain = open_backend(config.chain) if config.chain else None
+        self.anchor_worker = None
+        if self.chain is not None:
+            self.anchor_worker = AnchorWorker(self.ledger.store, self.signer, self.chain, open_anchor_key(config),
+                                              config.anchor_policy, clock_us)
+        self._anchors = threading.Thread(target=self._anchor_forever, name="anchors", daemon=True)
 
     def start(self) -> "LedgerServer":
         self.server.start()
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._expiry.start()
         self._heads.start()
+        if self.anchor_worker is not None:
+            self._anchors.start()
         log.info("serving on port %s", self.port)
         return self
 
@@ -132,6 +165,14 @@ class LedgerServer:
             except Exception:  # a database hiccup must not end the worker; the next period retries
                 log.exception("signing a tree head failed")
 
+    def _anchor_forever(self) -> None:
+        """Runs until stop(): one anchor step per period (nothing new, nothing sent)."""
+        while not self._stopping.wait(self.config.anchor_policy.interval_s):
+            try:
+                self.anchor_worker.step()
+            except Exception:  # a node outage must not end the worker; the next period retries
+                log.exception("anchor step failed")
+
     def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new calls, let running ones finish, commit what is queued, save the projection."""
         self._stopping.set()
@@ -143,6 +184,10 @@ class LedgerServer:
             self.signer.latest()  # a head that covers every acknowledged command
         except Exception:
             log.exception("signing the final tree head failed")
+        if self._anchors.is_alive():
+            self._anchors.join()
+        if self.chain is not None:
+            close_backend(self.chain)
         self.ledger.close()
 
     def wait(self) -> None:

@@ -41,12 +41,15 @@ CREATE TABLE IF NOT EXISTS {s}anchors (
   prev_vout BIGINT NOT NULL, prev_value_sats BIGINT NOT NULL, change_vout BIGINT NOT NULL,
   change_value_sats BIGINT NOT NULL, state TEXT NOT NULL, replaces BIGINT, broadcast_height BIGINT,
   block_hash TEXT, block_height BIGINT, confirmations BIGINT NOT NULL, created_us BIGINT NOT NULL,
-  updated_us BIGINT NOT NULL)
+  updated_us BIGINT NOT NULL, block_header {blob}, txout_proof {blob})
 """
 ANCHOR_COLUMNS = ("anchor_id", "tree_size", "root_hash", "txid", "raw_tx", "vsize", "fee_sats", "prev_txid",
                   "prev_vout", "prev_value_sats", "change_vout", "change_value_sats", "state", "replaces",
-                  "broadcast_height", "block_hash", "block_height", "confirmations", "created_us", "updated_us")
-ANCHOR_MUTABLE_COLUMNS = ("state", "broadcast_height", "block_hash", "block_height", "confirmations", "updated_us")
+                  "broadcast_height", "block_hash", "block_height", "confirmations", "created_us", "updated_us",
+                  "block_header", "txout_proof")
+ANCHOR_MUTABLE_COLUMNS = ("state", "broadcast_height", "block_hash", "block_height", "confirmations", "updated_us",
+                          "block_header", "txout_proof")
+ANCHOR_BYTES_COLUMNS = ("root_hash", "raw_tx", "block_header", "txout_proof")
 
 
 def _tree_head(row) -> TreeHead:
@@ -185,7 +188,7 @@ class _LedgerTables:
         anchor = {**anchor, "anchor_id": row["next_id"]}
         marks = ", ".join("?" for _ in ANCHOR_COLUMNS)
         self._write(f"INSERT INTO {{s}}anchors ({', '.join(ANCHOR_COLUMNS)}) VALUES ({marks})",
-                    tuple(anchor[c] for c in ANCHOR_COLUMNS))
+                    tuple(anchor.get(c) for c in ANCHOR_COLUMNS))
         return anchor["anchor_id"]
 
     def update_anchor(self, anchor_id: int, **changes) -> None:
@@ -195,7 +198,8 @@ class _LedgerTables:
 
     def list_anchors(self) -> list[dict]:
         rows = self._read_all(f"SELECT {', '.join(ANCHOR_COLUMNS)} FROM {{s}}anchors ORDER BY anchor_id")
-        return [{c: (bytes(r[c]) if c in ("root_hash", "raw_tx") else r[c]) for c in ANCHOR_COLUMNS} for r in rows]
+        return [{c: (bytes(r[c]) if c in ANCHOR_BYTES_COLUMNS and r[c] is not None else r[c]) for c in ANCHOR_COLUMNS}
+                for r in rows]
 
     @contextlib.contextmanager
     def anchor_turn(self) -> Iterator[bool]:

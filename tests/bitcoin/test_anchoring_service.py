@@ -1,0 +1,283 @@
+"""The anchor worker of a real service, on the embedded regtest chain (blocks validated by libbitcoinkernel).
+
+Events are recorded through the gRPC API with mTLS; the service's own anchor worker is stepped by the test
+(its period is set to an hour so that the test decides when it runs); blocks are mined by the test through a
+second handle on the same chain directory, as a miner elsewhere on the network would.
+"""
+
+import hashlib
+
+import pytest
+from opentimestamps.core.notary import BitcoinBlockHeaderAttestation
+from opentimestamps.core.serialize import BytesDeserializationContext
+from opentimestamps.core.timestamp import DetachedTimestampFile
+
+from ledger import merkle
+from ledger.anchor_policy import AnchorPolicy
+from ledger.anchoring import find_anchor_output, parse_transaction, verify_txout_proof
+from ledger.event_proofs import verify_event_proof_json, verify_event_timestamp
+from services.anchor_worker import AnchorWorker
+from services.bitcoin.anchor_tx import AnchorKey
+from services.bitcoin.regtest import RegtestChain, block_transactions
+from services.event_proofs import EventNotAnchoredYet, event_proof
+from services.server import LedgerServer, ServerConfig
+from tests.e2e.conftest import Clients
+from tests.e2e.helpers import open_account, purchase
+
+FUNDING_SATS = 1_000_000
+
+
+@pytest.fixture
+def chain(tmp_path):
+    with RegtestChain(tmp_path / "chain") as chain:
+        yield chain
+
+
+def _start(storage, certs_dir, tmp_path, chain, **policy) -> LedgerServer:
+    data_dir, database_url = storage
+    key_path = tmp_path / "anchor.wif"
+    if not key_path.exists():
+        AnchorKey.generate("regtest").save(key_path)
+    return LedgerServer(ServerConfig(
+        listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url, certs_dir=str(certs_dir),
+        signing_key_path=str(tmp_path / "signing.key"), chain=f"regtest:{chain.directory}",
+        anchor_key_path=str(key_path), anchor_policy=AnchorPolicy(interval_s=3600, **policy))).start()
+
+
+@pytest.fixture
+def service(storage, certs_dir, tmp_path, chain):
+    server = _start(storage, certs_dir, tmp_path, chain)
+    chain.send(server.anchor_worker.key.script_pubkey, FUNDING_SATS)
+    chain.mine(1)
+    yield server
+    server.stop(grace_s=1)
+
+
+@pytest.fixture
+def sqlite_service(tmp_path, certs_dir, chain):
+    server = _start((str(tmp_path / "data"), None), certs_dir, tmp_path, chain)
+    chain.send(server.anchor_worker.key.script_pubkey, FUNDING_SATS)
+    chain.mine(1)
+    yield server
+    server.stop(grace_s=1)
+
+
+def _record(server, certs_dir, tag: str, count: int = 1) -> None:
+    clients = Clients(f"127.0.0.1:{server.port}", certs_dir)
+    open_account(clients.alice, f"acct-{tag}")
+    for i in range(count):
+        purchase(clients.alice, f"acct-{tag}", 1, f"buy-{tag}-{i}")
+
+
+def _anchors(server) -> list[dict]:
+    return server.ledger.store.list_anchors()
+
+
+def test_an_anchor_is_consensus_valid_and_walks_its_states(service, certs_dir, chain):
+    _record(service, certs_dir, "a", 3)
+    report = service.anchor_worker.step()
+    (anchor,) = _anchors(service)
+    assert report.built == [anchor["txid"]] and anchor["state"] == "broadcast"
+    assert anchor["txid"] in chain.mempool_txids()
+    output_index, (size, root) = find_anchor_output(parse_transaction(anchor["raw_tx"]))
+    assert output_index == 0 and anchor["change_vout"] == 1
+    assert (size, root) == (anchor["tree_size"], merkle.root_hash(service.ledger.store, anchor["tree_size"]))
+    assert size == service.ledger.store.log_size()
+
+    (block_hash,) = chain.mine(1)
+    service.anchor_worker.step()
+    (anchor,) = _anchors(service)
+    assert anchor["state"] == "included" and anchor["block_hash"] == block_hash
+    # libbitcoinkernel connected the block holding the anchor: it is on the kernel's best chain
+    assert chain.block_hash(anchor["block_height"]) == block_hash
+    proof = verify_txout_proof(anchor["txout_proof"])
+    assert proof.header == anchor["block_header"] == chain.block_header(block_hash)
+    assert [m[0] for m in proof.matched] == [parse_transaction(anchor["raw_tx"]).txid_internal]
+
+    chain.mine(5)
+    service.anchor_worker.step()
+    assert _anchors(service)[0]["state"] == "anchored"
+    chain.mine(94)
+    service.anchor_worker.step()
+    assert _anchors(service)[0]["state"] == "final"
+
+
+def test_nothing_new_means_nothing_sent(service, certs_dir, chain):
+    _record(service, certs_dir, "a")
+    service.anchor_worker.step()
+    chain.mine(1)
+    assert service.anchor_worker.step().built == []
+    assert len(_anchors(service)) == 1
+
+
+def test_each_anchor_spends_the_previous_anchors_change(service, certs_dir, chain):
+    _record(service, certs_dir, "a")
+    service.anchor_worker.step()
+    chain.mine(1)
+    _record(service, certs_dir, "b")
+    service.anchor_worker.step()
+    chain.mine(1)
+    service.anchor_worker.step()
+    first, second = _anchors(service)
+    (spent,) = parse_transaction(second["raw_tx"]).inputs
+    assert (spent.prev_txid_internal[::-1].hex(), spent.vout) == (first["txid"], first["change_vout"])
+    assert second["tree_size"] > first["tree_size"]
+    assert [a["state"] for a in _anchors(service)] == ["included", "included"]
+
+
+@pytest.mark.parametrize("depth", [1, 6])
+@pytest.mark.parametrize("drop_transactions", [False, True], ids=["back-to-mempool", "lost"])
+def test_a_reorg_returns_anchors_to_pending_and_they_recover(sqlite_service, certs_dir, chain, depth,
+                                                              drop_transactions):
+    service = sqlite_service
+    _record(service, certs_dir, "a")
+    service.anchor_worker.step()
+    chain.mine(depth)
+    service.anchor_worker.step()
+    (before,) = _anchors(service)
+    assert before["confirmations"] == depth
+
+    chain.reorg(depth, drop_transactions=drop_transactions)
+    report = service.anchor_worker.step()
+    (after,) = _anchors(service)
+    assert report.reorged == [before["txid"]]
+    assert after["state"] == "broadcast" and after["block_hash"] is None and after["txout_proof"] is None
+    assert before["txid"] in chain.mempool_txids()  # re-sent by the worker when the node had dropped it
+
+    (block_hash,) = chain.mine(1)
+    service.anchor_worker.step()
+    (recovered,) = _anchors(service)
+    assert recovered["state"] == "included" and recovered["block_hash"] == block_hash != before["block_hash"]
+
+
+def test_a_stuck_anchor_is_replaced_at_a_higher_fee_committing_to_the_newest_head(sqlite_service, certs_dir,
+                                                                                   chain):
+    service = sqlite_service
+    _record(service, certs_dir, "a")
+    service.anchor_worker.step()
+    chain.mine(3, include_mempool=False)  # miners ignore it: three blocks later it is still unconfirmed
+    _record(service, certs_dir, "b")
+    report = service.anchor_worker.step()
+    stuck, replacement = _anchors(service)
+    assert report.replaced == [stuck["txid"]] and report.built == [replacement["txid"]]
+    assert replacement["replaces"] == stuck["anchor_id"]
+    assert (replacement["prev_txid"], replacement["prev_vout"]) == (stuck["prev_txid"], stuck["prev_vout"])
+    assert replacement["fee_sats"] > stuck["fee_sats"]
+    assert replacement["tree_size"] == service.ledger.store.log_size() > stuck["tree_size"]
+    assert chain.mempool_txids() == [replacement["txid"]]  # full RBF evicted the stuck one
+
+    chain.mine(1)
+    service.anchor_worker.step()
+    stuck, replacement = _anchors(service)
+    assert (stuck["state"], replacement["state"]) == ("replaced", "included")
+
+
+class SimulatedCrash(BaseException):
+    """The process dies here: nothing after this line runs (BaseException, so no handler swallows it)."""
+
+
+class _CrashAfter:
+    """Proxy that lets `method` run (or not) and then 'kills the process'."""
+
+    def __init__(self, target, method: str, run_it: bool):
+        self._target, self._method, self._run_it = target, method, run_it
+
+    def __getattr__(self, name):
+        attribute = getattr(self._target, name)
+        if name != self._method:
+            return attribute
+
+        def crashing(*args, **kwargs):
+            if self._run_it:
+                attribute(*args, **kwargs)
+            raise SimulatedCrash(name)
+        return crashing
+
+
+@pytest.mark.parametrize("where, method, run_it", [
+    ("after signing, before recording", "insert_anchor", False),
+    ("after recording, before broadcast", "broadcast", False),
+    ("after broadcast, before recording it", "broadcast", True),
+    ("after broadcast was recorded", "update_anchor", True),
+])
+def test_a_crash_at_any_step_neither_loses_an_anchor_nor_makes_two(sqlite_service, certs_dir, chain, where,
+                                                                   method, run_it):
+    service = sqlite_service
+    _record(service, certs_dir, "a")
+    worker = service.anchor_worker
+    store, backend = service.ledger.store, service.chain
+    if method in ("insert_anchor", "update_anchor"):
+        store = _CrashAfter(store, method, run_it)
+    else:
+        backend = _CrashAfter(backend, method, run_it)
+    crashing = AnchorWorker(store, service.signer, backend, worker.key, AnchorPolicy(interval_s=3600), lambda: 1)
+    with pytest.raises(SimulatedCrash):
+        crashing.step()
+
+    worker.step()  # the restarted process: the service's own worker, fresh from storage
+    chain.mine(1)
+    worker.step()
+    anchors = _anchors(service)
+    assert len(anchors) == 1, where
+    assert anchors[0]["state"] == "included" and anchors[0]["tree_size"] == service.ledger.store.log_size()
+    assert sum(1 for txid in _confirmed_anchor_txids(chain)) == 1
+
+
+def _confirmed_anchor_txids(chain):
+    for height in range(chain.tip_height() - 2, chain.tip_height() + 1):
+        for raw in block_transactions(chain.block(chain.block_hash(height)))[1:]:
+            if find_anchor_output(parse_transaction(raw)):
+                yield parse_transaction(raw).txid
+
+
+def test_an_event_proof_evaluates_to_the_block_header_with_the_opentimestamps_library(sqlite_service, certs_dir,
+                                                                                      chain):
+    service = sqlite_service
+    _record(service, certs_dir, "a", 4)
+    with pytest.raises(EventNotAnchoredYet):
+        event_proof(service.ledger, service.chain, 2)
+    service.anchor_worker.step()
+    chain.mine(6)
+    service.anchor_worker.step()
+    (anchor,) = _anchors(service)
+    header = chain.block_header(anchor["block_hash"])
+
+    proof = event_proof(service.ledger, service.chain, 2)
+    ots = DetachedTimestampFile.deserialize(BytesDeserializationContext(proof.ots))
+    assert ots.file_digest == hashlib.sha256(proof.event_bytes).digest()
+    ((message, attestation),) = list(ots.timestamp.all_attestations())
+    assert isinstance(attestation, BitcoinBlockHeaderAttestation)
+    assert attestation.height == anchor["block_height"]
+    assert message == header[36:68]  # the library's own evaluation ends at the header's merkle root
+    assert verify_event_timestamp(proof.event_bytes, proof.ots, header) == anchor["block_height"]
+    verify_event_proof_json(proof.event_bytes, proof.proof, header)
+
+    tampered = bytearray(proof.event_bytes)
+    tampered[-2] ^= 1
+    with pytest.raises(Exception):
+        verify_event_timestamp(bytes(tampered), proof.ots, header)
+
+
+@pytest.mark.postgres
+def test_only_one_replica_anchors_at_a_time_on_postgres(certs_dir, tmp_path, chain):
+    from tests.conftest import POSTGRES_URL, _drop_schema, _postgres_schema
+    schema = _postgres_schema()
+    storage = (None, f"{POSTGRES_URL}?schema={schema}")
+    first = _start(storage, certs_dir, tmp_path, chain)
+    second = _start(storage, certs_dir, tmp_path, chain)
+    try:
+        chain.send(first.anchor_worker.key.script_pubkey, FUNDING_SATS)
+        chain.mine(1)
+        _record(first, certs_dir, "a")
+        with first.ledger.store.anchor_turn() as leader:
+            assert leader
+            assert second.anchor_worker.step().leader is False
+            assert _anchors(second) == []
+        report = second.anchor_worker.step()  # the holder let go (or died): the other takes over
+        assert report.leader and len(report.built) == 1
+        assert first.anchor_worker.step().built == []  # same root: never anchored twice
+        assert len(_anchors(first)) == 1
+    finally:
+        first.stop(grace_s=1)
+        second.stop(grace_s=1)
+        _drop_schema(schema)
