@@ -20,12 +20,16 @@ from typing import Callable
 
 from ledger import anchor_policy as policy_rules
 from ledger.anchor_policy import AnchorPolicy
-from ledger.anchoring import ChainBackend, Utxo, encode_payload, fee_rate_for_anchor
-from services.bitcoin.anchor_tx import AnchorKey, build_anchor_tx
+from ledger.anchoring import ChainBackend, Utxo, encode_payload, fee_rate_for_anchor, parse_transaction
+from services.bitcoin.anchor_tx import AnchorKey, build_anchor_psbt, build_anchor_tx, finalize_signed_psbt
 from services.bitcoin.errors import BroadcastRejected
 from services.signing import TreeHeadSigner
 
 log = logging.getLogger("reserve_ledger.anchors")
+
+
+class AnchorTurnTaken(RuntimeError):
+    """Another replica holds the anchor turn."""
 
 
 class NoFundingCoin(RuntimeError):
@@ -176,14 +180,61 @@ class AnchorWorker:
     def _record(self, coin: Utxo, head, fee_rate: Decimal, tip: int, replaces: int | None) -> dict:
         tx = build_anchor_tx(coin, self._key, encode_payload(head.tree_size, head.root_hash), fee_rate,
                              self._policy.fee_max_sats, tip)
+        return self._insert(coin, head.tree_size, head.root_hash, tx.raw, replaces)
+
+    def _insert(self, coin: Utxo, tree_size: int, root_hash: bytes, raw: bytes, replaces: int | None) -> dict:
+        tx = parse_transaction(raw)
+        change_vout = 1
+        fee = coin.value_sats - sum(out.value_sats for out in tx.outputs)
         now = self._clock_us()
-        anchor = {"tree_size": head.tree_size, "root_hash": head.root_hash, "txid": tx.txid, "raw_tx": tx.raw,
-                  "vsize": tx.vsize, "fee_sats": tx.fee_sats, "prev_txid": coin.txid, "prev_vout": coin.vout,
-                  "prev_value_sats": coin.value_sats, "change_vout": tx.change_vout,
-                  "change_value_sats": tx.change_value_sats, "state": "built", "replaces": replaces,
+        anchor = {"tree_size": tree_size, "root_hash": root_hash, "txid": tx.txid, "raw_tx": raw,
+                  "vsize": tx.vsize, "fee_sats": fee, "prev_txid": coin.txid, "prev_vout": coin.vout,
+                  "prev_value_sats": coin.value_sats, "change_vout": change_vout,
+                  "change_value_sats": tx.outputs[change_vout].value_sats, "state": "built", "replaces": replaces,
                   "broadcast_height": None, "block_hash": None, "block_height": None, "confirmations": 0,
                   "created_us": now, "updated_us": now}
         anchor["anchor_id"] = self._store.insert_anchor(anchor)
-        log.info("anchor %s records tree size %d (fee %d sats, %d vB)", tx.txid, head.tree_size, tx.fee_sats,
-                 tx.vsize)
+        log.info("anchor %s records tree size %d (fee %d sats, %d vB)", tx.txid, tree_size, fee, tx.vsize)
         return anchor
+
+    # --- the PSBT flow: an external signer holds the key ---------------------------------------------------
+
+    def prepare_psbt(self) -> dict | None:
+        """The next anchor as an unsigned PSBT and what `submit_signed_psbt` needs to check the signed one;
+        None when there is nothing new or an anchor is still in flight."""
+        with self._store.anchor_turn() as leader:
+            if not leader:
+                return None
+            tip = self._backend.tip_height()
+            self._refresh(tip, StepReport())
+            anchors = self._anchors()
+            chain = [a for a in anchors if a["state"] not in ("replaced", "abandoned")]
+            head = self._signer.latest()
+            if any(a["state"] in policy_rules.IN_FLIGHT_STATES for a in anchors) or head.tree_size == 0 or (
+                    chain and chain[-1]["tree_size"] >= head.tree_size):
+                return None
+            coin = self._change_of(chain[-1]) if chain else self._funding_coin()
+            fee_rate = fee_rate_for_anchor(self._estimate(), self._policy.fee_rate_max_sat_per_vb)
+            payload = encode_payload(head.tree_size, head.root_hash)
+            psbt = build_anchor_psbt(coin, self._key.public_key, payload, fee_rate, self._policy.fee_max_sats, tip,
+                                     self._backend.raw_transaction(coin.txid))
+            return {"format": "reserve-ledger/anchor-psbt-request/v1", "psbt": psbt, "tree_size": head.tree_size,
+                    "root_hash": head.root_hash.hex(), "prev_txid": coin.txid, "prev_vout": coin.vout,
+                    "prev_value_sats": coin.value_sats, "public_key": self._key.public_key.hex()}
+
+    def submit_signed_psbt(self, request: dict, signed_b64: str) -> str:
+        """Check the signer's PSBT against the request, record the anchor, then broadcast it."""
+        coin = Utxo(request["prev_txid"], request["prev_vout"], request["prev_value_sats"])
+        root = bytes.fromhex(request["root_hash"])
+        payload = encode_payload(request["tree_size"], root)
+        raw = finalize_signed_psbt(signed_b64, unsigned_b64=request["psbt"], prev=coin, payload=payload,
+                                   script_pubkey=self._key.script_pubkey, fee_max_sats=self._policy.fee_max_sats)
+        with self._store.anchor_turn() as leader:
+            if not leader:
+                raise AnchorTurnTaken("another replica is anchoring right now; submit again in a moment")
+            known = {a["txid"]: a for a in self._anchors()}
+            anchor = known.get(parse_transaction(raw).txid) or self._insert(coin, request["tree_size"], root, raw,
+                                                                            None)
+            if anchor["state"] == "built":
+                self._send(anchor, self._backend.tip_height())
+            return anchor["txid"]

@@ -4,8 +4,11 @@ import argparse
 import logging
 import pathlib
 import sys
+from decimal import Decimal
 
 from tqdm import tqdm
+
+from services.anchor_cli import add_anchor_commands
 
 
 def _storage_args(parser: argparse.ArgumentParser) -> None:
@@ -21,12 +24,16 @@ def _open_ledger(args):
 
 
 def cmd_serve(args) -> int:
+    from ledger.anchor_policy import AnchorPolicy
     from services.server import LedgerServer, ServerConfig
     server = LedgerServer(ServerConfig(
         listen=args.listen, data_dir=None if args.database else args.data_dir, database_url=args.database,
         certs_dir=args.certs, insecure_loopback=args.insecure_loopback,
         purchase_approval_threshold_sats=args.purchase_approval_threshold_sats,
-        signing_key_path=args.signing_key, tree_head_interval_s=args.tree_head_interval_s)).start()
+        signing_key_path=args.signing_key, tree_head_interval_s=args.tree_head_interval_s,
+        chain=args.chain, anchor_key_path=args.anchor_key, anchor_network=args.network,
+        anchor_policy=AnchorPolicy(interval_s=args.anchor_interval_s, fee_rate_max_sat_per_vb=args.fee_rate_max,
+                                   fee_max_sats=args.fee_max_sats))).start()
     print(f"reserve-ledger serving on port {server.port}", flush=True)
     import signal
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
@@ -131,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "required with --database)")
     serve.add_argument("--tree-head-interval-s", type=float, default=60.0,
                        help="sign a tree head this often when the log has grown (default 60)")
+    serve.add_argument("--chain", metavar="SPEC", help="anchor tree heads in Bitcoin through this backend: "
+                       "regtest:DIR | core:URL | esplora:URL (default: no anchoring)")
+    serve.add_argument("--anchor-key", metavar="FILE", help="WIF key of the fee-only anchor wallet "
+                       "(regtest default DATA_DIR/anchor-wallet.wif, created on first start)")
+    serve.add_argument("--network", choices=("mainnet", "testnet", "signet", "regtest"), default="regtest")
+    serve.add_argument("--anchor-interval-s", type=float, default=600.0, help="anchor step period (default 600)")
+    serve.add_argument("--fee-rate-max", type=Decimal, default=Decimal(50), metavar="SAT_PER_VB",
+                       help="cap on the anchor fee rate (default 50 sat/vB)")
+    serve.add_argument("--fee-max-sats", type=int, default=20_000, help="cap on one anchor's fee (default 20000)")
     serve.set_defaults(run=cmd_serve)
     certs = commands.add_parser("certs", help="development certificates")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
@@ -155,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_args(balances)
     balances.add_argument("--as-of-position", type=int)
     balances.set_defaults(run=cmd_balances)
+    add_anchor_commands(commands)
     return parser
 
 

@@ -36,3 +36,10 @@ def cost_table(cost: dict) -> str:
     return table(["currency", "bought BTC", "fiat paid", "average price/BTC", "held BTC (FIFO)", "FIFO cost"],
                  [[c["currency_code"], btc(c["quantity_sats"]), c["fiat_total"], c["average_price_per_btc"],
                    btc(c["remaining_sats"]), c["remaining_cost_fifo"]] for c in cost["currencies"]])
+
+
+def anchors_table(anchors: list[dict]) -> str:
+    return table(["#", "tree size", "txid", "state", "confirmations", "block height", "fee sats", "vbytes"],
+                 [[str(a["anchor_id"]), str(a["tree_size"]), a["txid"][:16] + "…", a["state"], str(a["confirmations"]),
+                   "" if a["block_height"] is None else str(a["block_height"]), str(a["fee_sats"]), str(a["vsize"])]
+                  for a in anchors])

@@ -177,6 +177,23 @@ class AnchorKey:
         return cls.from_wif(content.decode("ascii", errors="replace"), network)
 
 
+class WatchOnlyAnchorKey:
+    """The anchor wallet when an external signer (HSM, air-gapped machine, Core's wallet) holds the key."""
+
+    def __init__(self, public_key: bytes, network: str):
+        if network not in NETWORKS:
+            raise KeyNetworkWrong(f"unknown network {network!r}; expected one of {sorted(NETWORKS)}")
+        if len(public_key) != 33 or public_key[0] not in (2, 3):
+            raise AnchorKeyError("the anchor public key must be 33 bytes, compressed (02/03 prefix)")
+        self.network = network
+        self.public_key = public_key
+        self.script_pubkey = p2wpkh_script_pubkey(public_key)
+        self.address = bech32_encode(NETWORKS[network][1], 0, list(self.script_pubkey[2:]))
+
+    def __repr__(self) -> str:
+        return f"WatchOnlyAnchorKey({self.network}, {self.address})"
+
+
 # --- verification with Core's consensus code -------------------------------------------------------------
 
 def verify_p2wpkh_input(raw: bytes, script_pubkey: bytes, amount_sats: int, input_index: int = 0) -> bool:
