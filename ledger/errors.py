@@ -162,3 +162,11 @@ class TreeSizeBeyondLog(LedgerError):
 
 class TreeHeadNotFound(NotFound):
     """No signed tree head exists for that size."""
+
+
+class EventNotAnchoredYet(RuleViolated):
+    """No confirmed Bitcoin anchor covers this position yet."""
+
+
+class AnchoringNotConfigured(RuleViolated):
+    """The service runs without a Bitcoin backend, so it has no anchors to prove against."""

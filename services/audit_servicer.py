@@ -9,6 +9,9 @@ from ledger.application import ReserveLedger
 from ledger.tree_heads import TreeHead
 from reserve_ledger.v1 import audit_pb2 as pb
 from reserve_ledger.v1 import audit_pb2_grpc
+from ledger.anchoring import ChainBackend
+from ledger.event_proofs import dumps_proof
+from services.event_proofs import event_proof
 from services.signing import TreeHeadSigner
 
 
@@ -25,10 +28,11 @@ def _not_negative(**values: int) -> None:
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, ledger: ReserveLedger, signer: TreeHeadSigner):
+    def __init__(self, ledger: ReserveLedger, signer: TreeHeadSigner, chain: ChainBackend | None = None):
         self._ledger = ledger
         self._store = ledger.store
         self._signer = signer
+        self._chain = chain
 
     def _within_log(self, value: int, field: str) -> None:
         size = self._store.log_size()
@@ -93,3 +97,14 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     def GetPublicKey(self, request, context):
         return pb.GetPublicKeyResponse(ed25519_public_key=self._signer.public_key_raw, key_id=self._signer.key_id)
+
+    def GetEventProof(self, request, context):
+        _not_negative(position=request.position)
+        if request.position >= self._store.log_size():
+            raise errors.TreeSizeBeyondLog(f"no event at position {request.position} yet", field="position")
+        if self._chain is None:
+            raise errors.AnchoringNotConfigured("this service runs without --chain, so it has no anchors")
+        proof = event_proof(self._ledger, self._chain, request.position)
+        return pb.GetEventProofResponse(event_bytes=proof.event_bytes, ots_file=proof.ots,
+                                        proof_json=dumps_proof(proof.proof), anchor_txid=proof.anchor_txid,
+                                        block_hash=proof.block_hash, block_height=proof.block_height)

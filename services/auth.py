@@ -48,6 +48,7 @@ ALLOWED_ROLES: dict[str, frozenset[str]] = {
     AUDIT_SERVICE + "GetEventBytes": frozenset({"auditor", "admin"}),
     AUDIT_SERVICE + "StreamLeaves": frozenset({"auditor", "admin"}),
     AUDIT_SERVICE + "GetPublicKey": frozenset({"auditor", "admin"}),
+    AUDIT_SERVICE + "GetEventProof": frozenset({"auditor", "admin"}),
 }
 
 

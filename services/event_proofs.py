@@ -10,14 +10,13 @@ import json
 import pathlib
 
 from ledger import merkle
+from ledger.errors import EventNotAnchoredYet
 from ledger.anchor_policy import CONFIRMED_STATES
 from ledger.anchoring import ChainBackend, parse_transaction
 from ledger.application import ReserveLedger
 from ledger.event_proofs import build_event_timestamp, event_proof_json, serialize_ots
 
 
-class EventNotAnchoredYet(LookupError):
-    """No confirmed anchor covers this position yet (try again after the next anchor confirms)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +24,9 @@ class EventProof:
     event_bytes: bytes
     ots: bytes
     proof: dict
+    anchor_txid: str
+    block_hash: str
+    block_height: int
 
     def write(self, directory: str | pathlib.Path) -> list[pathlib.Path]:
         out = pathlib.Path(directory)
@@ -56,4 +58,4 @@ def event_proof(ledger: ReserveLedger, backend: ChainBackend, position: int) -> 
     ots = serialize_ots(build_event_timestamp(event_bytes, position, anchor["tree_size"], path, no_witness,
                                               merkleblock, height))
     proof = event_proof_json(event_bytes, position, anchor["tree_size"], path, anchor["raw_tx"], merkleblock, height)
-    return EventProof(event_bytes, ots, proof)
+    return EventProof(event_bytes, ots, proof, anchor["txid"], block_hash, height)

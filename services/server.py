@@ -123,7 +123,7 @@ class LedgerServer:
                                   options=[("grpc.so_reuseport", 0)])
         ledger_pb2_grpc.add_ReserveLedgerServiceServicer_to_server(
             LedgerServicer(self.ledger, self.writer, merkle.leaf_hash, config.insecure_loopback), self.server)
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.ledger, self.signer), self.server)
+
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, AUDIT_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -140,6 +140,8 @@ class LedgerServer:
             self.anchor_worker = AnchorWorker(self.ledger.store, self.signer, self.chain, open_anchor_key(config),
                                               config.anchor_policy, clock_us)
         self._anchors = threading.Thread(target=self._anchor_forever, name="anchors", daemon=True)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.ledger, self.signer, self.chain),
+                                                          self.server)
 
     def start(self) -> "LedgerServer":
         self.server.start()

@@ -6,7 +6,9 @@ second handle on the same chain directory, as a miner elsewhere on the network w
 """
 
 import hashlib
+import json
 
+import grpc
 import pytest
 from opentimestamps.core.notary import BitcoinBlockHeaderAttestation
 from opentimestamps.core.serialize import BytesDeserializationContext
@@ -281,3 +283,51 @@ def test_only_one_replica_anchors_at_a_time_on_postgres(certs_dir, tmp_path, cha
         first.stop(grace_s=1)
         second.stop(grace_s=1)
         _drop_schema(schema)
+
+
+def test_the_audit_api_serves_event_proofs_once_anchored(sqlite_service, certs_dir, chain, tmp_path):
+    from reserve_ledger.v1 import audit_pb2 as apb
+    from reserve_ledger.v1 import audit_pb2_grpc
+    from services.client import secure_channel
+    from tests.e2e.helpers import error_reason, rpc_error, violations
+    service = sqlite_service
+    _record(service, certs_dir, "a", 2)
+    address = f"127.0.0.1:{service.port}"
+    audit = audit_pb2_grpc.AuditServiceStub(secure_channel(address, certs_dir, "dave"))
+
+    early = rpc_error(audit.GetEventProof, apb.GetEventProofRequest(position=1))
+    assert early.code() == grpc.StatusCode.FAILED_PRECONDITION and error_reason(early) == "EVENT_NOT_ANCHORED_YET"
+    beyond = rpc_error(audit.GetEventProof, apb.GetEventProofRequest(position=99))
+    assert beyond.code() == grpc.StatusCode.OUT_OF_RANGE and violations(beyond) == {"position": "TREE_SIZE_BEYOND_LOG"}
+    negative = rpc_error(audit.GetEventProof, apb.GetEventProofRequest(position=-1))
+    assert negative.code() == grpc.StatusCode.INVALID_ARGUMENT and "position" in violations(negative)
+    operator = audit_pb2_grpc.AuditServiceStub(secure_channel(address, certs_dir, "alice"))
+    assert rpc_error(operator.GetEventProof, apb.GetEventProofRequest(position=1)).code() == \
+        grpc.StatusCode.PERMISSION_DENIED
+
+    service.anchor_worker.step()
+    (block_hash,) = chain.mine(1)
+    service.anchor_worker.step()
+    reply = audit.GetEventProof(apb.GetEventProofRequest(position=1), timeout=10)
+    assert reply.block_hash == block_hash and reply.anchor_txid == _anchors(service)[0]["txid"]
+    header = chain.block_header(block_hash)
+    assert verify_event_timestamp(reply.event_bytes, reply.ots_file, header) == reply.block_height
+    verify_event_proof_json(reply.event_bytes, json.loads(reply.proof_json), header)
+    assert reply.event_bytes == service.ledger.read_events(1, 1)[0][1]
+
+
+def test_a_service_without_a_chain_says_so(tmp_path, certs_dir):
+    from reserve_ledger.v1 import audit_pb2 as apb
+    from reserve_ledger.v1 import audit_pb2_grpc
+    from services.client import secure_channel
+    from tests.e2e.helpers import error_reason, rpc_error
+    server = LedgerServer(ServerConfig(listen="127.0.0.1:0", data_dir=str(tmp_path / "d"),
+                                       certs_dir=str(certs_dir))).start()
+    try:
+        _record(server, certs_dir, "a")
+        audit = audit_pb2_grpc.AuditServiceStub(secure_channel(f"127.0.0.1:{server.port}", certs_dir, "dave"))
+        error = rpc_error(audit.GetEventProof, apb.GetEventProofRequest(position=0))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(error) == "ANCHORING_NOT_CONFIGURED"
+    finally:
+        server.stop(grace_s=1)
