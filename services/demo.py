@@ -3,35 +3,49 @@
 import hashlib
 import pathlib
 import tempfile
+import time
 
 import grpc
 
 from ledger import merkle
+from ledger.anchor_policy import AnchorPolicy
+from ledger.event_proofs import verify_event_timestamp
 from ledger.tree_heads import TreeHead, verify_tree_head
 from reserve_ledger.v1 import audit_pb2 as apb
 from reserve_ledger.v1 import audit_pb2_grpc
 from reserve_ledger.v1 import ledger_pb2 as pb
+from services.bitcoin.addresses import script_pubkey_of_address
+from services.bitcoin.anchor_tx import AnchorKey
+from services.bitcoin.regtest import RegtestChain
 from services.certs import init_certs
 from services.client import ledger_stub, secure_channel
+from services.event_proofs import event_proof
 from services.server import LedgerServer, ServerConfig
-from services.tables import balances_table, cost_table, holdings_table
+from services.tables import anchors_table, balances_table, cost_table, holdings_table
 
 BTC = 100_000_000
+UNRECORDED_SATS = 50_000_000         # the demo's deliberate discrepancy: 0.5 BTC the ledger never recorded
+ANCHOR_FUNDING_SATS = 1_000_000      # fees for a few thousand anchors at 1 sat/vB
+DEMO_ANCHOR_INTERVAL_S = 3600.0      # the demo steps the worker itself, to show each state
 
 
 def _say(text: str) -> None:
     print(f"  - {text}")
 
 
-def _accounts(alice) -> None:
-    for account_id, custodian, kind, quorum, label in (
-            ("bny-cold-1", "BNY Mellon", pb.ACCOUNT_KIND_COLD, (3, 5), "BNY cold vault A"),
-            ("vault-cold-2", "Central Bank Vault", pb.ACCOUNT_KIND_COLD, (4, 7), "Basement vault 2"),
-            ("ops-warm-1", "Central Bank Operations", pb.ACCOUNT_KIND_WARM, (2, 3), "Operations warm wallet"),
-            ("vault-cold-3", "Central Bank Vault", pb.ACCOUNT_KIND_COLD, (5, 7), "Vault 3 (2026 ceremony)")):
+CUSTODY_ACCOUNTS = (
+    ("bny-cold-1", "BNY Mellon", pb.ACCOUNT_KIND_COLD, (3, 5), "BNY cold vault A"),
+    ("vault-cold-2", "Central Bank Vault", pb.ACCOUNT_KIND_COLD, (4, 7), "Basement vault 2"),
+    ("ops-warm-1", "Central Bank Operations", pb.ACCOUNT_KIND_WARM, (2, 3), "Operations warm wallet"),
+    ("vault-cold-3", "Central Bank Vault", pb.ACCOUNT_KIND_COLD, (5, 7), "Vault 3 (2026 ceremony)"))
+
+
+def _accounts(alice, addresses: dict[str, str]) -> None:
+    for account_id, custodian, kind, quorum, label in CUSTODY_ACCOUNTS:
         alice.OpenAccount(pb.OpenAccountRequest(
             request_id=f"open-{account_id}", account_id=account_id, kind=kind, custodian=custodian,
-            wallet_label=label, quorum=pb.Quorum(required=quorum[0], total=quorum[1])), timeout=10)
+            wallet_label=label, quorum=pb.Quorum(required=quorum[0], total=quorum[1]),
+            addresses=[addresses[account_id]]), timeout=10)
         _say(f"alice (operator) opened {account_id} at {custodian}, {quorum[0]}-of-{quorum[1]}")
 
 
@@ -139,21 +153,93 @@ def _audit(address: str, certs) -> None:
           f"{'proof valid' if included else 'PROOF INVALID'} ({len(path)} hashes)")
 
 
+def _custody_addresses(directory: pathlib.Path) -> dict[str, str]:
+    """A watch-only regtest address per custody account (the custodians' keys are not the ledger's business;
+    the demo keeps them in DATA_DIR/custody-keys so that a rerun on the same directory finds the same ones)."""
+    keys_dir = directory / "custody-keys"
+    keys_dir.mkdir(exist_ok=True)
+    addresses = {}
+    for account_id, *_ in CUSTODY_ACCOUNTS:
+        path = keys_dir / f"{account_id}.wif"
+        if not path.exists():
+            AnchorKey.generate("regtest").save(path)
+        addresses[account_id] = AnchorKey.load(path, "regtest").address
+    return addresses
+
+
+def _mirror_custody_on_chain(chain: RegtestChain, dave, addresses: dict[str, str]) -> None:
+    """Put each custody balance on chain at its registered address, plus one movement the ledger never saw."""
+    if any(chain.utxos(script_pubkey_of_address(a)) for a in addresses.values()):
+        print("\nOn chain: the custody addresses were funded by an earlier run on this data directory.")
+        return
+    balances = {b.account_id: b.balance_sats for b in dave.GetBalances(pb.GetBalancesRequest(), timeout=10).balances}
+    for account_id, address in addresses.items():
+        chain.send(script_pubkey_of_address(address), balances[account_id])
+    chain.send(script_pubkey_of_address(addresses["ops-warm-1"]), UNRECORDED_SATS)
+    chain.mine(1)
+    print(f"\nOn chain (embedded regtest, blocks validated by libbitcoinkernel): each custody address now holds its "
+          f"ledger balance, and ops-warm-1 received {UNRECORDED_SATS:,} sats the ledger never recorded "
+          "(a proof-of-reserves check must find it).")
+
+
+def _anchors(server: LedgerServer, chain: RegtestChain, directory: pathlib.Path) -> None:
+    """The service's anchor worker, stepped now instead of waiting for its period; the 'network' mines blocks."""
+    worker = server.anchor_worker
+    if not chain.utxos(worker.key.script_pubkey):
+        chain.send(worker.key.script_pubkey, ANCHOR_FUNDING_SATS)
+        chain.mine(1)
+    print(f"\nAnchoring (fee-only wallet {worker.key.address}; it never holds reserve coins):")
+    started_s = time.perf_counter()
+    built = worker.step().built
+    chain.mine(1)
+    worker.step()
+    first_confirmation_ms = (time.perf_counter() - started_s) * 1000
+    chain.mine(5)
+    worker.step()
+    anchors = server.ledger.store.list_anchors()
+    print(anchors_table(anchors))
+    if built:
+        _say(f"tree head -> anchor broadcast -> first confirmation took {first_confirmation_ms:.0f} ms on the embedded "
+             "chain (blocks mined on demand; on mainnet expect ~10 minutes per block)")
+    _proof(server, chain, directory)
+
+
+def _proof(server: LedgerServer, chain: RegtestChain, directory: pathlib.Path) -> None:
+    position = server.ledger.store.log_size() // 2
+    proof = event_proof(server.ledger, chain, position)
+    out = directory / "proofs" / f"event-{position}"
+    proof.write(out)
+    header = chain.block_header(proof.block_hash)
+    height = verify_event_timestamp(proof.event_bytes, proof.ots, header)
+    _say(f"event {position} proven to block {height} ({proof.block_hash[:16]}…): {out}/event.bin.ots, "
+         f"{len(proof.ots)} bytes, checked against the block header")
+    _say(f"the stock client checks it against a node with: ots verify -f {out}/event.bin {out}/event.bin.ots")
+
+
 def run_demo(data_dir: str | None) -> int:
     directory = pathlib.Path(data_dir or tempfile.mkdtemp(prefix="reserve-ledger-demo-"))
     certs = init_certs(directory / "certs")
-    server = LedgerServer(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs))).start()
+    chain_dir = directory / "regtest"
+    server = LedgerServer(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs),
+                                       chain=f"regtest:{chain_dir}",
+                                       anchor_policy=AnchorPolicy(interval_s=DEMO_ANCHOR_INTERVAL_S))).start()
     address = f"127.0.0.1:{server.port}"
-    print(f"Reserve Ledger demo: server on {address} (mTLS), SQLite data in {directory}")
+    print(f"Reserve Ledger demo: server on {address} (mTLS), SQLite data in {directory}, "
+          f"embedded regtest chain in {chain_dir}")
+    chain = RegtestChain(chain_dir)  # the 'network' side: miners and the custodians' wallets
     try:
         alice, bob, carol, dave = (ledger_stub(address, certs, name) for name in ("alice", "bob", "carol", "dave"))
-        _accounts(alice)
+        addresses = _custody_addresses(directory)
+        _accounts(alice, addresses)
         _purchases(alice, bob)
         _transfers(alice, bob, carol)
         _four_eyes(ledger_stub(address, certs, "frank-operator"), ledger_stub(address, certs, "frank-approver"))
         _custody_change(alice, bob)
         _report(dave)
         _audit(address, certs)
+        _mirror_custody_on_chain(chain, dave, addresses)
+        _anchors(server, chain, directory)
     finally:
         server.stop()
+        chain.close()
     return 0
