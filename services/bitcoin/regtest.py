@@ -18,6 +18,7 @@ least the replaced fees plus 1 sat/vB of its own size, at a higher fee rate).
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import pathlib
@@ -86,6 +87,12 @@ class _View:
     @property
     def height(self) -> int:
         return len(self.hashes) - 1
+
+
+@functools.lru_cache(maxsize=65_536)
+def _parsed(raw: bytes) -> ParsedTx:
+    """Mempool checks parse the same transactions again and again; parsing is pure, so remember it."""
+    return parse_transaction(raw)
 
 
 def block_subsidy_sats(height: int) -> int:
@@ -286,7 +293,7 @@ class RegtestChain:
 
     def _apply_block(self, view: _View, height: int, raw: bytes) -> None:
         for index, tx_raw in enumerate(block_transactions(raw)):
-            tx = parse_transaction(tx_raw)
+            tx = _parsed(tx_raw)
             if index > 0:
                 for txin in tx.inputs:
                     del view.coins[(display_hex(txin.prev_txid_internal), txin.vout)]
@@ -319,7 +326,7 @@ class RegtestChain:
         waiting = dict(self._mempool)
         while waiting:
             ready = [txid for txid, raw in waiting.items()
-                     if all(display_hex(i.prev_txid_internal) not in waiting for i in parse_transaction(raw).inputs)]
+                     if all(display_hex(i.prev_txid_internal) not in waiting for i in _parsed(raw).inputs)]
             if not ready:
                 break
             for txid in ready:
@@ -328,7 +335,7 @@ class RegtestChain:
 
     def _build_block(self, parent_hash: str, height: int, payout_script: bytes, txs: list[bytes]) -> bytes:
         parent = self._chainman.block_tree_entries[pbk.BlockHash(internal_from_display(parent_hash))]
-        fees = sum(self._fee_of(parse_transaction(raw)) for raw in txs)
+        fees = sum(self._fee_of(_parsed(raw)) for raw in txs)
         wtxids = [b"\x00" * 32] + [sha256d(raw) for raw in txs]
         commitment = sha256d(_merkle_root(wtxids) + b"\x00" * 32)
         script_sig = script_number_push(height) + b"\x04" + os.urandom(4)
@@ -336,7 +343,7 @@ class RegtestChain:
                                  [(block_subsidy_sats(height) + fees, payout_script),
                                   (0, WITNESS_COMMITMENT_TAG + commitment)], [[b"\x00" * 32]])
         all_txs = [coinbase] + txs
-        root = _merkle_root([parse_transaction(raw).txid_internal for raw in all_txs])
+        root = _merkle_root([_parsed(raw).txid_internal for raw in all_txs])
         time_s = max(int(self._clock_s()), int(parent.block_header.timestamp.timestamp()) + 1)
         header = _header(internal_from_display(parent_hash), root, time_s)
         return header + compact_size(len(all_txs)) + b"".join(all_txs)
@@ -393,8 +400,8 @@ class RegtestChain:
         """Pay `amount_sats` to `script_pubkey` from the chain's anyone-can-spend coinbases (into the mempool)."""
         with self._locked():
             fee_sats = 1_000
-            mature = [(key, coin) for key, coin in self._view.coins.items()
-                      if coin.script_pubkey == ANYONE_CAN_SPEND and self._mature(coin) and not self._spent_in_mempool(key)]
+            spent = self._mempool_spent_outpoints()
+            mature = [(key, coin) for key, coin in self._faucet_coins() if key not in spent]
             picked, total = [], 0
             for key, coin in mature:
                 if total >= amount_sats + fee_sats:
@@ -414,9 +421,19 @@ class RegtestChain:
     def _mature(self, coin: _Coin) -> bool:
         return not coin.is_coinbase or self._view.height + 1 - coin.height >= COINBASE_MATURITY_BLOCKS
 
-    def _spent_in_mempool(self, outpoint: tuple[str, int]) -> bool:
-        return any((display_hex(i.prev_txid_internal), i.vout) == outpoint
-                   for raw in self._mempool.values() for i in parse_transaction(raw).inputs)
+    def _faucet_coins(self) -> Iterator[tuple[tuple[str, int], _Coin]]:
+        """Mature anyone-can-spend coins, then the faucet's own unconfirmed change (newest first)."""
+        for key, coin in self._view.coins.items():
+            if coin.script_pubkey == ANYONE_CAN_SPEND and self._mature(coin):
+                yield key, coin
+        for txid in reversed(self._mempool):
+            for vout, out in enumerate(_parsed(self._mempool[txid]).outputs):
+                if out.script_pubkey == ANYONE_CAN_SPEND:
+                    yield (txid, vout), _Coin(out.value_sats, out.script_pubkey, self._view.height + 1, False)
+
+    def _mempool_spent_outpoints(self) -> set[tuple[str, int]]:
+        return {(display_hex(i.prev_txid_internal), i.vout)
+                for raw in self._mempool.values() for i in _parsed(raw).inputs}
 
     # --- mempool ------------------------------------------------------------------------------------------
 
@@ -426,7 +443,7 @@ class RegtestChain:
             return coin
         parent = self._mempool.get(txid)
         if parent is not None:
-            outputs = parse_transaction(parent).outputs
+            outputs = _parsed(parent).outputs
             if vout < len(outputs):
                 return _Coin(outputs[vout].value_sats, outputs[vout].script_pubkey, self._view.height + 1, False)
         raise BroadcastRejected("bad-txns-inputs-missingorspent", -25)
@@ -434,7 +451,7 @@ class RegtestChain:
     def _check(self, raw: bytes) -> tuple[ParsedTx, list[str]]:
         """Policy and consensus checks; returns the parsed tx and the mempool txids it would replace."""
         try:
-            tx = parse_transaction(raw)
+            tx = _parsed(raw)
         except TransactionMalformed as error:
             raise BroadcastRejected(f"TX decode failed: {error}", -22) from None
         if any(i.prev_txid_internal == NULL_PREVOUT for i in tx.inputs):
@@ -481,19 +498,19 @@ class RegtestChain:
     def _conflicts(self, tx: ParsedTx) -> list[str]:
         spends = {(display_hex(i.prev_txid_internal), i.vout) for i in tx.inputs}
         direct = [txid for txid, raw in self._mempool.items()
-                  if spends & {(display_hex(i.prev_txid_internal), i.vout) for i in parse_transaction(raw).inputs}]
+                  if spends & {(display_hex(i.prev_txid_internal), i.vout) for i in _parsed(raw).inputs}]
         return direct + [d for txid in direct for d in self._descendants(txid)]
 
     def _descendants(self, txid: str) -> list[str]:
         children = [other for other, raw in self._mempool.items()
-                    if any(display_hex(i.prev_txid_internal) == txid for i in parse_transaction(raw).inputs)]
+                    if any(display_hex(i.prev_txid_internal) == txid for i in _parsed(raw).inputs)]
         return children + [d for child in children for d in self._descendants(child)]
 
     def _check_replacement(self, tx: ParsedTx, coins: list[_Coin], conflicts: list[str]) -> None:
         if not conflicts:
             return
         fee = sum(c.value_sats for c in coins) - sum(o.value_sats for o in tx.outputs)
-        replaced = [parse_transaction(self._mempool[txid]) for txid in conflicts]
+        replaced = [_parsed(self._mempool[txid]) for txid in conflicts]
         replaced_fees = sum(self._fee_of(old) for old in replaced)
         if fee < replaced_fees + tx.vsize * INCREMENTAL_RELAY_SAT_PER_VB:
             raise BroadcastRejected(f"insufficient fee, rejecting replacement {tx.txid}; new fee {fee} < "
@@ -571,7 +588,7 @@ class RegtestChain:
 
     def txout_proof(self, txid: str, block_hash: str) -> bytes:
         raw = self.block(block_hash)
-        txids = [parse_transaction(tx).txid_internal for tx in block_transactions(raw)]
+        txids = [_parsed(tx).txid_internal for tx in block_transactions(raw)]
         wanted = internal_from_display(txid)
         if wanted not in txids:
             raise LookupError(f"transaction {txid} is not in block {block_hash}")
@@ -591,7 +608,7 @@ class RegtestChain:
                 txid = self._accept(raw)
             except BroadcastRejected as rejected:
                 if rejected.code == -27 or rejected.reason == "txn-already-in-mempool":
-                    return parse_transaction(raw).txid
+                    return _parsed(raw).txid
                 raise
             self._save_mempool()
             return txid

@@ -38,3 +38,11 @@ def test_proof_benchmark_verifies_the_proofs_it_times(tmp_path):
     assert re.search(r"log part of the inserts .*: [\d.]+ us/event", out)
     assert re.search(r"inclusion proof \(size [\d,]+\): +p50 [\d.]+ ms", out)
     assert re.search(r"consistency proof \(to [\d,]+\): +p50 [\d.]+ ms", out)
+
+
+def test_anchor_benchmark_proves_an_event_through_a_confirmed_anchor(tmp_path):
+    out = run("bench_anchor.py", "--events", "300", "--block-txs", "5", "--data-dir", str(tmp_path))
+    assert re.search(r"anchor transaction: \d+ vB, fee \d+ sats", out)
+    assert re.search(r"tree head -> first confirmation: [\d.]+ ms", out)
+    assert re.search(r"anchor block holds 7 transactions", out)
+    assert re.search(r"\.ots \d+ bytes, proof\.json \d+ bytes", out)
