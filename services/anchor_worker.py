@@ -32,6 +32,10 @@ class AnchorTurnTaken(RuntimeError):
     """Another replica holds the anchor turn."""
 
 
+class AnchorRefusedByNode(RuntimeError):
+    """The backend's test-accept refused a freshly built anchor (nothing was recorded or sent)."""
+
+
 class NoFundingCoin(RuntimeError):
     """The anchor key holds no confirmed coin to pay the first anchor's fee."""
 
@@ -180,7 +184,14 @@ class AnchorWorker:
     def _record(self, coin: Utxo, head, fee_rate: Decimal, tip: int, replaces: int | None) -> dict:
         tx = build_anchor_tx(coin, self._key, encode_payload(head.tree_size, head.root_hash), fee_rate,
                              self._policy.fee_max_sats, tip)
+        self._test_accept(tx.raw)
         return self._insert(coin, head.tree_size, head.root_hash, tx.raw, replaces)
+
+    def _test_accept(self, raw: bytes) -> None:
+        """Ask the node's policy first (where the backend can) so that a refused anchor is never recorded."""
+        allowed, reason = self._backend.test_accept(raw)
+        if not allowed:
+            raise AnchorRefusedByNode(f"{parse_transaction(raw).txid}: {reason}")
 
     def _insert(self, coin: Utxo, tree_size: int, root_hash: bytes, raw: bytes, replaces: int | None) -> dict:
         tx = parse_transaction(raw)
@@ -229,6 +240,7 @@ class AnchorWorker:
         payload = encode_payload(request["tree_size"], root)
         raw = finalize_signed_psbt(signed_b64, unsigned_b64=request["psbt"], prev=coin, payload=payload,
                                    script_pubkey=self._key.script_pubkey, fee_max_sats=self._policy.fee_max_sats)
+        self._test_accept(raw)
         with self._store.anchor_turn() as leader:
             if not leader:
                 raise AnchorTurnTaken("another replica is anchoring right now; submit again in a moment")

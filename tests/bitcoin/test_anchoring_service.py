@@ -16,10 +16,10 @@ from opentimestamps.core.timestamp import DetachedTimestampFile
 
 from ledger import merkle
 from ledger.anchor_policy import AnchorPolicy
-from ledger.anchoring import find_anchor_output, parse_transaction, verify_txout_proof
+from ledger.anchoring import encode_payload, find_anchor_output, parse_transaction, verify_txout_proof
 from ledger.event_proofs import verify_event_proof_json, verify_event_timestamp
-from services.anchor_worker import AnchorWorker
-from services.bitcoin.anchor_tx import AnchorKey
+from services.anchor_worker import AnchorRefusedByNode, AnchorWorker
+from services.bitcoin.anchor_tx import AnchorKey, build_anchor_tx
 from services.bitcoin.regtest import RegtestChain, block_transactions
 from services.event_proofs import EventNotAnchoredYet, event_proof
 from services.server import LedgerServer, ServerConfig
@@ -331,3 +331,16 @@ def test_a_service_without_a_chain_says_so(tmp_path, certs_dir):
         assert error_reason(error) == "ANCHORING_NOT_CONFIGURED"
     finally:
         server.stop(grace_s=1)
+
+
+def test_an_anchor_the_node_would_refuse_is_neither_recorded_nor_sent(sqlite_service, certs_dir, chain):
+    """The funding coin is spent elsewhere first: test-accept says so, and the worker records nothing."""
+    service = sqlite_service
+    _record(service, certs_dir, "a")
+    key = service.anchor_worker.key
+    (coin,) = chain.utxos(key.script_pubkey)
+    rival = AnchorWorker(service.ledger.store, service.signer, chain, key, AnchorPolicy(), lambda: 1)
+    chain.broadcast(build_anchor_tx(coin, key, encode_payload(1, bytes(32)), 5, 20_000, chain.tip_height()).raw)
+    with pytest.raises(AnchorRefusedByNode, match="insufficient fee"):
+        rival.step()
+    assert _anchors(service) == []
