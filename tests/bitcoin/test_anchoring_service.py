@@ -7,6 +7,9 @@ second handle on the same chain directory, as a miner elsewhere on the network w
 
 import hashlib
 import json
+import subprocess
+import sys
+import time
 
 import grpc
 import pytest
@@ -344,3 +347,41 @@ def test_an_anchor_the_node_would_refuse_is_neither_recorded_nor_sent(sqlite_ser
     with pytest.raises(AnchorRefusedByNode, match="insufficient fee"):
         rival.step()
     assert _anchors(service) == []
+
+
+HOLD_THE_TURN = """
+import sys, time
+from ledger.application import ReserveLedger
+from services.config import storage_env
+ledger = ReserveLedger(storage_env(None, sys.argv[1]))
+with ledger.store.anchor_turn() as leader:
+    print("leader" if leader else "not leader", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.postgres
+def test_when_the_anchoring_replica_dies_another_takes_over(certs_dir, tmp_path, chain):
+    from tests.conftest import POSTGRES_URL, _drop_schema, _postgres_schema
+    schema = _postgres_schema()
+    url = f"{POSTGRES_URL}?schema={schema}"
+    survivor = _start((None, url), certs_dir, tmp_path, chain)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_TURN, url], stdout=subprocess.PIPE, text=True)
+    try:
+        chain.send(survivor.anchor_worker.key.script_pubkey, FUNDING_SATS)
+        chain.mine(1)
+        _record(survivor, certs_dir, "a")
+        assert holder.stdout.readline().strip() == "leader"
+        assert survivor.anchor_worker.step().leader is False
+        holder.kill()  # kill -9: no unlock is ever sent; PostgreSQL drops the session's lock with it
+        holder.wait(timeout=30)
+        for _ in range(100):
+            report = survivor.anchor_worker.step()
+            if report.leader:
+                break
+            time.sleep(0.1)
+        assert report.leader and len(report.built) == 1
+    finally:
+        holder.kill()
+        survivor.stop(grace_s=1)
+        _drop_schema(schema)
