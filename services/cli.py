@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     balances.add_argument("--as-of-position", type=int)
     balances.set_defaults(run=cmd_balances)
     add_anchor_commands(commands)
+    from services.bitcoin.regtest_node import add_regtest_node_command
+    add_regtest_node_command(commands)
     return parser
 
 

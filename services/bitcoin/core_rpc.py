@@ -1,11 +1,16 @@
 """Bitcoin Core JSON-RPC client implementing ledger.anchoring.ChainBackend (stdlib HTTP, no wallet needed).
 
-Auth: the node's cookie file (`<datadir>/.cookie`, user `__cookie__`, re-read on every 401 because Core
+Auth: the node's cookie file (`<datadir>/.cookie`, user `__cookie__`, read on every call because Core
 writes a new one at each start) or an rpcauth user and password. Amounts are parsed as Decimal.
+Failures: Core's error objects raise CoreRpcError (LookupError for unknown items, BroadcastRejected from
+`broadcast`); 401/403 raise BackendAuthFailed; anything else that is not a JSON-RPC answer raises OSError
+(TimeoutError when the node does not answer in time).
 """
 
 import base64
 import hashlib
+import hmac
+import http.client
 import itertools
 import json
 import pathlib
@@ -13,15 +18,19 @@ import urllib.error
 import urllib.request
 from decimal import Decimal
 
-from ledger.anchoring import Utxo, display_hex, sha256d
+from ledger.anchoring import Utxo, display_hex, parse_transaction, sha256d
 from services.bitcoin.errors import BackendAuthFailed, BroadcastRejected
 
 RPC_TIMEOUT_S = 30.0
 RPC_INVALID_ADDRESS_OR_KEY = -5       # also "No such mempool or blockchain transaction", "Block not found"
+RPC_INVALID_PARAMETER = -8            # e.g. "Block height out of range"
+RPC_DESERIALIZATION_ERROR = -22
 RPC_VERIFY_ERROR = -25
 RPC_VERIFY_REJECTED = -26
 RPC_VERIFY_ALREADY_IN_CHAIN = -27
 SATS_PER_BTC = Decimal(100_000_000)
+COINBASE_MATURITY_BLOCKS = 100
+REPLY_SIZE_MAX_BYTES = 64_000_000     # a verbose block is the largest answer we ask for
 
 
 class CoreRpcError(Exception):
@@ -47,18 +56,31 @@ class CoreRpcClient:
         return "Basic " + base64.b64encode(credentials.encode()).decode()
 
     def call(self, method: str, *params):
-        body = json.dumps({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": list(params)})
+        request_id = next(self._ids)
+        body = json.dumps({"jsonrpc": "1.0", "id": request_id, "method": method, "params": list(params)})
         request = urllib.request.Request(self._url, data=body.encode(), method="POST", headers={
             "Content-Type": "application/json", "Authorization": self._authorization()})
         try:
             with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
-                reply = json.loads(response.read(), parse_float=Decimal)
+                reply = _json_reply(response.read(REPLY_SIZE_MAX_BYTES + 1), method)
         except urllib.error.HTTPError as error:
             if error.code in (401, 403):
                 raise BackendAuthFailed(f"Bitcoin Core refused the credentials ({error.code})") from None
-            reply = json.loads(error.read() or b"{}", parse_float=Decimal)  # Core sends RPC errors as HTTP 500
+            try:  # Core sends RPC errors as HTTP 500 (404 for an unknown method) with a JSON-RPC body
+                reply = _json_reply(error.read(REPLY_SIZE_MAX_BYTES + 1), method)
+            except OSError:
+                raise OSError(f"Bitcoin Core answered HTTP {error.code} to {method}") from None
             if not reply.get("error"):
-                raise OSError(f"Bitcoin Core answered HTTP {error.code}") from None
+                raise OSError(f"Bitcoin Core answered HTTP {error.code} to {method}") from None
+        except urllib.error.URLError as error:  # connection refused, DNS, connect timeout
+            if isinstance(error.reason, TimeoutError):
+                raise TimeoutError(f"Bitcoin Core at {self._url} did not answer {method} in {self._timeout_s} s") \
+                    from None
+            raise OSError(f"Bitcoin Core at {self._url} is unreachable: {error.reason}") from None
+        except http.client.HTTPException as error:  # a broken or truncated HTTP answer
+            raise OSError(f"Bitcoin Core sent a broken HTTP answer to {method}: {error!r}") from None
+        if reply.get("id") != request_id:
+            raise OSError(f"Bitcoin Core answered {method} with id {reply.get('id')!r}, expected {request_id}")
         if reply.get("error"):
             raise CoreRpcError(reply["error"]["code"], reply["error"]["message"])
         return reply["result"]
@@ -67,7 +89,7 @@ class CoreRpcClient:
         try:
             return self.call(method, *params)
         except CoreRpcError as error:
-            if error.code in (RPC_INVALID_ADDRESS_OR_KEY, -8):
+            if error.code in (RPC_INVALID_ADDRESS_OR_KEY, RPC_INVALID_PARAMETER):
                 raise LookupError(error.message) from None
             raise
 
@@ -95,7 +117,12 @@ class CoreRpcClient:
         return bytes.fromhex(self._lookup("gettxoutproof", [txid], block_hash))
 
     def test_accept(self, raw: bytes) -> tuple[bool, str]:
-        result = self.call("testmempoolaccept", [raw.hex()])[0]
+        try:
+            result = self.call("testmempoolaccept", [raw.hex()])[0]
+        except CoreRpcError as error:
+            if error.code == RPC_DESERIALIZATION_ERROR:  # Core throws for bytes it cannot decode
+                return False, error.message
+            raise
         return bool(result["allowed"]), result.get("reject-reason", "")
 
     def broadcast(self, raw: bytes) -> str:
@@ -103,8 +130,8 @@ class CoreRpcClient:
             return self.call("sendrawtransaction", raw.hex())
         except CoreRpcError as error:
             if error.code == RPC_VERIFY_ALREADY_IN_CHAIN:
-                return display_hex(sha256d(_no_witness(raw)))
-            if error.code in (RPC_VERIFY_ERROR, RPC_VERIFY_REJECTED, -22):
+                return display_hex(sha256d(parse_transaction(raw).no_witness))
+            if error.code in (RPC_VERIFY_ERROR, RPC_VERIFY_REJECTED, RPC_DESERIALIZATION_ERROR):
                 raise BroadcastRejected(error.message, error.code) from None
             raise
 
@@ -115,17 +142,25 @@ class CoreRpcClient:
         return estimate["feerate"] * SATS_PER_BTC / 1000
 
     def utxos(self, script_pubkey: bytes) -> list[Utxo]:
+        """Spendable coins: scantxoutset also lists coinbase outputs that are not mature yet."""
         scan = self.call("scantxoutset", "start", [f"raw({script_pubkey.hex()})"])
-        return [Utxo(u["txid"], u["vout"], int(u["amount"] * SATS_PER_BTC)) for u in scan["unspents"]]
+        return [Utxo(u["txid"], u["vout"], int(u["amount"] * SATS_PER_BTC)) for u in scan["unspents"]
+                if not u.get("coinbase") or scan["height"] - u["height"] + 1 >= COINBASE_MATURITY_BLOCKS]
 
 
-def _no_witness(raw: bytes) -> bytes:
-    from ledger.anchoring import parse_transaction
-    return parse_transaction(raw).no_witness
+def _json_reply(body: bytes, method: str) -> dict:
+    if len(body) > REPLY_SIZE_MAX_BYTES:
+        raise OSError(f"Bitcoin Core's answer to {method} is over {REPLY_SIZE_MAX_BYTES} bytes")
+    try:
+        reply = json.loads(body, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError):
+        raise OSError(f"Bitcoin Core's answer to {method} is not JSON: {body[:100]!r}") from None
+    if not isinstance(reply, dict) or "result" not in reply and "error" not in reply:
+        raise OSError(f"Bitcoin Core's answer to {method} is not a JSON-RPC reply: {body[:100]!r}")
+    return reply
 
 
 def rpcauth_line(user: str, password: str, salt_hex: str) -> str:
     """The `-rpcauth=` value Core checks: user:salt$HMAC-SHA256(salt, password)."""
-    import hmac
     digest = hmac.new(salt_hex.encode(), password.encode(), hashlib.sha256).hexdigest()
     return f"{user}:{salt_hex}${digest}"

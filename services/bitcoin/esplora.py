@@ -2,18 +2,27 @@
 
 Esplora has no test-accept; `test_accept` says so and the worker relies on `broadcast`'s answer.
 Use a self-hosted instance as the system of record; public ones leak what you query (bitcoin.md §5).
+Failures: 404 raises LookupError; a refused broadcast raises BroadcastRejected with bitcoind's reason and
+code when the server passes them on (electrs: `sendrawtransaction RPC error: {"code":..,"message":..}`);
+anything else raises OSError (TimeoutError when the server does not answer in time).
 """
 
 import hashlib
+import http.client
 import json
+import re
 import urllib.error
 import urllib.request
 from decimal import Decimal
 
-from ledger.anchoring import Utxo
+from ledger.anchoring import Utxo, display_hex, parse_transaction, sha256d
 from services.bitcoin.errors import BroadcastRejected
 
 HTTP_TIMEOUT_S = 30.0
+REPLY_SIZE_MAX_BYTES = 16_000_000     # a raw block is the largest answer the paths we use can give
+RPC_VERIFY_ALREADY_IN_CHAIN = -27
+PASSED_ON_RPC_ERROR = re.compile(r"RPC error: (\{.*\})\s*$", re.DOTALL)
+HASH_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class EsploraClient:
@@ -26,44 +35,74 @@ class EsploraClient:
                                          headers={"Content-Type": "text/plain"} if body is not None else {})
         try:
             with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
-                return response.read()
+                reply = response.read(REPLY_SIZE_MAX_BYTES + 1)
         except urllib.error.HTTPError as error:
-            text = error.read().decode(errors="replace").strip()
+            text = error.read(REPLY_SIZE_MAX_BYTES).decode(errors="replace").strip()
             if error.code == 404:
                 raise LookupError(text or path) from None
             if error.code == 400 and body is not None:
-                raise BroadcastRejected(text) from None
+                raise _rejection(text) from None
             raise OSError(f"Esplora answered HTTP {error.code} for {path}: {text}") from None
+        except urllib.error.URLError as error:  # connection refused, DNS, connect timeout
+            if isinstance(error.reason, TimeoutError):
+                raise TimeoutError(f"Esplora at {self._base} did not answer {path} in {self._timeout_s} s") from None
+            raise OSError(f"Esplora at {self._base} is unreachable: {error.reason}") from None
+        except http.client.HTTPException as error:  # a broken or truncated HTTP answer
+            raise OSError(f"Esplora sent a broken HTTP answer for {path}: {error!r}") from None
+        if len(reply) > REPLY_SIZE_MAX_BYTES:
+            raise OSError(f"Esplora's answer for {path} is over {REPLY_SIZE_MAX_BYTES} bytes")
+        return reply
 
     def _text(self, path: str) -> str:
-        return self._request(path).decode().strip()
+        return self._request(path).decode(errors="replace").strip()
+
+    def _hash(self, path: str) -> str:
+        text = self._text(path)
+        if not HASH_HEX.fullmatch(text):
+            raise OSError(f"Esplora's answer for {path} is not a hash: {text[:100]!r}")
+        return text
+
+    def _hex(self, path: str) -> bytes:
+        text = self._text(path)
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise OSError(f"Esplora's answer for {path} is not hex: {text[:100]!r}") from None
 
     def _json(self, path: str):
-        return json.loads(self._request(path), parse_float=Decimal)
+        try:
+            return json.loads(self._request(path), parse_float=Decimal)
+        except (ValueError, UnicodeDecodeError):
+            raise OSError(f"Esplora's answer for {path} is not JSON") from None
 
     # --- ChainBackend -----------------------------------------------------------------------------------
 
     def tip_height(self) -> int:
-        return int(self._text("/blocks/tip/height"))
+        text = self._text("/blocks/tip/height")
+        if not text.isdigit():
+            raise OSError(f"Esplora's tip height is not a number: {text[:100]!r}")
+        return int(text)
 
     def block_hash(self, height: int) -> str:
-        return self._text(f"/block-height/{height}")
+        if height < 0:
+            raise LookupError(f"no block at height {height}")
+        return self._hash(f"/block-height/{height}")
 
     def block_header(self, block_hash: str) -> bytes:
-        return bytes.fromhex(self._text(f"/block/{block_hash}/header"))
+        return self._hex(f"/block/{block_hash}/header")
 
     def transaction_status(self, txid: str) -> tuple[str | None, int]:
         status = self._json(f"/tx/{txid}/status")
         if not status.get("confirmed"):
+            self._request(f"/tx/{txid}/hex")  # electrs says {"confirmed": false} for unknown txids too: 404 here
             return None, 0
-        return status["block_hash"], self.tip_height() - status["block_height"] + 1
+        return status["block_hash"], max(1, self.tip_height() - status["block_height"] + 1)
 
     def raw_transaction(self, txid: str) -> bytes:
-        return bytes.fromhex(self._text(f"/tx/{txid}/hex"))
+        return self._hex(f"/tx/{txid}/hex")
 
     def txout_proof(self, txid: str, block_hash: str) -> bytes:
-        proof = bytes.fromhex(self._text(f"/tx/{txid}/merkleblock-proof"))
-        from ledger.anchoring import display_hex, sha256d
+        proof = self._hex(f"/tx/{txid}/merkleblock-proof")
         if display_hex(sha256d(proof[:80])) != block_hash:
             raise LookupError(f"{txid} is no longer in block {block_hash}")
         return proof
@@ -72,7 +111,16 @@ class EsploraClient:
         return True, "esplora cannot test-accept; broadcast decides"
 
     def broadcast(self, raw: bytes) -> str:
-        return self._request("/tx", raw.hex().encode()).decode().strip()
+        try:
+            answer = self._request("/tx", raw.hex().encode()).decode(errors="replace").strip()
+        except BroadcastRejected as rejected:
+            if rejected.code == RPC_VERIFY_ALREADY_IN_CHAIN:  # resending a confirmed tx is not an error
+                return parse_transaction(raw).txid
+            raise
+        txid = parse_transaction(raw).txid  # the node decoded it, so do we
+        if answer != txid:
+            raise OSError(f"Esplora accepted {txid} but answered {answer[:100]!r}")
+        return answer
 
     def estimate_fee_sat_per_vb(self, target_blocks: int) -> Decimal:
         estimates = {int(k): Decimal(v) for k, v in self._json("/fee-estimates").items()}
@@ -83,3 +131,15 @@ class EsploraClient:
         scripthash = hashlib.sha256(script_pubkey).digest()[::-1].hex()
         return [Utxo(u["txid"], u["vout"], int(u["value"])) for u in self._json(f"/scripthash/{scripthash}/utxo")
                 if u.get("status", {}).get("confirmed")]
+
+
+def _rejection(text: str) -> BroadcastRejected:
+    """electrs and mempool.space pass bitcoind's error object on; other servers send a plain reason."""
+    passed_on = PASSED_ON_RPC_ERROR.search(text)
+    if passed_on:
+        try:
+            error = json.loads(passed_on.group(1))
+            return BroadcastRejected(str(error["message"]), int(error["code"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+    return BroadcastRejected(text)
