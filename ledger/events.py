@@ -22,6 +22,8 @@ CANONICAL_FORMAT_VERSION = 1
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ONE_MICROSECOND = timedelta(microseconds=1)
 _decode_json = json.JSONDecoder().decode
+# One encoder, built once: json.dumps would build a new one per call when given options.
+_encode_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 BOOK_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://reserve-ledger.invalid/book")
 METADATA_FIELDS = ("request_id", "request_digest", "actor", "actor_role")
 
@@ -163,12 +165,12 @@ def canonical_event(originator_version: int, topic: str, state: bytes) -> dict:
 
 
 def canonical_bytes(event: dict) -> bytes:
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _encode_canonical(event).encode()
 
 
 def parse_canonical_bytes(data: bytes) -> dict:
     """Inverse of canonical_bytes for auditors; refuses bytes that are not in canonical form."""
-    event = json.loads(data)
+    event = _decode_json(data.decode())  # strict UTF-8: the canonical form has no other encoding
     if not isinstance(event, dict) or event.get("format_version") != CANONICAL_FORMAT_VERSION:
         raise ValueError("not a canonical event of a known format version")
     if canonical_bytes(event) != data:

@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_anchor_commands(commands)
     from services.bitcoin.regtest_node import add_regtest_node_command
     add_regtest_node_command(commands)
+    from services.audit_cli import add_audit_commands
+    add_audit_commands(commands)
     return parser
 
 

@@ -80,12 +80,13 @@ def test_an_expired_transfer_releases_its_hold_and_cannot_be_approved(clients):
     """Expiry voids the proposal exactly once; approval after expiry is refused."""
     funded(clients, "cold-a", 2)
     open_account(clients.alice, "warm-b")
-    soon = timestamp_pb2.Timestamp(seconds=int(time.time()) + 1)
+    expire_at_s = time.time() + 3  # whole seconds would leave as little as 0 s on a loaded machine
+    soon = timestamp_pb2.Timestamp(seconds=int(expire_at_s), nanos=int(expire_at_s % 1 * 1e9))
     transfer = clients.alice.ProposeTransfer(pb.ProposeTransferRequest(**OK_TRANSFER, expire_time=soon))
     error = rpc_error(clients.alice.ExpireTransfer, pb.ExpireTransferRequest(request_id="e0",
                                                                              transfer_id=transfer.transfer_id))
     assert error_reason(error) == "PENDING_NOT_YET_EXPIRED"
-    time.sleep(1.2)
+    time.sleep(max(0.0, expire_at_s - time.time()) + 0.2)
     error = rpc_error(clients.bob.ApproveTransfer, pb.ApproveTransferRequest(request_id="late",
                                                                              transfer_id=transfer.transfer_id))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and error_reason(error) == "PENDING_EXPIRED"
