@@ -21,6 +21,7 @@ IN_FLIGHT_STATES = ("built", "broadcast")
 @dataclass(frozen=True)
 class AnchorPolicy:
     interval_s: float = 600.0                  # how often the worker looks for a new tree head to anchor
+    block_poll_interval_s: float = 10.0        # how often it asks for the tip; a new block refreshes the anchors
     confirmations_included: int = 1
     confirmations_anchored: int = 6
     confirmations_final: int = 100

@@ -11,6 +11,8 @@ Each step (run every `interval_s` by `serve`, or once by `reserve-ledger anchor`
      build one transaction spending the previous anchor's change (or a funding coin), record it, then
      broadcast it.
 Recording before broadcasting means a crash can neither lose an anchor nor make two for one head.
+Between steps, `follow_chain` (every `block_poll_interval_s`) runs step 3 alone whenever the tip changed, so a
+new block's confirmations and a reorg are seen within seconds, not at the next period.
 """
 
 import dataclasses
@@ -53,6 +55,7 @@ class AnchorWorker:
                  policy: AnchorPolicy, clock_us: Callable[[], int]):
         self._store, self._signer, self._backend = store, signer, backend
         self._key, self._policy, self._clock_us = key, policy, clock_us
+        self._tip_seen: tuple[int, str] | None = None
 
     @property
     def key(self) -> AnchorKey:
@@ -67,11 +70,26 @@ class AnchorWorker:
             tip = self._backend.tip_height()
             self._broadcast_recorded(tip)
             self._refresh(tip, report)
+            self._tip_seen = (tip, self._backend.block_hash(tip))
             in_flight = [a for a in self._anchors() if a["state"] == "broadcast"]
             if in_flight:
                 self._maybe_replace(in_flight[-1], tip, report)
             else:
                 self._maybe_anchor(tip, report)
+            return report
+
+    def follow_chain(self) -> StepReport:
+        """Refresh the anchors (confirmations, reorgs) if the best chain's tip changed since last seen."""
+        tip = self._backend.tip_height()
+        tip_seen = (tip, self._backend.block_hash(tip))
+        if tip_seen == self._tip_seen:
+            return StepReport()
+        with self._store.anchor_turn() as leader:
+            if not leader:
+                return StepReport(leader=False)
+            report = StepReport()
+            self._refresh(tip, report)
+            self._tip_seen = tip_seen
             return report
 
     # --- bookkeeping ------------------------------------------------------------------------------------

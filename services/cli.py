@@ -33,7 +33,8 @@ def cmd_serve(args) -> int:
         signing_key_path=args.signing_key, tree_head_interval_s=args.tree_head_interval_s,
         chain=args.chain, anchor_key_path=args.anchor_key, anchor_network=args.network,
         anchor_policy=AnchorPolicy(interval_s=args.anchor_interval_s, fee_rate_max_sat_per_vb=args.fee_rate_max,
-                                   fee_max_sats=args.fee_max_sats))).start()
+                                   fee_max_sats=args.fee_max_sats,
+                                   block_poll_interval_s=args.block_poll_interval_s))).start()
     print(f"reserve-ledger serving on port {server.port}", flush=True)
     import signal
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(regtest default DATA_DIR/anchor-wallet.wif, created on first start)")
     serve.add_argument("--network", choices=("mainnet", "testnet", "signet", "regtest"), default="regtest")
     serve.add_argument("--anchor-interval-s", type=float, default=600.0, help="anchor step period (default 600)")
+    serve.add_argument("--block-poll-interval-s", type=float, default=10.0,
+                       help="how often to ask the node for its tip; a new block refreshes the anchors' "
+                            "confirmations and catches reorgs (default 10)")
     serve.add_argument("--fee-rate-max", type=Decimal, default=Decimal(50), metavar="SAT_PER_VB",
                        help="cap on the anchor fee rate (default 50 sat/vB)")
     serve.add_argument("--fee-max-sats", type=int, default=20_000, help="cap on one anchor's fee (default 20000)")

@@ -222,7 +222,8 @@ def run_demo(data_dir: str | None) -> int:
     chain_dir = directory / "regtest"
     server = LedgerServer(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs),
                                        chain=f"regtest:{chain_dir}",
-                                       anchor_policy=AnchorPolicy(interval_s=DEMO_ANCHOR_INTERVAL_S))).start()
+                                       anchor_policy=AnchorPolicy(interval_s=DEMO_ANCHOR_INTERVAL_S,
+                                                                 block_poll_interval_s=DEMO_ANCHOR_INTERVAL_S))).start()
     address = f"127.0.0.1:{server.port}"
     print(f"Reserve Ledger demo: server on {address} (mTLS), SQLite data in {directory}, "
           f"embedded regtest chain in {chain_dir}")

@@ -168,11 +168,18 @@ class LedgerServer:
                 log.exception("signing a tree head failed")
 
     def _anchor_forever(self) -> None:
-        """Runs until stop(): one anchor step per period (nothing new, nothing sent)."""
-        while not self._stopping.wait(self.config.anchor_policy.interval_s):
+        """Runs until stop(): one anchor step per period (nothing new, nothing sent); between steps, the
+        anchors are refreshed whenever a new block arrives (polled every block_poll_interval_s)."""
+        policy = self.config.anchor_policy
+        next_step_s = time.monotonic() + policy.interval_s
+        while not self._stopping.wait(min(policy.block_poll_interval_s, max(0.0, next_step_s - time.monotonic()))):
             try:
-                self.anchor_worker.step()
-            except Exception:  # a node outage must not end the worker; the next period retries
+                if time.monotonic() >= next_step_s:
+                    next_step_s = time.monotonic() + policy.interval_s
+                    self.anchor_worker.step()
+                else:
+                    self.anchor_worker.follow_chain()
+            except Exception:  # a node outage must not end the worker; the next poll or period retries
                 log.exception("anchor step failed")
 
     def stop(self, grace_s: float = 5.0) -> None:

@@ -46,7 +46,7 @@ def _start(storage, certs_dir, tmp_path, chain, **policy) -> LedgerServer:
     return LedgerServer(ServerConfig(
         listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url, certs_dir=str(certs_dir),
         signing_key_path=str(tmp_path / "signing.key"), chain=f"regtest:{chain.directory}",
-        anchor_key_path=str(key_path), anchor_policy=AnchorPolicy(interval_s=3600, **policy))).start()
+        anchor_key_path=str(key_path), anchor_policy=AnchorPolicy(**{"interval_s": 3600, "block_poll_interval_s": 3600, **policy}))).start()
 
 
 @pytest.fixture
@@ -385,3 +385,35 @@ def test_when_the_anchoring_replica_dies_another_takes_over(certs_dir, tmp_path,
         holder.kill()
         survivor.stop(grace_s=1)
         _drop_schema(schema)
+
+
+def _wait_for(condition, timeout_s: float = 15.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_between_steps_each_new_block_refreshes_the_anchors_and_catches_a_reorg(tmp_path, certs_dir, chain):
+    """With the anchor period at an hour, only the block poll can move the anchor's state."""
+    service = _start((str(tmp_path / "data"), None), certs_dir, tmp_path, chain, block_poll_interval_s=0.1)
+    try:
+        chain.send(service.anchor_worker.key.script_pubkey, FUNDING_SATS)
+        chain.mine(1)
+        _record(service, certs_dir, "a")
+        (txid,) = service.anchor_worker.step().built
+        (block_hash,) = chain.mine(1)
+        included = _wait_for(lambda: [a for a in _anchors(service) if a["state"] == "included"])
+        assert included[0]["txid"] == txid and included[0]["block_hash"] == block_hash
+        chain.reorg(1, drop_transactions=True)
+        pending = _wait_for(lambda: [a for a in _anchors(service) if a["state"] == "broadcast"])
+        assert pending[0]["block_hash"] is None
+        _wait_for(lambda: txid in chain.mempool_txids())  # re-sent after the node lost it
+        (new_block,) = chain.mine(1)
+        recovered = _wait_for(lambda: [a for a in _anchors(service) if a["block_hash"] == new_block])
+        assert recovered[0]["state"] == "included" and len(_anchors(service)) == 1
+    finally:
+        service.stop(grace_s=1)
