@@ -30,7 +30,7 @@ from services.bitcoin.regtest import ANYONE_CAN_SPEND, RegtestChain  # noqa: E40
 from services.config import storage_env  # noqa: E402
 from services.event_proofs import event_proof  # noqa: E402
 from services.server import clock_us  # noqa: E402
-from services.signing import TreeHeadSigner, load_or_create_signing_key  # noqa: E402
+from services.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key  # noqa: E402
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
         key = AnchorKey.generate("regtest")
         chain.send(key.script_pubkey, 1_000_000)
         chain.mine(1)
-        signer = TreeHeadSigner(ledger.store, load_or_create_signing_key(data_dir / "bench-signing.key"), clock_us)
+        signer = TreeHeadSigner(ledger.store, load_or_create_signing_key(data_dir / SIGNING_KEY_FILE_NAME), clock_us)
         worker = AnchorWorker(ledger.store, signer, chain, key, AnchorPolicy(), clock_us)
         _fill_mempool(chain, args.block_txs)
 

@@ -39,7 +39,7 @@ def timed_child(args: list[str]) -> tuple[float, float, int, str]:
     return time.perf_counter() - started, usage.ru_maxrss / 1024, child.returncode, out
 
 
-def prepared_ledger(data_dir: str, events: int) -> int:
+def prepared_ledger(data_dir: str, events: int, key_path: pathlib.Path) -> int:
     ledger = ReserveLedger(storage_env(data_dir, None))
     if ledger.store.log_size() < events:
         started = time.perf_counter()
@@ -48,7 +48,7 @@ def prepared_ledger(data_dir: str, events: int) -> int:
     size = ledger.store.log_size()
     head = ledger.store.load_tree_head()
     if head is None or head.tree_size < size:
-        key = load_or_create_signing_key(pathlib.Path(data_dir) / SIGNING_KEY_FILE_NAME)
+        key = load_or_create_signing_key(key_path)
         ledger.store.save_tree_head(sign_tree_head(key, size, merkle.root_hash(ledger.store, size),
                                                    1_790_000_000_000_000))
     ledger.close()
@@ -59,12 +59,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--data-dir")
+    parser.add_argument("--signing-key", metavar="FILE", help="key of the stored tree heads "
+                                                              "(default DATA_DIR/tree-head-signing.key, created)")
     args = parser.parse_args()
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="bench-audit-")
-    size = prepared_ledger(data_dir, args.events)
+    key_path = pathlib.Path(args.signing_key or pathlib.Path(data_dir) / SIGNING_KEY_FILE_NAME)
+    size = prepared_ledger(data_dir, args.events, key_path)
     out = pathlib.Path(data_dir) / "bundle"
     shutil.rmtree(out, ignore_errors=True)
-    export_s, export_mb, status, _ = timed_child(["export", "--data-dir", data_dir, "--out", str(out)])
+    export_s, export_mb, status, _ = timed_child(["export", "--data-dir", data_dir, "--out", str(out),
+                                                  "--signing-key", str(key_path)])
     assert status == 0, "export failed"
     bundle_mb = sum(p.stat().st_size for p in out.iterdir()) / 1e6
     audit_s, audit_mb, status, report = timed_child(["audit", str(out)])

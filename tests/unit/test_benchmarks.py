@@ -46,3 +46,11 @@ def test_anchor_benchmark_proves_an_event_through_a_confirmed_anchor(tmp_path):
     assert re.search(r"tree head -> first confirmation: [\d.]+ ms", out)
     assert re.search(r"anchor block holds 7 transactions", out)
     assert re.search(r"\.ots \d+ bytes, proof\.json \d+ bytes", out)
+
+
+def test_audit_benchmark_exports_and_audits_a_log_that_passes(tmp_path):
+    out = run("bench_audit.py", "--events", "600", "--data-dir", str(tmp_path))
+    size = int(re.search(r"events: ([\d,]+)", out).group(1).replace(",", ""))
+    assert size >= 600 and (tmp_path / "bundle" / "events.bin").stat().st_size > size * 100
+    assert re.search(r"export: [\d.]+ s, peak \d+ MB, bundle [\d.]+ MB", out)
+    assert re.search(r"audit: [\d.]+ s, peak \d+ MB \([\d,]+ events/s\)", out)
