@@ -273,7 +273,7 @@ class Audit:
             where = f"tree size {head.tree_size}"
             if head.tree_size > self.frontier.size:
                 self.findings.add("tree_heads", where, f"the head covers more events than the bundle holds "
-                                                       f"({self.frontier.size}): events were removed from the end")
+                                                       f"({self.frontier.size}): events were removed")
             elif head.root_hash != self.roots[head.tree_size]:
                 self.findings.add("tree_heads", where, f"the signed root does not match the events (an event at a "
                                                        f"position in [{previous_size}, {head.tree_size}) differs)")
@@ -439,7 +439,7 @@ def _check_payload(payload, tree_size: int, anchor: dict, roots: dict[int, bytes
         findings.add("anchors", where, f"the payload commits to tree size {payload.tree_size}, not {tree_size}")
     if payload.tree_size > events:
         findings.add("anchors", where, f"the payload commits to {payload.tree_size} events; the bundle holds {events}"
-                                       " (events were removed from the end)")
+                                       " (events were removed)")
     elif roots.get(payload.tree_size) not in (None, payload.root):
         findings.add("anchors", where, f"the payload's root is not the root of the first {payload.tree_size} events")
     elif payload.tree_size not in roots:

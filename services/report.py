@@ -28,6 +28,7 @@ CHECKS = (
     ("reserves", "Ledger balance of each custody account = confirmed coins at its registered addresses"),
 )
 FAILURES_SHOWN_MAX = 1000
+LONG_CELL_CHARS = 40
 
 
 def audit_result(facts: dict) -> dict:
@@ -80,9 +81,15 @@ def _e(value) -> str:
 
 def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td class='{'num' if i in numeric else ''}'>{_e(c)}</td>"
+    body = "".join("<tr>" + "".join(f"<td class='{_cell_class(i in numeric, c)}'>{_e(c)}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell_class(numeric: bool, value) -> str:
+    """'num' right-aligns; 'long' lets a txid, hash or address wrap instead of widening the page."""
+    text = "" if value is None else str(value)
+    return "num" if numeric else ("long" if len(text) > LONG_CELL_CHARS and " " not in text else "")
 
 
 # --- charts (matplotlib, Agg, inline SVG) ------------------------------------------------------------------
@@ -176,7 +183,7 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #cbd5e0;padding-bottom:.2em;margin
 .verdict{font-size:2em;font-weight:bold;padding:.6em 1em;border-radius:8px;color:#fff}
 .PASS{background:#2f855a}.FAIL{background:#c53030}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #cbd5e0;padding:.25em .6em;
-text-align:left;vertical-align:top}th{background:#edf2f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
+text-align:left;vertical-align:top}td.long{overflow-wrap:anywhere;min-width:14em}th{background:#edf2f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .pass{color:#2f855a;font-weight:bold}.fail{color:#c53030;font-weight:bold}.skipped{color:#718096}
 .note{color:#4a5568;font-size:.9em}code{font-size:.85em;word-break:break-all}svg{max-width:100%;height:auto}
 """

@@ -387,7 +387,7 @@ def test_when_the_anchoring_replica_dies_another_takes_over(certs_dir, tmp_path,
         _drop_schema(schema)
 
 
-def _wait_for(condition, timeout_s: float = 15.0):
+def _wait_for(condition, timeout_s: float = 60.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()

@@ -1,0 +1,364 @@
+"""`reserve-ledger export` and `reserve-ledger audit` on bundles from a real demo run: the clean bundle passes;
+each kind of tampering (events, tree heads, anchors, custody, coins moved on chain) fails with exit 1 and a
+FAIL line that names the check and the place. One demo per module; every test tampers with its own copy."""
+
+import dataclasses
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from reserve_ledger.v1 import audit_pb2 as apb
+from reserve_ledger.v1 import audit_pb2_grpc
+from reserve_ledger.v1 import ledger_pb2 as pb
+from services import bundle
+from services.bitcoin.addresses import script_pubkey_of_address
+from services.bitcoin.regtest import RegtestChain
+from services.client import secure_channel
+from tests.e2e.helpers import BTC, log_size, open_account, purchase
+
+UNRECORDED_SATS = 50_000_000          # the demo's own unrecorded movement to ops-warm-1 (services/demo.py)
+MOVED_SATS = 12_345_678               # what these tests move to vault-cold-2 behind the ledger's back
+
+
+def cli(*args: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+def audit(directory: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
+    return cli("audit", str(directory), *extra)
+
+
+def fail_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """The per-finding lines (`FAIL <check> <where>: <message>`), not the `FAIL: n failure(s)` summary."""
+    return [line for line in result.stdout.splitlines() if line.startswith("FAIL ")]
+
+
+def assert_named(result: subprocess.CompletedProcess, check: str, where: str, *message_parts: str) -> str:
+    """Exit 1 and a FAIL line for this check at this place (whose message holds every part); returns it."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    prefix = f"FAIL {check} {where}: "
+    for line in fail_lines(result):
+        if line.startswith(prefix) and all(part in line for part in message_parts):
+            return line
+    raise AssertionError(f"no line {prefix}... with {message_parts} in:\n{result.stdout}{result.stderr}")
+
+
+def read_frames(directory: pathlib.Path) -> list[bytes]:
+    return list(bundle.iter_events(directory / bundle.EVENTS))
+
+
+def write_frames(directory: pathlib.Path, frames: list[bytes]) -> None:
+    with open(directory / bundle.EVENTS, "wb") as file:
+        for frame in frames:
+            file.write(bundle.FRAME_HEADER.pack(len(frame)) + frame)
+
+
+def reseal(directory: pathlib.Path) -> None:
+    """What a careful forger does: recompute manifest.json so that its hashes and counts match the edited files."""
+    def length(name: str) -> int:
+        return len(json.loads((directory / name).read_bytes()))
+    headers_path = directory / bundle.HEADERS
+    headers = json.loads(headers_path.read_bytes())["headers"] if headers_path.exists() else []
+    bundle.seal(directory, {"events": len(read_frames(directory)), "tree_heads": length(bundle.TREE_HEADS),
+                            "anchors": length(bundle.ANCHORS), "custody_accounts": length(bundle.CUSTODY),
+                            "headers": len(headers)})
+
+
+def edit_json(directory: pathlib.Path, name: str, edit) -> None:
+    value = json.loads((directory / name).read_bytes())
+    edit(value)
+    bundle.write_json(directory, name, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    data_dir: pathlib.Path
+    bundle: pathlib.Path
+    chain_dir: pathlib.Path
+    anchor_txid: str
+    other_raw_tx: str      # a valid transaction of the same chain that is not the anchor
+
+    @property
+    def chain_spec(self) -> str:
+        return f"regtest:{self.chain_dir}"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Demo:
+    """One demo run (real mTLS server, SQLite, embedded regtest chain) and its bundle with headers."""
+    root = tmp_path_factory.mktemp("audit-bundle")
+    data_dir, out = root / "data", root / "bundle"
+    run = cli("demo", "--data-dir", str(data_dir))
+    assert run.returncode == 0, run.stderr[-3000:]
+    export = cli("export", "--data-dir", str(data_dir), "--out", str(out), "--chain", f"regtest:{data_dir / 'regtest'}")
+    assert export.returncode == 0, export.stdout + export.stderr
+    (anchor,) = json.loads((out / bundle.ANCHORS).read_bytes())
+    assert anchor["state"] == "anchored" and anchor["block_hash"], anchor
+    chain_copy = root / "chain-read"
+    shutil.copytree(data_dir / "regtest", chain_copy)
+    with RegtestChain(chain_copy) as chain:
+        other_raw_tx = chain.raw_transaction(anchor["prev_txid"]).hex()   # the anchor wallet's funding
+    return Demo(data_dir, out, data_dir / "regtest", anchor["txid"], other_raw_tx)
+
+
+@pytest.fixture
+def copy(demo, tmp_path) -> pathlib.Path:
+    """A private copy of the demo bundle to tamper with."""
+    return pathlib.Path(shutil.copytree(demo.bundle, tmp_path / "bundle"))
+
+
+# --- the clean bundle ------------------------------------------------------------------------------------
+
+def test_an_untampered_bundle_passes_the_offline_audit(demo):
+    result = audit(demo.bundle)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert fail_lines(result) == []
+    assert result.stdout.splitlines()[-1].startswith("OK: 16 events, 1 signed tree heads, 1 anchors")
+
+
+def test_exporting_twice_gives_byte_identical_bundles(demo, tmp_path):
+    again = tmp_path / "again"
+    export = cli("export", "--data-dir", str(demo.data_dir), "--out", str(again), "--chain", demo.chain_spec)
+    assert export.returncode == 0, export.stdout + export.stderr
+    names = sorted(path.name for path in demo.bundle.iterdir())
+    assert names == sorted(path.name for path in again.iterdir())
+    assert {bundle.MANIFEST, bundle.HEADERS, *bundle.REQUIRED_FILES} <= set(names)
+    for name in names:
+        assert (again / name).read_bytes() == (demo.bundle / name).read_bytes(), name
+
+
+def test_export_refuses_an_out_directory_that_is_not_empty(demo, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    export = cli("export", "--data-dir", str(demo.data_dir), "--out", str(out))
+    assert export.returncode == 2, export.stdout + export.stderr
+    assert "not empty" in export.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+
+
+def test_the_untampered_bundle_against_the_chain_names_only_the_unrecorded_demo_movement(demo):
+    result = audit(demo.bundle, "--chain", demo.chain_spec)
+    line = assert_named(result, "reserves", "account ops-warm-1", f"difference {UNRECORDED_SATS:+d} sats")
+    assert fail_lines(result) == [line], result.stdout
+
+
+# --- events ----------------------------------------------------------------------------------------------
+
+def test_a_flipped_byte_in_an_event_is_caught_by_the_manifest_when_not_resealed(copy):
+    frames = read_frames(copy)
+    frames[5] = frames[5].replace(b'"quantity_sats":800000000', b'"quantity_sats":900000000')
+    write_frames(copy, frames)
+    assert_named(audit(copy), "manifest", "file events.bin", "SHA-256")
+
+
+def test_a_flipped_byte_that_breaks_the_canonical_form_names_the_event(copy):
+    frames = read_frames(copy)
+    frames[5] = bytes([frames[5][0] ^ 0x01]) + frames[5][1:]      # '{' becomes 'z'
+    write_frames(copy, frames)
+    reseal(copy)
+    result = audit(copy)
+    assert_named(result, "events", "event 5", "not a canonical event")
+    assert_named(result, "tree_heads", "tree size 16", "signed root does not match")
+    assert not any(line.startswith("FAIL manifest") for line in fail_lines(result)), result.stdout
+
+
+def test_a_flipped_digit_that_keeps_the_event_canonical_is_named_by_the_tree_head_anchor_and_custody(demo, copy):
+    """The bytes still parse, so only the signed root, the anchored root and the replayed balance can tell."""
+    frames = read_frames(copy)
+    forged = frames[5].replace(b'"quantity_sats":800000000', b'"quantity_sats":900000000')
+    assert forged != frames[5] and len(forged) == len(frames[5])
+    frames[5] = forged
+    write_frames(copy, frames)
+    reseal(copy)
+    result = audit(copy)
+    assert_named(result, "tree_heads", "tree size 16", "signed root does not match")
+    assert_named(result, "anchors", f"anchor {demo.anchor_txid}", "not the root of the first 16 events")
+    assert_named(result, "custody", "account vault-cold-2", "balance_sats = 800000000", "900000000")
+    assert not any(line.startswith(("FAIL manifest", "FAIL events")) for line in fail_lines(result)), result.stdout
+
+
+def test_a_dropped_event_is_named(copy):
+    frames = read_frames(copy)
+    write_frames(copy, frames[:5] + frames[6:])
+    reseal(copy)
+    result = audit(copy)
+    assert_named(result, "events", "event 5", "expected position 5, the event says 6")
+    assert_named(result, "tree_heads", "tree size 16", "covers more events than the bundle holds (15)")
+    assert not any(line.startswith("FAIL manifest") for line in fail_lines(result)), result.stdout
+
+
+def test_two_swapped_events_are_both_named(copy):
+    frames = read_frames(copy)
+    frames[5], frames[6] = frames[6], frames[5]
+    write_frames(copy, frames)
+    reseal(copy)
+    result = audit(copy)
+    assert_named(result, "events", "event 5", "expected position 5, the event says 6")
+    assert_named(result, "events", "event 6", "expected position 6, the event says 5")
+    assert_named(result, "tree_heads", "tree size 16", "signed root does not match")
+    assert not any(line.startswith("FAIL manifest") for line in fail_lines(result)), result.stdout
+
+
+def test_events_truncated_at_the_end_are_named_as_removed_from_the_end(demo, copy):
+    frames = read_frames(copy)
+    write_frames(copy, frames[:-3])
+    reseal(copy)
+    result = audit(copy)
+    assert_named(result, "tree_heads", "tree size 16", "covers more events than the bundle holds (13)",
+                 "events were removed")
+    assert_named(result, "anchors", f"anchor {demo.anchor_txid}", "commits to 16 events; the bundle holds 13",
+                 "events were removed")
+    assert not any(line.startswith(("FAIL manifest", "FAIL events")) for line in fail_lines(result)), result.stdout
+
+
+# --- anchors ---------------------------------------------------------------------------------------------
+
+def test_an_anchor_replaced_by_another_valid_transaction_is_named(demo, copy):
+    def replace(anchors):
+        anchors[0]["raw_tx"] = demo.other_raw_tx
+    edit_json(copy, bundle.ANCHORS, replace)
+    reseal(copy)
+    result = audit(copy)
+    where = f"anchor {demo.anchor_txid}"
+    assert_named(result, "anchors", where, "the raw transaction's txid is")
+    assert_named(result, "anchors", where, "carries no Reserve Ledger payload")
+    assert_named(result, "anchors", where, "merkleblock does not contain this transaction")
+    assert all(where in line for line in fail_lines(result)), result.stdout
+
+
+def test_an_anchor_whose_payload_root_is_altered_is_named(demo, copy):
+    root_hex = json.loads((copy / bundle.ANCHORS).read_bytes())[0]["root_hash"]
+    forged_hex = f"{int(root_hex[:2], 16) ^ 0x01:02x}" + root_hex[2:]
+
+    def alter(anchors):
+        assert anchors[0]["raw_tx"].count(root_hex) == 1
+        anchors[0]["raw_tx"] = anchors[0]["raw_tx"].replace(root_hex, forged_hex)
+    edit_json(copy, bundle.ANCHORS, alter)
+    reseal(copy)
+    result = audit(copy)
+    where = f"anchor {demo.anchor_txid}"
+    assert_named(result, "anchors", where, "the payload's root is not the root of the first 16 events")
+    assert_named(result, "anchors", where, "the listed root differs from the payload's")
+    assert all(where in line for line in fail_lines(result)), result.stdout
+
+
+# --- tree heads ------------------------------------------------------------------------------------------
+
+def test_a_forged_tree_head_signature_is_named(copy):
+    def forge(heads):
+        signature = bytearray.fromhex(heads[0]["signature"])
+        signature[10] ^= 0x04
+        heads[0]["signature"] = signature.hex()
+    edit_json(copy, bundle.TREE_HEADS, forge)
+    reseal(copy)
+    result = audit(copy)
+    line = assert_named(result, "tree_heads", "tree size 16", "signature does not verify")
+    assert fail_lines(result) == [line], result.stdout
+
+
+def test_a_tree_head_with_a_changed_root_is_named(copy):
+    def change(heads):
+        root = bytearray.fromhex(heads[0]["root_hash"])
+        root[0] ^= 0x80
+        heads[0]["root_hash"] = root.hex()
+    edit_json(copy, bundle.TREE_HEADS, change)
+    reseal(copy)
+    result = audit(copy)
+    assert_named(result, "tree_heads", "tree size 16", "signed root does not match")
+    assert_named(result, "tree_heads", "tree size 16", "signature does not verify")
+    assert all(line.startswith("FAIL tree_heads tree size 16: ") for line in fail_lines(result)), result.stdout
+
+
+# --- custody ---------------------------------------------------------------------------------------------
+
+def test_an_edited_custody_balance_names_the_account(copy):
+    def inflate(accounts):
+        (account,) = [a for a in accounts if a["account_id"] == "ops-warm-1"]
+        account["balance_sats"] += UNRECORDED_SATS
+    edit_json(copy, bundle.CUSTODY, inflate)
+    reseal(copy)
+    result = audit(copy)
+    line = assert_named(result, "custody", "account ops-warm-1", f"balance_sats = {2 * BTC + UNRECORDED_SATS}",
+                        f"the events say {2 * BTC}")
+    assert fail_lines(result) == [line], result.stdout
+
+
+def test_an_edited_custody_balance_without_resealing_is_also_caught_by_the_manifest(copy):
+    edit_json(copy, bundle.CUSTODY, lambda accounts: accounts[0].update(balance_sats=accounts[0]["balance_sats"] - 1))
+    result = audit(copy)
+    assert_named(result, "manifest", "file custody.json", "SHA-256")
+    assert_named(result, "custody", f"account {json.loads((copy / bundle.CUSTODY).read_bytes())[0]['account_id']}",
+                 "balance_sats")
+
+
+# --- the chain -------------------------------------------------------------------------------------------
+
+def test_coins_moved_on_chain_without_a_ledger_event_name_the_account_and_the_difference(demo, tmp_path):
+    chain_dir = pathlib.Path(shutil.copytree(demo.chain_dir, tmp_path / "regtest"))
+    custody = {a["account_id"]: a for a in json.loads((demo.bundle / bundle.CUSTODY).read_bytes())}
+    with RegtestChain(chain_dir) as chain:
+        chain.send(script_pubkey_of_address(custody["vault-cold-2"]["addresses"][0]), MOVED_SATS)
+        chain.mine(1)
+    result = audit(demo.bundle, "--chain", f"regtest:{chain_dir}")
+    moved = assert_named(result, "reserves", "account vault-cold-2",
+                         f"ledger: {custody['vault-cold-2']['balance_sats']} sats", f"difference {MOVED_SATS:+d} sats")
+    demo_line = assert_named(result, "reserves", "account ops-warm-1", f"difference {UNRECORDED_SATS:+d} sats")
+    assert sorted(fail_lines(result)) == sorted([moved, demo_line]), result.stdout
+
+
+# --- both storage backends -------------------------------------------------------------------------------
+
+def test_export_reads_each_storage_backend_and_its_bundle_audits_clean(storage, server, clients, certs_dir, tmp_path):
+    """The exporter runs on SQLite and on PostgreSQL (the `storage` fixture), against a live server."""
+    data_dir, database_url = storage
+    open_account(clients.alice, "cold-a")
+    open_account(clients.alice, "warm-b", custodian="Operations", kind=pb.ACCOUNT_KIND_WARM)
+    purchase(clients.alice, "cold-a", 3, "buy-1")
+    purchase(clients.alice, "cold-a", 2, "buy-2", price="58000.00", currency="EUR")
+    proposal = clients.alice.ProposeTransfer(pb.ProposeTransferRequest(
+        request_id="move-1", debit_account_id="cold-a", credit_account_id="warm-b", amount_sats=BTC,
+        memo="top up"), timeout=10)
+    clients.bob.ApproveTransfer(pb.ApproveTransferRequest(request_id="approve-move-1",
+                                                          transfer_id=proposal.transfer_id), timeout=10)
+    size = log_size(clients)
+    audit_stub = audit_pb2_grpc.AuditServiceStub(secure_channel(clients.address, certs_dir, "dave"))
+    assert audit_stub.GetTreeHead(apb.GetTreeHeadRequest(), timeout=10).tree_head.tree_size == size
+    out = tmp_path / "bundle"
+    source = ["--database", database_url] if database_url else ["--data-dir", data_dir]
+    chain_spec = f"regtest:{tmp_path / 'regtest'}"    # a fresh chain: no anchor is confirmed in it
+    export = cli("export", *source, "--signing-key", str(tmp_path / "signing.key"), "--out", str(out),
+                 "--chain", chain_spec)
+    assert export.returncode == 0, export.stdout + export.stderr
+    manifest = json.loads((out / bundle.MANIFEST).read_bytes())
+    assert manifest["counts"]["events"] == size == 6 and manifest["counts"]["tree_heads"] >= 1
+    assert json.loads((out / bundle.HEADERS).read_bytes()) == {"start_height": None, "headers": []}
+    balances = {a["account_id"]: a["balance_sats"] for a in json.loads((out / bundle.CUSTODY).read_bytes())}
+    assert balances == {"cold-a": 4 * BTC, "warm-b": BTC}
+    for extra in ((), ("--chain", chain_spec)):
+        result = audit(out, *extra)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines()[-1].startswith(f"OK: {size} events")
+
+
+# --- bundles that are not well formed --------------------------------------------------------------------
+
+def test_a_manifest_that_is_not_an_object_fails_without_a_traceback(copy):
+    (copy / bundle.MANIFEST).write_text("[]\n")
+    result = audit(copy)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert fail_lines(result) == ["FAIL bundle: manifest.json is not an object with a counts object"]
+
+
+def test_an_anchor_entry_that_is_not_an_object_is_named_without_a_traceback(copy):
+    edit_json(copy, bundle.ANCHORS, lambda anchors: anchors.append(7))
+    reseal(copy)
+    result = audit(copy)
+    assert "Traceback" not in result.stderr, result.stderr
+    line = assert_named(result, "anchors", "anchor #1", "malformed entry")
+    assert fail_lines(result) == [line], result.stdout
