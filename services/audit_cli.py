@@ -12,12 +12,19 @@ FINDINGS_PRINTED_MAX = 50
 def add_audit_commands(commands) -> None:
     from services.bitcoin.backends import CHAIN_SPEC_HELP
     from services.cli import _storage_args
-    export = commands.add_parser("export", help="write an audit bundle (docs/FORMATS.md, 'Audit bundle')")
-    _storage_args(export)
+    export = commands.add_parser("export", help="write an audit bundle (docs/FORMATS-audit.md) from local storage "
+                                                "or from a running server over gRPC")
+    source = _storage_args(export)
+    source.add_argument("--server", metavar="HOST:PORT", help="export from this running server's AuditService "
+                                                              "(mTLS; needs --certs and --identity)")
+    export.add_argument("--certs", metavar="DIR", help="with --server: directory with ca.pem and NAME.pem/NAME.key")
+    export.add_argument("--identity", metavar="NAME", help="with --server: whose client certificate to present "
+                                                           "(an auditor or admin)")
     export.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the bundle")
     export.add_argument("--public-key", metavar="HEX", help="raw Ed25519 public key of the tree heads")
     export.add_argument("--signing-key", metavar="FILE",
-                        help="take the public key from this key file (default DATA_DIR/tree-head-signing.key)")
+                        help="take the public key from this key file (default DATA_DIR/tree-head-signing.key; "
+                             "with --server the server's GetPublicKey answers)")
     export.add_argument("--chain", metavar="SPEC", help="also export the block headers from the first anchor's "
                                                         f"block to the tip: {CHAIN_SPEC_HELP}")
     export.set_defaults(run=cmd_export)
@@ -34,25 +41,64 @@ def _progress_bar(total: int, desc: str) -> tqdm:
     return tqdm(total=total, unit="event", desc=desc, disable=not sys.stderr.isatty(), file=sys.stderr)
 
 
+def _export_error(message: str) -> int:
+    print(f"reserve-ledger export: error: {message}", file=sys.stderr)
+    return 2
+
+
 def cmd_export(args) -> int:
-    from services.bitcoin.backends import close_backend, open_backend
+    if args.server:
+        return _export_from_server(args)
+    if args.certs or args.identity:
+        return _export_error("--certs and --identity go with --server HOST:PORT")
     from services.cli import _open_ledger, _public_key_for_verify
-    from services.export import BundleDirectoryNotEmpty, export_bundle
+    from services.export import LedgerSource
     public_key = _public_key_for_verify(args)
     if public_key is None:
-        print("reserve-ledger export: error: no public key (give --public-key HEX or --signing-key FILE)",
-              file=sys.stderr)
-        return 2
+        return _export_error("no public key (give --public-key HEX or --signing-key FILE)")
     ledger = _open_ledger(args)
-    backend = open_backend(args.chain) if args.chain else None
     try:
-        with _progress_bar(ledger.store.log_size(), "exporting") as bar:
-            manifest = export_bundle(ledger, args.out, public_key, backend, lambda n: bar.update(n - bar.n))
-    except BundleDirectoryNotEmpty as error:
-        print(f"reserve-ledger export: error: {error}", file=sys.stderr)
-        return 2
+        return _export(LedgerSource(ledger, public_key), args)
     finally:
         ledger.close()
+
+
+def _export_from_server(args) -> int:
+    """The bundle of a running server, read through its AuditService with an auditor's (or admin's) certificate."""
+    import grpc
+    from services.client import secure_channel
+    from services.export_grpc import AuditServiceSource, ServerAnswerInvalid
+    if not args.certs or not args.identity:
+        return _export_error("--server needs --certs DIR and --identity NAME")
+    if args.public_key or args.signing_key:
+        return _export_error("with --server the public key comes from the server; drop --public-key/--signing-key")
+    try:
+        channel = secure_channel(args.server, args.certs, args.identity)
+    except OSError as error:
+        return _export_error(f"no client certificate for {args.identity!r}: {error.strerror}: {error.filename}")
+    try:
+        with channel:
+            return _export(AuditServiceSource(channel), args)
+    except grpc.RpcError as error:
+        hint = (f" (export needs an auditor or admin identity; {args.identity!r} is neither)"
+                if error.code() == grpc.StatusCode.PERMISSION_DENIED else "")
+        return _export_error(f"{args.server} answered {error.code().name}: {error.details()}{hint}; no bundle written")
+    except ServerAnswerInvalid as error:
+        print(f"reserve-ledger export: error: {args.server} answered what no correct server sends: {error}; "
+              "no bundle written", file=sys.stderr)
+        return 1
+
+
+def _export(source, args) -> int:
+    from services.bitcoin.backends import close_backend, open_backend
+    from services.export import BundleDirectoryNotEmpty, write_bundle
+    backend = open_backend(args.chain) if args.chain else None
+    try:
+        with _progress_bar(source.snapshot_size(), "exporting") as bar:
+            manifest = write_bundle(source, args.out, backend, lambda n: bar.update(n - bar.n))
+    except BundleDirectoryNotEmpty as error:
+        return _export_error(str(error))
+    finally:
         if backend is not None:
             close_backend(backend)
     counts = manifest["counts"]

@@ -12,12 +12,19 @@ from reserve_ledger.v1 import audit_pb2_grpc
 from ledger.anchoring import ChainBackend
 from ledger.event_proofs import dumps_proof
 from services.event_proofs import event_proof
+from services.paging import offset_of, token_of
 from services.signing import TreeHeadSigner
 
 
 def head_to_proto(head: TreeHead) -> pb.SignedTreeHead:
     return pb.SignedTreeHead(tree_size=head.tree_size, root_hash=head.root_hash, timestamp_us=head.timestamp_us,
                              signature=head.signature, key_id=head.key_id)
+
+
+def anchor_to_proto(anchor: dict) -> pb.Anchor:
+    """An anchor row as a message: the columns the audit bundle carries; NULL columns stay unset."""
+    fields = {name: anchor[name] for name in pb.Anchor.DESCRIPTOR.fields_by_name if anchor.get(name) is not None}
+    return pb.Anchor(**fields)
 
 
 def _not_negative(**values: int) -> None:
@@ -108,3 +115,39 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         return pb.GetEventProofResponse(event_bytes=proof.event_bytes, ots_file=proof.ots,
                                         proof_json=dumps_proof(proof.proof), anchor_txid=proof.anchor_txid,
                                         block_hash=proof.block_hash, block_height=proof.block_height)
+
+    def _list_bounds(self, request, kind: str) -> tuple[int, int | None, int]:
+        """The page's first key (from page_token), tree_size_max (None when unset) and the page size, validated."""
+        tree_size_max = request.tree_size_max if request.HasField("tree_size_max") else None
+        violations = []
+        if tree_size_max is not None and tree_size_max < 0:
+            violations.append(errors.Violation("tree_size_max", "MUST_NOT_BE_NEGATIVE",
+                                               "tree_size_max must not be negative"))
+        if not 1 <= request.page_size <= limits.PAGE_SIZE_MAX:
+            violations.append(errors.Violation("page_size", "PAGE_SIZE_OUT_OF_RANGE",
+                                               f"page_size must be 1..{limits.PAGE_SIZE_MAX}"))
+        try:
+            first = offset_of(request.page_token, kind)
+        except errors.RequestInvalid as error:
+            violations.extend(error.violations)
+        if violations:
+            raise errors.RequestInvalid(violations)
+        if tree_size_max is not None:
+            self._within_log(tree_size_max, "tree_size_max")
+        return first, tree_size_max, request.page_size
+
+    def ListTreeHeads(self, request, context):
+        first, tree_size_max, page_size = self._list_bounds(request, "tree_heads")
+        heads = self._store.list_tree_heads(first, tree_size_max, page_size + 1)
+        more = len(heads) > page_size
+        return pb.ListTreeHeadsResponse(
+            tree_heads=[head_to_proto(head) for head in heads[:page_size]],
+            next_page_token=token_of("tree_heads", heads[page_size].tree_size) if more else "")
+
+    def ListAnchors(self, request, context):
+        first, tree_size_max, page_size = self._list_bounds(request, "anchors")
+        anchors = self._store.list_anchors(first, tree_size_max, page_size + 1)
+        more = len(anchors) > page_size
+        return pb.ListAnchorsResponse(
+            anchors=[anchor_to_proto(anchor) for anchor in anchors[:page_size]],
+            next_page_token=token_of("anchors", anchors[page_size]["anchor_id"]) if more else "")

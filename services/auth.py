@@ -49,6 +49,8 @@ ALLOWED_ROLES: dict[str, frozenset[str]] = {
     AUDIT_SERVICE + "StreamLeaves": frozenset({"auditor", "admin"}),
     AUDIT_SERVICE + "GetPublicKey": frozenset({"auditor", "admin"}),
     AUDIT_SERVICE + "GetEventProof": frozenset({"auditor", "admin"}),
+    AUDIT_SERVICE + "ListTreeHeads": frozenset({"auditor", "admin"}),
+    AUDIT_SERVICE + "ListAnchors": frozenset({"auditor", "admin"}),
 }
 
 

@@ -11,10 +11,12 @@ from tqdm import tqdm
 from services.anchor_cli import add_anchor_commands
 
 
-def _storage_args(parser: argparse.ArgumentParser) -> None:
+def _storage_args(parser: argparse.ArgumentParser):
+    """--data-dir | --database; returns the group so that a command may add another exclusive source."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--data-dir", default="./reserve-data", help="SQLite data directory (default ./reserve-data)")
     group.add_argument("--database", metavar="URL", help="PostgreSQL URL, e.g. postgresql://postgres@127.0.0.1/test")
+    return group
 
 
 def _open_ledger(args):

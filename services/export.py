@@ -1,23 +1,28 @@
-"""`reserve-ledger export`: write an audit bundle (services/bundle.py, docs/FORMATS.md) from a data dir or database.
+"""`reserve-ledger export`: write an audit bundle (services/bundle.py, docs/FORMATS-audit.md) from a source.
 
-The export is a snapshot at the log size read first: events, tree heads and anchors beyond it are left
-for the next export, so a running server may keep appending. Events are streamed page by page; memory
-stays bounded however long the log. Exporting the same log twice gives byte-identical bundles.
+One writer, two sources: the local ledger (a data dir or a database, `LedgerSource`) and a running server's
+AuditService (services/export_grpc.py). A source takes its snapshot size once, first: events, tree heads and
+anchors beyond it are left for the next export, so a running server may keep appending. Events are streamed
+page by page; memory stays bounded however long the log. The same log gives byte-identical bundles, whichever
+the source and however often it is exported. A failed export leaves no bundle behind.
 """
 
 import pathlib
-from typing import Callable
+from typing import Callable, Iterator, Protocol
 
 from ledger import limits
 from ledger.anchor_policy import CONFIRMED_STATES
 from ledger.application import ReserveLedger
 from ledger.audit import HEADERS_MAX, custody_accounts
 from ledger.state import ReserveState
+from ledger.tree_heads import TreeHead
 from services import bundle
 
 ANCHOR_FIELDS = ("anchor_id", "tree_size", "root_hash", "txid", "raw_tx", "state", "replaces", "fee_sats", "vsize",
                  "prev_txid", "prev_vout", "prev_value_sats", "change_vout", "change_value_sats", "block_hash",
                  "block_height", "confirmations", "block_header", "txout_proof")
+BUNDLE_FILES = (bundle.MANIFEST, bundle.EVENTS, bundle.TREE_HEADS, bundle.PUBLIC_KEY, bundle.ANCHORS, bundle.HEADERS,
+                bundle.CUSTODY)
 
 
 class BundleDirectoryNotEmpty(ValueError):
@@ -28,24 +33,87 @@ class HeaderRangeTooLong(ValueError):
     """More headers between the first anchor and the tip than a bundle carries (HEADERS_MAX)."""
 
 
+class BundleSource(Protocol):
+    """What the writer reads. snapshot_size() is called first and must answer the same every time."""
+
+    def snapshot_size(self) -> int: ...
+    def public_key_raw(self) -> bytes: ...
+    def event_pages(self, size: int) -> Iterator[list[bytes]]: ...   # canonical bytes of positions 0..size-1
+    def tree_heads(self, size: int) -> list[TreeHead]: ...           # heads of at most `size` events, by size
+    def anchors(self, size: int) -> list[dict]: ...                  # ANCHOR_FIELDS, by anchor_id, tree_size <= size
+    def custody_accounts(self, size: int) -> list[dict]: ...         # after event_pages: as of position size - 1
+
+
+class LedgerSource:
+    """The local ledger: events from storage, custody accounts from the state at the snapshot."""
+
+    def __init__(self, ledger: ReserveLedger, public_key_raw: bytes):
+        self._ledger = ledger
+        self._public_key_raw = public_key_raw
+        self._size: int | None = None
+
+    def snapshot_size(self) -> int:
+        if self._size is None:
+            self._size = self._ledger.store.log_size()
+        return self._size
+
+    def public_key_raw(self) -> bytes:
+        return self._public_key_raw
+
+    def event_pages(self, size: int) -> Iterator[list[bytes]]:
+        position = 0
+        while position < size:
+            page = self._ledger.read_events(position, min(limits.REPLAY_PAGE_SIZE, size - position))
+            if not page:
+                raise RuntimeError(f"the log ended at {position}, before its size {size}")
+            for event, _ in page:
+                assert event["position"] == position, (event["position"], position)
+                position += 1
+            yield [event_bytes for _, event_bytes in page]
+
+    def tree_heads(self, size: int) -> list[TreeHead]:
+        return self._ledger.store.list_tree_heads(tree_size_max=size)
+
+    def anchors(self, size: int) -> list[dict]:
+        return self._ledger.store.list_anchors(tree_size_max=size)
+
+    def custody_accounts(self, size: int) -> list[dict]:
+        return custody_accounts(self._ledger.state_as_of(size - 1) if size else ReserveState())
+
+
 def export_bundle(ledger: ReserveLedger, out_dir: str | pathlib.Path, public_key_raw: bytes, backend=None,
                   progress: Callable[[int], None] = lambda n: None) -> dict:
-    """Write the bundle and return its manifest. ``backend`` (a ChainBackend) adds headers.json."""
+    """Write the bundle of the local ledger and return its manifest. ``backend`` (a ChainBackend) adds headers."""
+    return write_bundle(LedgerSource(ledger, public_key_raw), out_dir, backend, progress)
+
+
+def write_bundle(source: BundleSource, out_dir: str | pathlib.Path, backend=None,
+                 progress: Callable[[int], None] = lambda n: None) -> dict:
+    """Write the bundle of `source` into a new or empty directory; on any failure remove what was written."""
     out = pathlib.Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise BundleDirectoryNotEmpty(f"{out} is not empty")
-    size = ledger.store.log_size()
-    _write_events(ledger, out, size, progress)
-    heads = [head for head in ledger.store.list_tree_heads() if head.tree_size <= size]
+    try:
+        return _write(source, out, backend, progress)
+    except BaseException:
+        _remove_partial_bundle(out, created)
+        raise
+
+
+def _write(source: BundleSource, out: pathlib.Path, backend, progress: Callable[[int], None]) -> dict:
+    size = source.snapshot_size()
+    public_key_raw = source.public_key_raw()
+    _write_events(source.event_pages(size), out, size, progress)
+    heads = source.tree_heads(size)
     bundle.write_json(out, bundle.TREE_HEADS, [
         {"tree_size": h.tree_size, "root_hash": h.root_hash.hex(), "timestamp_us": h.timestamp_us,
          "signature": h.signature.hex(), "key_id": h.key_id} for h in heads])
     (out / bundle.PUBLIC_KEY).write_text(public_key_raw.hex() + "\n")
-    anchors = [_anchor_json(a) for a in ledger.store.list_anchors() if a["tree_size"] <= size]
+    anchors = [_anchor_json(a) for a in source.anchors(size)]
     bundle.write_json(out, bundle.ANCHORS, anchors)
-    state = ledger.state_as_of(size - 1) if size else ReserveState()
-    custody = custody_accounts(state)
+    custody = source.custody_accounts(size)
     bundle.write_json(out, bundle.CUSTODY, custody)
     counts = {"events": size, "tree_heads": len(heads), "anchors": len(anchors), "custody_accounts": len(custody),
               "headers": 0}
@@ -54,21 +122,28 @@ def export_bundle(ledger: ReserveLedger, out_dir: str | pathlib.Path, public_key
     return bundle.seal(out, counts)
 
 
-def _write_events(ledger: ReserveLedger, out: pathlib.Path, size: int, progress: Callable[[int], None]) -> None:
+def _write_events(pages: Iterator[list[bytes]], out: pathlib.Path, size: int, progress: Callable[[int], None]) -> None:
     writer = bundle.EventsWriter(out)
     try:
-        position = 0
-        while position < size:
-            page = ledger.read_events(position, min(limits.REPLAY_PAGE_SIZE, size - position))
-            if not page:
-                raise RuntimeError(f"the log ended at {position}, before its size {size}")
-            for event, event_bytes in page:
-                assert event["position"] == position, (event["position"], position)
+        for page in pages:
+            for event_bytes in page:
                 writer.write(event_bytes)
-                position += 1
-            progress(position)
+            progress(writer.count)
     finally:
         writer.close()
+    if writer.count != size:
+        raise RuntimeError(f"the source gave {writer.count} events, not the snapshot's {size}")
+
+
+def _remove_partial_bundle(out: pathlib.Path, created: bool) -> None:
+    """The directory was empty (or absent) before the export: remove the bundle's files, and it if we made it."""
+    for name in BUNDLE_FILES:
+        (out / name).unlink(missing_ok=True)
+    if created:
+        try:
+            out.rmdir()
+        except OSError:
+            pass  # someone put other files there meanwhile: leave them
 
 
 def _anchor_json(anchor: dict) -> dict:

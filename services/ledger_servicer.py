@@ -1,7 +1,6 @@
 """ReserveLedgerService: proto -> one ledger call -> proto. No business rules and no try/except here;
 errors raised as LedgerError are turned into statuses by the interceptor (services/interceptor.py)."""
 
-import base64
 import json
 import time
 
@@ -14,6 +13,7 @@ from ledger.application import Recorded, ReserveLedger
 from reserve_ledger.v1 import ledger_pb2 as pb
 from reserve_ledger.v1 import ledger_pb2_grpc
 from services.auth import caller_of
+from services.paging import offset_of, token_of
 from services.writer import CommandWriter
 
 KIND_TO_PROTO = {"cold": pb.ACCOUNT_KIND_COLD, "warm": pb.ACCOUNT_KIND_WARM, "hot": pb.ACCOUNT_KIND_HOT,
@@ -56,23 +56,6 @@ def page_size_of(requested: int, field: str = "page_size") -> int:
     if requested < 0:
         raise errors.RequestInvalid([errors.Violation(field, "PAGE_SIZE_NEGATIVE", f"{field} must not be negative")])
     return min(requested or limits.PAGE_SIZE_DEFAULT, limits.PAGE_SIZE_MAX)
-
-
-def offset_of(token: str, kind: str) -> int:
-    """Page tokens are opaque to clients; they carry the kind of list and the next offset."""
-    if not token:
-        return 0
-    try:
-        found_kind, _, offset = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if found_kind == kind and offset.isdigit():
-            return int(offset)
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise errors.RequestInvalid([errors.Violation("page_token", "PAGE_TOKEN_INVALID", "page_token is not one we issued")])
-
-
-def token_of(kind: str, offset: int) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{offset}".encode()).decode()
 
 
 class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):

@@ -57,6 +57,11 @@ def _tree_head(row) -> TreeHead:
                     row["key_id"])
 
 
+def _limit_clause(limit: int | None) -> str:
+    assert limit is None or (isinstance(limit, int) and limit > 0), limit
+    return "" if limit is None else f" LIMIT {limit}"
+
+
 class _LedgerTables:
     """Dialect-neutral SQL for the side tables; subclasses say how to run a statement."""
 
@@ -175,9 +180,14 @@ class _LedgerTables:
                              + where + "ORDER BY tree_size DESC LIMIT 1", () if tree_size is None else (tree_size,))
         return None if row is None else _tree_head(row)
 
-    def list_tree_heads(self) -> list[TreeHead]:
+    def list_tree_heads(self, tree_size_min: int = 0, tree_size_max: int | None = None,
+                        limit: int | None = None) -> list[TreeHead]:
+        """Heads in order of size, from tree_size_min, at most tree_size_max; `limit` rows (None: all)."""
+        where, params = "tree_size >= ?", (tree_size_min,)
+        if tree_size_max is not None:
+            where, params = where + " AND tree_size <= ?", (tree_size_min, tree_size_max)
         rows = self._read_all("SELECT tree_size, root_hash, timestamp_us, signature, key_id FROM {s}tree_heads "
-                              "ORDER BY tree_size")
+                              f"WHERE {where} ORDER BY tree_size" + _limit_clause(limit), params)
         return [_tree_head(row) for row in rows]
 
     # --- Bitcoin anchors (written only by the one process holding the anchor turn) -------------------
@@ -196,8 +206,14 @@ class _LedgerTables:
         assignments = ", ".join(f"{column} = ?" for column in changes)
         self._write(f"UPDATE {{s}}anchors SET {assignments} WHERE anchor_id = ?", (*changes.values(), anchor_id))
 
-    def list_anchors(self) -> list[dict]:
-        rows = self._read_all(f"SELECT {', '.join(ANCHOR_COLUMNS)} FROM {{s}}anchors ORDER BY anchor_id")
+    def list_anchors(self, anchor_id_min: int = 0, tree_size_max: int | None = None,
+                     limit: int | None = None) -> list[dict]:
+        """Anchors in order of anchor_id, from anchor_id_min, committing to at most tree_size_max events."""
+        where, params = "anchor_id >= ?", (anchor_id_min,)
+        if tree_size_max is not None:
+            where, params = where + " AND tree_size <= ?", (anchor_id_min, tree_size_max)
+        rows = self._read_all(f"SELECT {', '.join(ANCHOR_COLUMNS)} FROM {{s}}anchors WHERE {where} ORDER BY anchor_id"
+                              + _limit_clause(limit), params)
         return [{c: (bytes(r[c]) if c in ANCHOR_BYTES_COLUMNS and r[c] is not None else r[c]) for c in ANCHOR_COLUMNS}
                 for r in rows]
 

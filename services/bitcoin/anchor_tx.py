@@ -312,7 +312,7 @@ def build_anchor_tx(prev: Utxo, key: "AnchorKey | str", payload: bytes, fee_rate
     plan = _plan(prev, public_key, payload, fee_rate_sat_per_vb, fee_max_sats, locktime_height)
     # BIP143 scriptCode of a P2WPKH input is the P2PKH template, not the scriptPubKey.
     script_code = Script(["OP_DUP", "OP_HASH160", hash160(public_key).hex(), "OP_EQUALVERIFY", "OP_CHECKSIG"])
-    signature = signing_key.sign_segwit_input(plan.tx, 0, script_code, prev.value_sats)
+    signature = minimal_der_signature(signing_key.sign_segwit_input(plan.tx, 0, script_code, prev.value_sats))
     plan.tx.witnesses = [TxWitnessInput([signature, public_key.hex()])]
     raw = plan.tx.to_bytes(True)
     parsed = parse_transaction(raw)
@@ -321,6 +321,34 @@ def build_anchor_tx(prev: Utxo, key: "AnchorKey | str", payload: bytes, fee_rate
     if not verify_p2wpkh_input(raw, script_pubkey, prev.value_sats):
         raise SignatureInvalid(f"{parsed.txid}: the signature does not verify; is the UTXO paying this key?")
     return AnchorTx(raw, parsed.txid, parsed.vsize, fee, 1, plan.change_value_sats)
+
+
+def _der_integer(value: int) -> bytes:
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big")  # a leading 0x00 only when the top bit is set
+    return b"\x02" + bytes([len(body)]) + body
+
+
+def minimal_der_signature(signature_hex: str) -> str:
+    """The same ECDSA signature in minimal DER (BIP66, a consensus rule since 2015).
+
+    bitcoin-utils 0.8.8 pads s (and r) to 32 bytes even when its top byte is zero, e.g. `0220 00 7b…`: about one
+    signature in 256 is then non-minimal and every node refuses the transaction (mandatory-script-verify-flag).
+    """
+    signature = bytes.fromhex(signature_hex)
+    der, sighash = signature[:-1], signature[-1:]
+    try:
+        r_length = der[3]
+        s_length = der[5 + r_length]
+        shape_ok = (der[0], der[1], der[2], der[4 + r_length], len(der)) == (
+            0x30, len(der) - 2, 0x02, 0x02, 6 + r_length + s_length)
+    except IndexError:
+        shape_ok = False
+    if not shape_ok:
+        raise ValueError("not a DER-encoded ECDSA signature")
+    r = int.from_bytes(der[4:4 + r_length], "big")
+    s = int.from_bytes(der[6 + r_length:], "big")
+    body = _der_integer(r) + _der_integer(s)
+    return (b"\x30" + bytes([len(body)]) + body + sighash).hex()
 
 
 # --- PSBT flow for external signers ----------------------------------------------------------------------
@@ -416,6 +444,10 @@ def _signed_witness(signed: bytes, script_pubkey: bytes) -> list[bytes]:
         raise SignedPsbtChanged("the witness is not [signature, anchor public key]")
     if not stack[0] or stack[0][-1] != SIGHASH_ALL:
         raise SignedPsbtChanged("the signature is not SIGHASH_ALL")
+    try:  # the same signature, minimally encoded: signers built on bitcoin-utils pad s (see minimal_der_signature)
+        stack[0] = bytes.fromhex(minimal_der_signature(stack[0].hex()))
+    except ValueError as error:
+        raise PsbtMalformed(f"input 0: {error}") from None
     return stack
 
 

@@ -532,3 +532,39 @@ def test_trailing_truncated_and_rootless_merkleblocks_are_refused():
 def test_builder_refuses_a_header_that_does_not_commit_to_the_txids():
     with pytest.raises(ValueError):
         an.build_txout_proof(header_for(bytes(32)), txids(3), 0)
+
+
+# bitcoin-utils 0.8.8 pads s to 32 bytes when its top byte is zero (non-minimal DER, refused by consensus since
+# BIP66). With secret 243 and this coin its signature is `3044 0220 … 0220 00…`: found by scanning secrets 1, 2, …
+PADDED_S_SECRET = 243
+PADDED_S_COIN = an.Utxo("ab" * 32, 0, 100_000)
+PADDED_S_PAYLOAD = an.encode_payload(7, bytes(32))
+
+
+def _padded_s_anchor():
+    key = at.AnchorKey(PADDED_S_SECRET.to_bytes(32, "big"), "regtest")
+    return key, at.build_anchor_tx(PADDED_S_COIN, key, PADDED_S_PAYLOAD, 1, 20_000, 200)
+
+
+def test_an_anchor_whose_signature_bitcoin_utils_pads_is_signed_in_minimal_der(monkeypatch):
+    key, anchor = _padded_s_anchor()
+    signature = bitcoin.core.CTransaction.deserialize(anchor.raw).wit.vtxinwit[0].scriptWitness.stack[0]
+    assert signature == bytes.fromhex(at.minimal_der_signature(signature.hex()))
+    assert len(signature) == 70 and at.verify_p2wpkh_input(anchor.raw, key.script_pubkey, PADDED_S_COIN.value_sats)
+    monkeypatch.setattr(at, "minimal_der_signature", lambda signature_hex: signature_hex)
+    with pytest.raises(at.SignatureInvalid):  # the library's own encoding: what every node would refuse
+        _padded_s_anchor()
+
+
+def test_minimal_der_strips_only_needless_zero_bytes_and_refuses_what_is_not_der():
+    padded = ("3044022067a791eaaf9c2498abe3ffcc3f432e1aa56c5168a0aed887eb391eac450fba55"
+              "0220007b4ed5444d5e84f3e48c35f29b512e84e555543bf6e9c168933b2d49154b5f01")
+    minimal = ("3043022067a791eaaf9c2498abe3ffcc3f432e1aa56c5168a0aed887eb391eac450fba55"
+               "021f7b4ed5444d5e84f3e48c35f29b512e84e555543bf6e9c168933b2d49154b5f01")
+    assert at.minimal_der_signature(padded) == minimal
+    assert at.minimal_der_signature(minimal) == minimal
+    high_r = "3045022100" + "80" + "11" * 31 + "0220" + "22" * 32 + "01"  # a top bit set keeps its 0x00
+    assert at.minimal_der_signature(high_r) == high_r
+    for broken in ("", "01", minimal[:-10] + "01", "31" + minimal[2:], padded.replace("3044", "3045", 1)):
+        with pytest.raises(ValueError):
+            at.minimal_der_signature(broken)

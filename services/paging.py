@@ -1,0 +1,27 @@
+"""Page tokens of the List RPCs (AIP-158): opaque to clients, they carry the kind of list and where the next page
+starts (an offset or the first key of the next page)."""
+
+import base64
+
+from ledger import errors
+
+OFFSET_MAX = 2**63 - 1  # keys are int64 columns
+
+
+def offset_of(token: str, kind: str) -> int:
+    """The offset a token of this kind of list carries; 0 for no token; RequestInvalid for a token we never issued."""
+    if not token:
+        return 0
+    try:
+        found_kind, _, offset = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if found_kind == kind and offset.isascii() and offset.isdigit() and int(offset) <= OFFSET_MAX:
+            return int(offset)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise errors.RequestInvalid([errors.Violation("page_token", "PAGE_TOKEN_INVALID",
+                                                  "page_token is not one we issued")])
+
+
+def token_of(kind: str, offset: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{offset}".encode()).decode()
+
