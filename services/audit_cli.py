@@ -109,47 +109,52 @@ def _export(source, args) -> int:
 
 def cmd_audit(args) -> int:
     from services import bundle, report
+    from services.bitcoin.backends import close_backend, open_backend
+    backend = open_backend(args.chain) if args.chain else None
     try:
-        facts = _run(args)
+        facts = audit_directory(pathlib.Path(args.bundle), backend, args.chain)
     except bundle.BundleInvalid as error:
         print(f"FAIL bundle: {error}")
         return 1
+    finally:
+        if backend is not None:
+            close_backend(backend)
     result = report.audit_result(facts)
-    for finding in result["failures"][:FINDINGS_PRINTED_MAX]:
-        print(f"FAIL {finding['check']} {finding['where']}: {finding['message']}")
-    if result["failures_total"] > FINDINGS_PRINTED_MAX:
-        print(f"... and {result['failures_total'] - FINDINGS_PRINTED_MAX} more (see the report)")
-    _print_summary(result)
+    print_result(result)
     if args.report:
         html_path, json_path = report.write_report(result, pathlib.Path(args.report))
         print(f"report: {html_path} and {json_path}")
     return 0 if result["verdict"] == "PASS" else 1
 
 
-def _run(args) -> dict:
+def audit_directory(directory: pathlib.Path, backend=None, chain_label: str | None = None) -> dict:
+    """The facts of one bundle: the offline checks, then, with a backend (the auditor's node), the chain's."""
     from services import bundle
-    directory = pathlib.Path(args.bundle)
     total = bundle.read_small_files(directory)["manifest"].get("counts", {}).get("events")
     with _progress_bar(total if isinstance(total, int) else None, "auditing") as bar:
         facts = bundle.audit_bundle(directory, lambda n: bar.update(n - bar.n))
-    if args.chain:
-        facts.update(_chain_checks(args.chain, directory, facts))
+    if backend is not None:
+        facts.update(_chain_checks(backend, chain_label, directory, facts))
     return facts
 
 
-def _chain_checks(spec: str, directory: pathlib.Path, facts: dict) -> dict:
+def _chain_checks(backend, chain_label: str | None, directory: pathlib.Path, facts: dict) -> dict:
     from services import audit_chain, bundle
-    from services.bitcoin.backends import close_backend, open_backend
-    backend = open_backend(spec)
-    try:
-        anchors_json = bundle.read_json(directory, bundle.ANCHORS)
-        chain = audit_chain.check_best_chain(facts["anchors"], anchors_json, backend, facts["findings"])
-        reserves = None
-        if facts["replay_stopped_at"] is None:
-            reserves = audit_chain.reconcile_reserves(facts["accounts"], backend, facts["findings"])
-    finally:
-        close_backend(backend)
-    return {"chain": {"spec": spec, **chain}, "reserves": reserves}
+    anchors_json = bundle.read_json(directory, bundle.ANCHORS)
+    chain = audit_chain.check_best_chain(facts["anchors"], anchors_json, backend, facts["findings"])
+    reserves = None
+    if facts["replay_stopped_at"] is None:
+        reserves = audit_chain.reconcile_reserves(facts["accounts"], backend, facts["findings"])
+    return {"chain": {"spec": chain_label, **chain}, "reserves": reserves}
+
+
+def print_result(result: dict) -> None:
+    """One `FAIL <check> <where>: <what>` line per failure (the first FINDINGS_PRINTED_MAX), then the summary."""
+    for finding in result["failures"][:FINDINGS_PRINTED_MAX]:
+        print(f"FAIL {finding['check']} {finding['where']}: {finding['message']}")
+    if result["failures_total"] > FINDINGS_PRINTED_MAX:
+        print(f"... and {result['failures_total'] - FINDINGS_PRINTED_MAX} more (see the report)")
+    _print_summary(result)
 
 
 def _print_summary(result: dict) -> None:
