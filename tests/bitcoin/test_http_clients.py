@@ -22,15 +22,15 @@ from decimal import Decimal
 
 import pytest
 
-from ledger.anchoring import Utxo, encode_payload, verify_txout_proof
-from services.bitcoin.anchor_tx import AnchorKey, build_anchor_tx
+from ledger.anchoring import Utxo, verify_txout_proof
+from services.bitcoin.anchor_tx import AnchorKey
 from services.bitcoin.core_rpc import CoreRpcClient
 from services.bitcoin.errors import BackendAuthFailed, BroadcastRejected
 from services.bitcoin.esplora import EsploraClient
 from services.bitcoin.regtest import RegtestChain
 from services.bitcoin.regtest_node import NodeAddressNotLoopback, RegtestNode
 
-ROOT = bytes(range(32))
+from tests.bitcoin.helpers import anchor_spending, funded_anchor_key
 UNKNOWN_HASH = "ab" * 32
 CLIENTS = ("core-cookie", "core-user", "esplora")
 
@@ -62,15 +62,7 @@ def client(request, node):
 
 @pytest.fixture
 def funded_key(chain):
-    key = AnchorKey.generate("regtest")
-    chain.send(key.script_pubkey, 100_000)
-    chain.mine(1)
-    return key
-
-
-def _anchor(chain, key, coin=None, fee_rate=1, size=7):
-    coin = coin or chain.utxos(key.script_pubkey)[0]
-    return build_anchor_tx(coin, key, encode_payload(size, ROOT), fee_rate, 20_000, chain.tip_height())
+    return funded_anchor_key(chain)
 
 
 def _rpc(node, payload, credentials=b"auditor:s3cret", method="POST"):
@@ -96,13 +88,13 @@ def _esplora(node, path):
         return error.code, error.read().decode()
 
 
-def test_every_backend_method_works_over_http_with_a_real_anchor(chain, node, client, funded_key):
+def test_every_backend_method_works_over_http_with_a_realanchor_spending(chain, node, client, funded_key):
     """broadcast -> mempool -> mined -> confirmations grow; the proof verifies and matches the header."""
     assert client.tip_height() == chain.tip_height()
     assert client.utxos(funded_key.script_pubkey) == chain.utxos(funded_key.script_pubkey)
     chain.set_fee_estimate(Decimal("2.5"))
     assert client.estimate_fee_sat_per_vb(6) == Decimal("2.5")
-    tx = _anchor(chain, funded_key)
+    tx = anchor_spending(chain, funded_key)
     assert client.test_accept(tx.raw)[0] is True
     assert client.broadcast(tx.raw) == tx.txid
     assert chain.mempool_txids() == [tx.txid]
@@ -133,7 +125,7 @@ def test_unknown_items_raise_lookup_error(chain, node, client):
 
 
 def test_a_bad_signature_is_refused_with_the_kernels_reason(chain, node, client, funded_key):
-    raw = bytearray(_anchor(chain, funded_key).raw)
+    raw = bytearray(anchor_spending(chain, funded_key).raw)
     signature_at = raw.index(bytes([0x30, 0x44])) if bytes([0x30, 0x44]) in raw else raw.index(bytes([0x30, 0x45]))
     raw[signature_at + 10] ^= 1
     if not isinstance(client, EsploraClient):
@@ -146,13 +138,13 @@ def test_a_bad_signature_is_refused_with_the_kernels_reason(chain, node, client,
 
 def test_a_replacement_without_a_higher_fee_and_a_double_spend_of_a_missing_coin_are_refused(
         chain, node, client, funded_key):
-    first = _anchor(chain, funded_key, fee_rate=2, size=7)
+    first = anchor_spending(chain, funded_key, fee_rate=2, size=7)
     assert client.broadcast(first.raw) == first.txid
-    same_fee = _anchor(chain, funded_key, fee_rate=2, size=8)
+    same_fee = anchor_spending(chain, funded_key, fee_rate=2, size=8)
     with pytest.raises(BroadcastRejected, match="insufficient fee") as refused:
         client.broadcast(same_fee.raw)
     assert refused.value.code == -26
-    ghost = _anchor(chain, funded_key, coin=Utxo(UNKNOWN_HASH, 0, 100_000))
+    ghost = anchor_spending(chain, funded_key, coin=Utxo(UNKNOWN_HASH, 0, 100_000))
     with pytest.raises(BroadcastRejected, match="bad-txns-inputs-missingorspent") as refused:
         client.broadcast(ghost.raw)
     assert refused.value.code == -25
@@ -168,7 +160,7 @@ def test_a_replacement_without_a_higher_fee_and_a_double_spend_of_a_missing_coin
 
 
 def test_a_reorg_shows_through_both_apis(chain, node, funded_key):
-    tx = _anchor(chain, funded_key)
+    tx = anchor_spending(chain, funded_key)
     chain.broadcast(tx.raw)
     (stale,) = chain.mine(1)
     chain.reorg(1, drop_transactions=True)
@@ -246,7 +238,7 @@ def test_json_rpc_replies_have_cores_shapes_codes_and_exact_amounts(chain, node,
     assert status == 200 and b'"amount": 0.00100000' in body and b'"total_amount": 0.00100000' in body
     status, body = _rpc(node, {"id": 5, "method": "estimatesmartfee", "params": [3]})
     assert b'"feerate": 0.00001000' in body
-    tx = _anchor(chain, funded_key, fee_rate=1)  # 0.00001000 BTC/kvB, over a cap of half that
+    tx = anchor_spending(chain, funded_key, fee_rate=1)  # 0.00001000 BTC/kvB, over a cap of half that
     status, body = _rpc(node, {"id": 6, "method": "sendrawtransaction", "params": [tx.raw.hex(), "0.000005"]})
     assert status == 500 and json.loads(body)["error"] == {
         "code": -25, "message": "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)"}
@@ -254,7 +246,7 @@ def test_json_rpc_replies_have_cores_shapes_codes_and_exact_amounts(chain, node,
 
 
 def test_esplora_paths_answer_as_electrs_does(chain, node, funded_key):
-    tx = _anchor(chain, funded_key)
+    tx = anchor_spending(chain, funded_key)
     assert _esplora(node, "/blocks/tip/height") == (200, str(chain.tip_height()))
     assert _esplora(node, f"/tx/{UNKNOWN_HASH}/status") == (200, '{"confirmed": false}')
     assert _esplora(node, "/no/such/path")[0] == 404

@@ -2,13 +2,13 @@
 
 import pytest
 
-from ledger.anchoring import Utxo, encode_payload, parse_transaction, verify_txout_proof
+from ledger.anchoring import Utxo, parse_transaction, verify_txout_proof
 from services.bitcoin import regtest
-from services.bitcoin.anchor_tx import AnchorKey, build_anchor_tx
+from services.bitcoin.anchor_tx import AnchorKey
 from services.bitcoin.errors import BroadcastRejected
 from services.bitcoin.regtest import BlockRejected, RegtestChain
 
-ROOT = bytes(range(32))
+from tests.bitcoin.helpers import anchor_spending, funded_anchor_key
 
 
 @pytest.fixture
@@ -19,15 +19,7 @@ def chain(tmp_path):
 
 @pytest.fixture
 def funded_key(chain):
-    key = AnchorKey.generate("regtest")
-    chain.send(key.script_pubkey, 100_000)
-    chain.mine(1)
-    return key
-
-
-def _anchor(chain, key, coin=None, fee_rate=1, size=7):
-    coin = coin or chain.utxos(key.script_pubkey)[0]
-    return build_anchor_tx(coin, key, encode_payload(size, ROOT), fee_rate, 20_000, chain.tip_height())
+    return funded_anchor_key(chain)
 
 
 def test_a_new_chain_starts_with_mature_faucet_coins(chain):
@@ -47,7 +39,7 @@ def test_a_consensus_invalid_block_is_refused_and_not_kept(chain, monkeypatch):
 
 
 def test_the_chain_survives_a_restart_and_is_shared_by_handles(tmp_path, chain, funded_key):
-    tx = _anchor(chain, funded_key)
+    tx = anchor_spending(chain, funded_key)
     chain.broadcast(tx.raw)
     with RegtestChain(chain.directory) as other:
         assert other.mempool_txids() == [tx.txid]
@@ -74,7 +66,7 @@ def test_a_torn_last_record_from_a_crash_is_ignored_and_overwritten(chain):
 
 
 def test_a_transaction_with_a_bad_signature_is_refused_by_the_kernels_script_check(chain, funded_key):
-    tx = _anchor(chain, funded_key)
+    tx = anchor_spending(chain, funded_key)
     raw = bytearray(tx.raw)
     signature_at = raw.index(bytes([0x30, 0x44])) if bytes([0x30, 0x44]) in raw else raw.index(bytes([0x30, 0x45]))
     raw[signature_at + 10] ^= 1
@@ -97,7 +89,7 @@ def test_a_fee_below_the_relay_minimum_is_refused(chain):
 
 def test_spending_a_missing_coin_is_refused(chain, funded_key):
     ghost = Utxo("ab" * 32, 0, 100_000)
-    tx = _anchor(chain, funded_key, coin=ghost)
+    tx = anchor_spending(chain, funded_key, coin=ghost)
     assert chain.test_accept(tx.raw) == (False, "bad-txns-inputs-missingorspent")
 
 
@@ -107,19 +99,19 @@ def test_an_immature_coinbase_cannot_be_spent(chain):
     coinbase = parse_transaction(regtest.block_transactions(chain.block(block_hash))[0])
     coin = Utxo(coinbase.txid, 0, coinbase.outputs[0].value_sats)
     assert chain.utxos(key.script_pubkey) == []  # not mature: not offered as spendable
-    tx = _anchor(chain, key, coin=coin)
+    tx = anchor_spending(chain, key, coin=coin)
     assert chain.test_accept(tx.raw) == (False, "bad-txns-premature-spend-of-coinbase")
     chain.mine(99)
     assert chain.test_accept(tx.raw) == (True, "")
 
 
 def test_full_rbf_needs_a_higher_fee_and_evicts_the_replaced_transaction(chain, funded_key):
-    first = _anchor(chain, funded_key, fee_rate=2, size=7)
+    first = anchor_spending(chain, funded_key, fee_rate=2, size=7)
     chain.broadcast(first.raw)
-    same_fee = _anchor(chain, funded_key, fee_rate=2, size=8)
+    same_fee = anchor_spending(chain, funded_key, fee_rate=2, size=8)
     with pytest.raises(BroadcastRejected, match="insufficient fee"):
         chain.broadcast(same_fee.raw)
-    higher = _anchor(chain, funded_key, fee_rate=4, size=9)
+    higher = anchor_spending(chain, funded_key, fee_rate=4, size=9)
     assert chain.broadcast(higher.raw) == higher.txid
     assert chain.mempool_txids() == [higher.txid]
     with pytest.raises(LookupError):
@@ -127,7 +119,7 @@ def test_full_rbf_needs_a_higher_fee_and_evicts_the_replaced_transaction(chain, 
 
 
 def test_resending_a_known_transaction_is_not_an_error(chain, funded_key):
-    tx = _anchor(chain, funded_key)
+    tx = anchor_spending(chain, funded_key)
     assert chain.broadcast(tx.raw) == tx.txid
     assert chain.broadcast(tx.raw) == tx.txid
     chain.mine(1)
@@ -136,7 +128,7 @@ def test_resending_a_known_transaction_is_not_an_error(chain, funded_key):
 
 
 def test_a_reorg_puts_transactions_back_in_the_mempool_unless_dropped(chain, funded_key):
-    tx = _anchor(chain, funded_key)
+    tx = anchor_spending(chain, funded_key)
     chain.broadcast(tx.raw)
     chain.mine(2)
     new_tip_hashes = chain.reorg(2)
