@@ -362,3 +362,19 @@ def test_an_anchor_entry_that_is_not_an_object_is_named_without_a_traceback(copy
     assert "Traceback" not in result.stderr, result.stderr
     line = assert_named(result, "anchors", "anchor #1", "malformed entry")
     assert fail_lines(result) == [line], result.stdout
+
+
+@pytest.mark.parametrize("kind", ["core", "esplora"])
+def test_the_production_clients_give_the_same_chain_verdict_over_http(demo, tmp_path, kind):
+    """Bitcoin Core RPC (scantxoutset) and Esplora (address UTXOs) against the regtest node serving the demo chain."""
+    from services.bitcoin.regtest_node import RegtestNode
+    chain_dir = pathlib.Path(shutil.copytree(demo.chain_dir, tmp_path / "regtest"))
+    with RegtestChain(chain_dir) as chain, RegtestNode(chain) as node:
+        spec = (f"core:{node.rpc_url}?cookie={node.cookie_file}" if kind == "core" else f"esplora:{node.esplora_url}")
+        over_http = audit(demo.bundle, "--chain", spec)
+    embedded = audit(demo.bundle, "--chain", f"regtest:{chain_dir}")
+    line = assert_named(over_http, "reserves", "account ops-warm-1", f"difference {UNRECORDED_SATS:+d} sats")
+    assert fail_lines(over_http) == [line] == fail_lines(embedded), over_http.stdout + over_http.stderr
+    confirmations = [row for row in over_http.stdout.splitlines() if row.startswith(("anchor ", "reserves "))]
+    assert confirmations == [row for row in embedded.stdout.splitlines() if row.startswith(("anchor ", "reserves "))]
+    assert any("6 confirmations on the best chain" in row for row in confirmations)
