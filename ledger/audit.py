@@ -555,6 +555,20 @@ def check_anchor_blocks_in_headers(anchor_rows: list[dict], hashes: dict[int, st
 
 # --- proof of reserves ---------------------------------------------------------------------------------
 
+def check_shared_scripts(scripts_by_account: dict[str, list[bytes]], findings: Findings) -> None:
+    """An output script registered by two custody accounts would let the same coins back both balances."""
+    owners: dict[bytes, list[str]] = {}
+    for account_id, scripts in scripts_by_account.items():
+        for script in dict.fromkeys(scripts):
+            owners.setdefault(script, []).append(account_id)
+    for script, account_ids in owners.items():
+        for account_id in account_ids if len(account_ids) > 1 else ():
+            others = ", ".join(other for other in account_ids if other != account_id)
+            findings.add("reserves", f"account {account_id}",
+                         f"registers output script {script.hex()}, which {others} also registers: the same coins "
+                         "would count for both balances")
+
+
 def reconcile(accounts: list[dict], onchain: dict[str, dict], height: int, findings: Findings) -> list[dict]:
     """Compare each custody account's ledger balance with what its registered scripts hold on chain.
 

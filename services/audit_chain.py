@@ -83,22 +83,25 @@ def _descriptor_script(descriptor: str) -> tuple[bytes | None, str]:
 
 def reconcile_reserves(accounts: list[dict], backend: ChainBackend, findings: audit.Findings) -> dict:
     """On-chain balances at one height: re-read when the tip moved during the scan (bounded)."""
+    registered = [a for a in accounts if a["addresses"] or a["descriptor"]]
+    audit.check_shared_scripts({a["account_id"]: scripts_of_account(a)[0] for a in registered}, findings)
     for _ in range(SNAPSHOT_ATTEMPTS_MAX):
         height = backend.tip_height()
-        onchain = {a["account_id"]: _onchain(a, backend) for a in accounts if a["addresses"] or a["descriptor"]}
+        onchain = {a["account_id"]: _onchain(a, backend) for a in registered}
         if backend.tip_height() == height:
             break
     else:
         findings.add("reserves", "chain", f"the tip kept moving; balances read around height {height}")
     rows = audit.reconcile(accounts, onchain, height, findings)
+    distinct_coins = {outpoint: value for entry in onchain.values() for outpoint, value in entry["coins"].items()}
     return {"height": height, "block_hash": backend.block_hash(height), "accounts": rows,
             "ledger_total_sats": sum(r["ledger_sats"] for r in rows),
-            "onchain_total_sats": sum(r["onchain_sats"] or 0 for r in rows)}
+            "onchain_total_sats": sum(distinct_coins.values())}  # a coin at a shared script counts once
 
 
 def _onchain(account: dict, backend: ChainBackend) -> dict:
     scripts, note = scripts_of_account(account)
     if not scripts:
-        return {"sats": None, "note": note or "no registered script"}
+        return {"sats": None, "note": note or "no registered script", "coins": {}}
     coins = {(c.txid, c.vout): c.value_sats for script in scripts for c in backend.utxos(script)}
-    return {"sats": sum(coins.values()), "note": note, "coins": len(coins)}
+    return {"sats": sum(coins.values()), "note": note, "coins": coins}

@@ -139,3 +139,18 @@ def test_a_reorg_puts_transactions_back_in_the_mempool_unless_dropped(chain, fun
     chain.reorg(1, drop_transactions=True)
     with pytest.raises(LookupError):
         chain.transaction_status(tx.txid)
+
+
+def test_coins_at_an_address_two_accounts_register_back_only_one_of_them(chain):
+    """Proof of reserves on a real chain: both accounts would 'match' if the shared coins counted twice."""
+    from ledger.audit import Findings
+    from services.audit_chain import reconcile_reserves
+    key = funded_anchor_key(chain)
+    account = {"custodian": "C", "descriptor": "", "addresses": [key.address], "balance_sats": 100_000}
+    accounts = [{**account, "account_id": "vault-a"}, {**account, "account_id": "vault-b"}]
+    findings = Findings()
+    result = reconcile_reserves(accounts, chain, findings)
+    assert [row["status"] for row in result["accounts"]] == ["match", "match"]
+    assert result["ledger_total_sats"] == 200_000 and result["onchain_total_sats"] == 100_000
+    assert sorted(f.where for f in findings.kept) == ["account vault-a", "account vault-b"]
+    assert all("the same coins would count for both" in f.message for f in findings.kept)

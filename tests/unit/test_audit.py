@@ -281,3 +281,16 @@ def test_an_approval_that_misnames_the_proposer_is_named_and_still_caught_as_a_s
     assert found == [
         ("controls", "event 4", "the approval names proposer 'oscar'; the proposal was made by 'alice'"),
         ("controls", "event 4", "alice approved their own proposal tr-3")]
+
+
+def test_a_script_registered_by_two_accounts_is_named_for_both():
+    findings = audit.Findings()
+    shared, own = b"\x00\x14" + b"\x01" * 20, b"\x00\x14" + b"\x02" * 20
+    audit.check_shared_scripts({"vault-a": [shared], "vault-b": [own, shared], "vault-c": [own]}, findings)
+    named = sorted((f.where, f.message.split(", which ")[1].split(" also")[0]) for f in findings.kept)
+    assert named == [("account vault-a", "vault-b"), ("account vault-b", "vault-a"), ("account vault-b", "vault-c"),
+                     ("account vault-c", "vault-b")]
+    assert {f.check for f in findings.kept} == {"reserves"}
+    alone = audit.Findings()
+    audit.check_shared_scripts({"vault-a": [shared, shared], "vault-b": [own]}, alone)
+    assert alone.total == 0
