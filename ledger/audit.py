@@ -267,6 +267,10 @@ class Audit:
                 "tree_heads": [_head_row(head) for head in self.heads], "anchors": anchor_rows}
 
     def _check_heads(self) -> None:
+        signed_size = max((head.tree_size for head in self.heads), default=0)
+        if self.frontier.size > signed_size:
+            self.findings.add("tree_heads", f"event {signed_size}", f"events {signed_size} to {self.frontier.size - 1}"
+                                                                   " are covered by no signed tree head")
         previous_size = 0
         previous_time_us = 0
         for head in self.heads:

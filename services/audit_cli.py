@@ -58,9 +58,20 @@ def cmd_export(args) -> int:
         return _export_error("no public key (give --public-key HEX or --signing-key FILE)")
     ledger = _open_ledger(args)
     try:
-        return _export(LedgerSource(ledger, public_key), args)
+        return _export(LedgerSource(ledger, public_key, _signer_if_key_at_hand(args, ledger)), args)
     finally:
         ledger.close()
+
+
+def _signer_if_key_at_hand(args, ledger):
+    """A tree-head signer when the private key is here (--signing-key, or the data dir's key), else None."""
+    import time
+    from services.cli import _signing_key_path
+    from services.signing import TreeHeadSigner, load_or_create_signing_key
+    path = None if args.public_key else _signing_key_path(args)
+    if path is None:
+        return None
+    return TreeHeadSigner(ledger.store, load_or_create_signing_key(path), lambda: time.time_ns() // 1000)
 
 
 def _export_from_server(args) -> int:

@@ -79,14 +79,20 @@ def cmd_rebuild(args) -> int:
     return 0 if same else 1
 
 
-def _public_key_for_verify(args) -> bytes | None:
-    from cryptography.hazmat.primitives import serialization
+def _signing_key_path(args) -> pathlib.Path | None:
+    """--signing-key, or the data dir's key file; None when neither exists."""
     from services.signing import SIGNING_KEY_FILE_NAME
-    if args.public_key:
-        return bytes.fromhex(args.public_key)
     path = pathlib.Path(args.signing_key) if args.signing_key else (
         None if args.database else pathlib.Path(args.data_dir) / SIGNING_KEY_FILE_NAME)
-    if path is None or not path.exists():
+    return path if path is not None and path.exists() else None
+
+
+def _public_key_for_verify(args) -> bytes | None:
+    from cryptography.hazmat.primitives import serialization
+    if args.public_key:
+        return bytes.fromhex(args.public_key)
+    path = _signing_key_path(args)
+    if path is None:
         return None
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

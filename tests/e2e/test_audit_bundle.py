@@ -378,3 +378,32 @@ def test_the_production_clients_give_the_same_chain_verdict_over_http(demo, tmp_
     confirmations = [row for row in over_http.stdout.splitlines() if row.startswith(("anchor ", "reserves "))]
     assert confirmations == [row for row in embedded.stdout.splitlines() if row.startswith(("anchor ", "reserves "))]
     assert any("6 confirmations on the best chain" in row for row in confirmations)
+
+
+def test_a_local_export_covers_exactly_the_events_under_a_signed_tree_head(demo, tmp_path):
+    """Events recorded after the last head: with only the public key they wait for the next export; with the
+    data dir's key, a head is signed for them first. Either way no exported event is unsigned."""
+    from ledger import commands as cmd
+    from ledger.application import ReserveLedger
+    from services.config import storage_env
+    data_dir = pathlib.Path(shutil.copytree(demo.data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("regtest")))
+    ledger = ReserveLedger(storage_env(str(data_dir), None))
+    ledger.execute([(cmd.FreezeAccount("late-freeze", "ops-warm-1", "after the last head"),
+                     cmd.Caller("erin", "admin"))], 1_900_000_000_000_000)
+    size = ledger.store.log_size()
+    ledger.close()
+    public_key = (demo.bundle / bundle.PUBLIC_KEY).read_text().strip()
+    watch_only = cli("export", "--data-dir", str(data_dir), "--out", str(tmp_path / "public"), "--public-key",
+                     public_key)
+    keyed = cli("export", "--data-dir", str(data_dir), "--out", str(tmp_path / "keyed"))
+    assert watch_only.returncode == 0 and keyed.returncode == 0, watch_only.stderr + keyed.stderr
+    assert len(read_frames(tmp_path / "public")) == size - 1 and len(read_frames(tmp_path / "keyed")) == size
+    for out in ("public", "keyed"):
+        result = audit(tmp_path / out)
+        assert result.returncode == 0, result.stdout + result.stderr
+    unsigned_tail = tmp_path / "tail"
+    shutil.copytree(tmp_path / "keyed", unsigned_tail)
+    edit_json(unsigned_tail, bundle.TREE_HEADS, lambda heads: heads.pop())
+    reseal(unsigned_tail)
+    assert_named(audit(unsigned_tail), "tree_heads", f"event {size - 1}",
+                 f"events {size - 1} to {size - 1} are covered by no signed tree head")

@@ -187,7 +187,11 @@ def sample_log(count: int) -> list[bytes]:
 
 
 def audited(events: list[bytes], heads: list[dict] | None = None, public_key_hex: str = "00" * 32):
-    run = audit.Audit(heads or [], public_key_hex, [], len(events))
+    """The findings of an audit of `events`; without `heads`, under one valid head signed over all of them."""
+    if heads is None:
+        key = Ed25519PrivateKey.generate()
+        heads, public_key_hex = [head_entry(key, events, len(events))], raw_public_key(key.public_key()).hex()
+    run = audit.Audit(heads, public_key_hex, [], len(events))
     for data in events:
         run.feed(data)
     facts = run.finish()
@@ -294,3 +298,13 @@ def test_a_script_registered_by_two_accounts_is_named_for_both():
     alone = audit.Findings()
     audit.check_shared_scripts({"vault-a": [shared, shared], "vault-b": [own]}, alone)
     assert alone.total == 0
+
+
+def test_events_after_the_last_signed_tree_head_are_named():
+    """An unsigned tail would let fabricated events into the audited balances."""
+    key = Ed25519PrivateKey.generate()
+    events = funded_log()
+    found, _, _ = audited(events, [head_entry(key, events, 2)], raw_public_key(key.public_key()).hex())
+    assert found == [("tree_heads", "event 2", "events 2 to 2 are covered by no signed tree head")]
+    found, _, _ = audited(events, [], raw_public_key(key.public_key()).hex())
+    assert found == [("tree_heads", "event 0", "events 0 to 2 are covered by no signed tree head")]
