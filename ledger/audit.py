@@ -338,6 +338,9 @@ def custody_accounts(state: ReserveState) -> list[dict]:
 def check_custody(listed: list, replayed: list[dict], findings: Findings) -> None:
     """custody.json must say exactly what the replay of the events says."""
     by_id = {a.get("account_id"): a for a in listed if isinstance(a, dict)}
+    listed_ids = Counter(a.get("account_id") for a in listed if isinstance(a, dict))
+    for account_id in sorted((i for i, n in listed_ids.items() if n > 1), key=str):
+        findings.add("custody", f"account {account_id}", f"listed {listed_ids[account_id]} times in custody.json")
     for account in replayed:
         entry = by_id.pop(account["account_id"], None)
         if entry is None:

@@ -308,3 +308,14 @@ def test_events_after_the_last_signed_tree_head_are_named():
     assert found == [("tree_heads", "event 2", "events 2 to 2 are covered by no signed tree head")]
     found, _, _ = audited(events, [], raw_public_key(key.public_key()).hex())
     assert found == [("tree_heads", "event 0", "events 0 to 2 are covered by no signed tree head")]
+
+
+def test_an_account_listed_twice_in_custody_json_is_named():
+    replayed = [{"account_id": "vault-a", "custodian": "C", "addresses": ["a"], "descriptor": "", "balance_sats": 5,
+                 "status": "open"}]
+    findings = audit.Findings()
+    audit.check_custody([dict(replayed[0]), {**replayed[0], "balance_sats": 999}], replayed, findings)
+    assert [(f.where, f.message) for f in findings.kept][0] == ("account vault-a", "listed 2 times in custody.json")
+    clean = audit.Findings()
+    audit.check_custody([dict(replayed[0])], replayed, clean)
+    assert clean.total == 0
