@@ -24,13 +24,13 @@ from bench_replay import fill  # noqa: E402
 from ledger.anchor_policy import AnchorPolicy  # noqa: E402
 from ledger.application import ReserveLedger  # noqa: E402
 from ledger.event_proofs import dumps_proof, verify_event_timestamp  # noqa: E402
-from services.anchor_worker import AnchorWorker  # noqa: E402
+from services.anchoring.worker import AnchorWorker  # noqa: E402
 from services.bitcoin.anchor_tx import AnchorKey  # noqa: E402
-from services.bitcoin.regtest import ANYONE_CAN_SPEND, RegtestChain  # noqa: E402
-from services.config import storage_env  # noqa: E402
-from services.event_proofs import event_proof  # noqa: E402
-from services.server import clock_us  # noqa: E402
-from services.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key  # noqa: E402
+from services.bitcoin.regtest.chain import ANYONE_CAN_SPEND, RegtestChain  # noqa: E402
+from services.store.config import storage_env  # noqa: E402
+from services.anchoring.event_proofs import event_proof  # noqa: E402
+from services.api.server import clock_us  # noqa: E402
+from services.store.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key  # noqa: E402
 
 
 def main() -> None:

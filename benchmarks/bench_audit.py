@@ -23,15 +23,15 @@ from bench_replay import fill  # noqa: E402  (benchmarks/ is on sys.path when ru
 
 from ledger import merkle  # noqa: E402
 from ledger.application import ReserveLedger  # noqa: E402
-from services.config import storage_env  # noqa: E402
-from services.signing import SIGNING_KEY_FILE_NAME, load_or_create_signing_key  # noqa: E402
+from services.store.config import storage_env  # noqa: E402
+from services.store.signing import SIGNING_KEY_FILE_NAME, load_or_create_signing_key  # noqa: E402
 from ledger.tree_heads import sign_tree_head  # noqa: E402
 
 
 def timed_child(args: list[str]) -> tuple[float, float, int, str]:
     """(wall s, peak RSS MB, exit status, stdout) of `reserve-ledger ARGS` run as a child process."""
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "services.cli", *args], stdout=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
     out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)

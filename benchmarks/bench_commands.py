@@ -26,9 +26,9 @@ import grpc
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests.e2e.processes starts servers
 
 from reserve_ledger.v1 import ledger_pb2 as pb
-from services.certs import init_certs
-from services.client import ledger_stub, secure_channel
-from services.server import WORKER_THREADS, server_credentials
+from services.api.certs import init_certs
+from services.api.client import ledger_stub, secure_channel
+from services.api.server import WORKER_THREADS, server_credentials
 from tests.e2e.processes import free_port, start_server
 
 ECHO_METHOD = "/bench.Echo/Echo"

@@ -22,8 +22,8 @@ from bench_replay import fill  # noqa: E402
 
 from ledger import merkle  # noqa: E402
 from ledger.application import ReserveLedger  # noqa: E402
-from services import storage  # noqa: E402
-from services.config import storage_env  # noqa: E402
+from services.store import recorders as storage  # noqa: E402
+from services.store.config import storage_env  # noqa: E402
 
 
 def timed_fill(ledger: ReserveLedger, events: int) -> tuple[float, float]:

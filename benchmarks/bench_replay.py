@@ -15,7 +15,7 @@ import time
 
 from ledger import commands as cmd
 from ledger.application import ReserveLedger
-from services.config import storage_env
+from services.store.config import storage_env
 
 OPERATOR, APPROVER = cmd.Caller("alice", "operator"), cmd.Caller("bob", "approver")
 ACCOUNTS = 300

@@ -54,7 +54,7 @@ class LogRow:
 
 
 class LogStore(Protocol):
-    """What the ledger needs from storage beyond eventsourcing's recorder (services/storage.py)."""
+    """What the ledger needs from storage beyond eventsourcing's recorder (services/store/recorders.py)."""
 
     def log_size(self) -> int: ...
     def read_log(self, start_position: int, limit: int) -> Sequence[LogRow]: ...
@@ -86,7 +86,7 @@ def request_digest(command: cmd.Command, caller: cmd.Caller) -> str:
 
 
 class ReserveLedger(Application):
-    """eventsourcing Application whose recorder also implements LogStore (see services/storage.py)."""
+    """eventsourcing Application whose recorder also implements LogStore (see services/store/recorders.py)."""
 
     name = "ReserveLedger"
 

@@ -1,6 +1,6 @@
 """Offline audit of an exported bundle: pure checks over bytes, dicts and iterables.
 
-No file IO, no clock, no network, no storage code: services/bundle.py reads the files and feeds them here.
+No file IO, no clock, no network, no storage code: services/audit/bundle.py reads the files and feeds them here.
 The caller creates an :class:`Audit` from the bundle's small files, feeds every event's bytes in log order
 to :meth:`Audit.feed`, then calls :meth:`Audit.finish`. Every finding names its place: ``event N``,
 ``tree size N``, ``anchor TXID``, ``header HEIGHT``, ``file NAME`` or ``account ID``.

@@ -1,6 +1,6 @@
 """Domain errors: each subclass names the rule that was broken and carries the offending values.
 
-services/status.py maps every class here to one gRPC status; nothing else in the code base decides
+services/api/status.py maps every class here to one gRPC status; nothing else in the code base decides
 status codes. A subclass sets `field` when the error concerns one request field, so that the
 service can answer with a google.rpc.BadRequest field violation.
 """

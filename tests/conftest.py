@@ -7,8 +7,8 @@ import uuid
 import psycopg
 import pytest
 
-from services.certs import init_certs
-from services.config import postgres_env, sqlite_env
+from services.api.certs import init_certs
+from services.store.config import postgres_env, sqlite_env
 
 POSTGRES_URL = os.environ.get("RESERVE_LEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 IDENTITIES = (("alice", "operator"), ("oscar", "operator"), ("bob", "approver"), ("carol", "approver"),

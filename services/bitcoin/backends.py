@@ -22,7 +22,7 @@ def open_backend(spec: str) -> ChainBackend:
     if not target:
         raise ChainSpecInvalid(f"--chain {spec!r}: expected {CHAIN_SPEC_HELP}")
     if kind == "regtest":
-        from services.bitcoin.regtest import RegtestChain
+        from services.bitcoin.regtest.chain import RegtestChain
         return RegtestChain(target)
     if kind == "core":
         return _core_client(target)

@@ -10,14 +10,14 @@ from bitcoinutils.setup import setup
 
 from ledger.event_proofs import verify_event_timestamp
 from services.bitcoin.anchor_tx import AnchorKey
-from services.bitcoin.regtest import RegtestChain
-from services.server import LedgerServer, ServerConfig
+from services.bitcoin.regtest.chain import RegtestChain
+from services.api.server import LedgerServer, ServerConfig
 from tests.e2e.conftest import Clients
 from tests.e2e.helpers import open_account, purchase
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture

@@ -21,11 +21,11 @@ from ledger import merkle
 from ledger.anchor_policy import AnchorPolicy
 from ledger.anchoring import encode_payload, find_anchor_output, parse_transaction, verify_txout_proof
 from ledger.event_proofs import verify_event_proof_json, verify_event_timestamp
-from services.anchor_worker import AnchorRefusedByNode, AnchorWorker
+from services.anchoring.worker import AnchorRefusedByNode, AnchorWorker
 from services.bitcoin.anchor_tx import AnchorKey, build_anchor_tx
-from services.bitcoin.regtest import RegtestChain, block_transactions
-from services.event_proofs import EventNotAnchoredYet, event_proof
-from services.server import LedgerServer, ServerConfig
+from services.bitcoin.regtest.chain import RegtestChain, block_transactions
+from services.anchoring.event_proofs import EventNotAnchoredYet, event_proof
+from services.api.server import LedgerServer, ServerConfig
 from tests.e2e.conftest import Clients
 from tests.e2e.helpers import open_account, purchase
 
@@ -291,7 +291,7 @@ def test_only_one_replica_anchors_at_a_time_on_postgres(certs_dir, tmp_path, cha
 def test_the_audit_api_serves_event_proofs_once_anchored(sqlite_service, certs_dir, chain, tmp_path):
     from reserve_ledger.v1 import audit_pb2 as apb
     from reserve_ledger.v1 import audit_pb2_grpc
-    from services.client import secure_channel
+    from services.api.client import secure_channel
     from tests.e2e.helpers import error_reason, rpc_error, violations
     service = sqlite_service
     _record(service, certs_dir, "a", 2)
@@ -322,7 +322,7 @@ def test_the_audit_api_serves_event_proofs_once_anchored(sqlite_service, certs_d
 def test_a_service_without_a_chain_says_so(tmp_path, certs_dir):
     from reserve_ledger.v1 import audit_pb2 as apb
     from reserve_ledger.v1 import audit_pb2_grpc
-    from services.client import secure_channel
+    from services.api.client import secure_channel
     from tests.e2e.helpers import error_reason, rpc_error
     server = LedgerServer(ServerConfig(listen="127.0.0.1:0", data_dir=str(tmp_path / "d"),
                                        certs_dir=str(certs_dir))).start()
@@ -352,7 +352,7 @@ def test_an_anchor_the_node_would_refuse_is_neither_recorded_nor_sent(sqlite_ser
 HOLD_THE_TURN = """
 import sys, time
 from ledger.application import ReserveLedger
-from services.config import storage_env
+from services.store.config import storage_env
 ledger = ReserveLedger(storage_env(None, sys.argv[1]))
 with ledger.store.anchor_turn() as leader:
     print("leader" if leader else "not leader", flush=True)

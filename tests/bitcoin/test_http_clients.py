@@ -27,8 +27,8 @@ from services.bitcoin.anchor_tx import AnchorKey
 from services.bitcoin.core_rpc import CoreRpcClient
 from services.bitcoin.errors import BackendAuthFailed, BroadcastRejected
 from services.bitcoin.esplora import EsploraClient
-from services.bitcoin.regtest import RegtestChain
-from services.bitcoin.regtest_node import NodeAddressNotLoopback, RegtestNode
+from services.bitcoin.regtest.chain import RegtestChain
+from services.bitcoin.regtest.node import NodeAddressNotLoopback, RegtestNode
 
 from tests.bitcoin.helpers import anchor_spending, funded_anchor_key
 UNKNOWN_HASH = "ab" * 32

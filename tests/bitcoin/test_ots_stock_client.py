@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from services.bitcoin.regtest import RegtestChain
-from services.bitcoin.regtest_node import RegtestNode
+from services.bitcoin.regtest.chain import RegtestChain
+from services.bitcoin.regtest.node import RegtestNode
 
 OTS = pathlib.Path(sys.executable).parent / "ots"
 
@@ -16,7 +16,7 @@ OTS = pathlib.Path(sys.executable).parent / "ots"
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> pathlib.Path:
     directory = tmp_path_factory.mktemp("demo")
-    demo = subprocess.run([sys.executable, "-m", "services.cli", "demo", "--data-dir", str(directory)],
+    demo = subprocess.run([sys.executable, "-m", "services.cli.main", "demo", "--data-dir", str(directory)],
                           capture_output=True, text=True, timeout=180)
     assert demo.returncode == 0, demo.stderr[-3000:]
     return directory

@@ -6,7 +6,7 @@ from ledger.anchoring import Utxo, parse_transaction, verify_txout_proof
 from services.bitcoin import regtest
 from services.bitcoin.anchor_tx import AnchorKey
 from services.bitcoin.errors import BroadcastRejected
-from services.bitcoin.regtest import BlockRejected, RegtestChain
+from services.bitcoin.regtest.chain import BlockRejected, RegtestChain
 
 from tests.bitcoin.helpers import anchor_spending, funded_anchor_key
 
@@ -144,7 +144,7 @@ def test_a_reorg_puts_transactions_back_in_the_mempool_unless_dropped(chain, fun
 def test_coins_at_an_address_two_accounts_register_back_only_one_of_them(chain):
     """Proof of reserves on a real chain: both accounts would 'match' if the shared coins counted twice."""
     from ledger.audit import Findings
-    from services.audit_chain import reconcile_reserves
+    from services.audit.chain import reconcile_reserves
     key = funded_anchor_key(chain)
     account = {"custodian": "C", "descriptor": "", "addresses": [key.address], "balance_sats": 100_000}
     accounts = [{**account, "account_id": "vault-a"}, {**account, "account_id": "vault-b"}]

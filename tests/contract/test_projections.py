@@ -56,7 +56,7 @@ def test_canonical_bytes_are_the_same_on_every_backend_and_after_a_restart(ledge
     ours = [data for _, data in ledger.read_events(0, 1000)]
     reference = ReserveLedger({"PERSISTENCE_MODULE": "eventsourcing.sqlite",
                                "SQLITE_DBNAME": str(tmp_path / "reference.sqlite"),
-                               "APPLICATION_RECORDER_TOPIC": "services.storage:SQLiteLedgerRecorder"})
+                               "APPLICATION_RECORDER_TOPIC": "services.store.recorders:SQLiteLedgerRecorder"})
     try:
         drive(reference, rounds=1)
         assert [data for _, data in reference.read_events(0, 1000)] == ours
@@ -71,7 +71,7 @@ def test_canonical_bytes_are_the_same_on_every_backend_and_after_a_restart(ledge
 
 def test_sqlite_commits_are_durable_wal_with_full_sync(tmp_path):
     """An acknowledged command survives a power cut: WAL journal and synchronous=FULL on the ledger file."""
-    from services.config import sqlite_env
+    from services.store.config import sqlite_env
     env = sqlite_env(tmp_path)
     app = ReserveLedger(env)
     try:

@@ -1,7 +1,7 @@
 import pytest
 
-from services.client import ledger_stub
-from services.server import LedgerServer, ServerConfig
+from services.api.client import ledger_stub
+from services.api.server import LedgerServer, ServerConfig
 
 
 class Clients:

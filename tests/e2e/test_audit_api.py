@@ -8,8 +8,8 @@ from ledger.events import parse_canonical_bytes
 from ledger.tree_heads import TreeHead, verify_tree_head
 from reserve_ledger.v1 import audit_pb2 as apb
 from reserve_ledger.v1 import audit_pb2_grpc
-from services.client import secure_channel
-from services.server import LedgerServer, ServerConfig
+from services.api.client import secure_channel
+from services.api.server import LedgerServer, ServerConfig
 from tests.e2e.helpers import open_account, purchase, rpc_error, violations
 
 

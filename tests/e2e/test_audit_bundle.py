@@ -14,18 +14,18 @@ import pytest
 from reserve_ledger.v1 import audit_pb2 as apb
 from reserve_ledger.v1 import audit_pb2_grpc
 from reserve_ledger.v1 import ledger_pb2 as pb
-from services import bundle
+from services.audit import bundle
 from services.bitcoin.addresses import script_pubkey_of_address
-from services.bitcoin.regtest import RegtestChain
-from services.client import secure_channel
+from services.bitcoin.regtest.chain import RegtestChain
+from services.api.client import secure_channel
 from tests.e2e.helpers import BTC, log_size, open_account, purchase
 
-UNRECORDED_SATS = 50_000_000          # the demo's own unrecorded movement to ops-warm-1 (services/demo.py)
+UNRECORDED_SATS = 50_000_000          # the demo's own unrecorded movement to ops-warm-1 (services/cli/demo.py)
 MOVED_SATS = 12_345_678               # what these tests move to vault-cold-2 behind the ledger's back
 
 
 def cli(*args: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout_s)
 
 
@@ -367,7 +367,7 @@ def test_an_anchor_entry_that_is_not_an_object_is_named_without_a_traceback(copy
 @pytest.mark.parametrize("kind", ["core", "esplora"])
 def test_the_production_clients_give_the_same_chain_verdict_over_http(demo, tmp_path, kind):
     """Bitcoin Core RPC (scantxoutset) and Esplora (address UTXOs) against the regtest node serving the demo chain."""
-    from services.bitcoin.regtest_node import RegtestNode
+    from services.bitcoin.regtest.node import RegtestNode
     chain_dir = pathlib.Path(shutil.copytree(demo.chain_dir, tmp_path / "regtest"))
     with RegtestChain(chain_dir) as chain, RegtestNode(chain) as node:
         spec = (f"core:{node.rpc_url}?cookie={node.cookie_file}" if kind == "core" else f"esplora:{node.esplora_url}")
@@ -385,7 +385,7 @@ def test_a_local_export_covers_exactly_the_events_under_a_signed_tree_head(demo,
     data dir's key, a head is signed for them first. Either way no exported event is unsigned."""
     from ledger import commands as cmd
     from ledger.application import ReserveLedger
-    from services.config import storage_env
+    from services.store.config import storage_env
     data_dir = pathlib.Path(shutil.copytree(demo.data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("regtest")))
     ledger = ReserveLedger(storage_env(str(data_dir), None))
     ledger.execute([(cmd.FreezeAccount("late-freeze", "ops-warm-1", "after the last head"),

@@ -15,8 +15,8 @@ import pytest
 from matplotlib import image
 
 CHROMIUM = "/usr/bin/chromium"
-UNRECORDED_SATS = 50_000_000          # the demo's own unrecorded movement to ops-warm-1 (services/demo.py)
-FAIL_RED = (0xC5, 0x30, 0x30)         # .FAIL banner, services/report.py
+UNRECORDED_SATS = 50_000_000          # the demo's own unrecorded movement to ops-warm-1 (services/cli/demo.py)
+FAIL_RED = (0xC5, 0x30, 0x30)         # .FAIL banner, services/audit/report.py
 PASS_GREEN = (0x2F, 0x85, 0x5A)       # .PASS banner
 WINDOW = (1200, 2000)
 BANNER_ROWS = 300                     # the verdict banner sits in the top 15% of the screenshot
@@ -24,7 +24,7 @@ BANNER_PIXELS_MIN = 20_000            # a banner about 1100 x 70 px
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True, timeout=180)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import pytest
 from ledger.application import ReserveLedger
 from ledger.tree_heads import raw_public_key
 from reserve_ledger.v1 import ledger_pb2 as pb
-from services.client import ledger_stub
-from services.config import postgres_env, sqlite_env
-from services.signing import load_or_create_signing_key
-from services.verify import verify_ledger
+from services.api.client import ledger_stub
+from services.store.config import postgres_env, sqlite_env
+from services.store.signing import load_or_create_signing_key
+from services.audit.verify import verify_ledger
 from tests.e2e.helpers import BTC, open_account, purchase
 from tests.e2e.processes import start_server
 

@@ -5,7 +5,7 @@ import sys
 
 
 def test_demo_runs_and_its_history_verifies(tmp_path):
-    demo = subprocess.run([sys.executable, "-m", "services.cli", "demo", "--data-dir", str(tmp_path)],
+    demo = subprocess.run([sys.executable, "-m", "services.cli.main", "demo", "--data-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=180)
     assert demo.returncode == 0, demo.stderr[-3000:]
     for expected in ("Balances as of position", "Holdings per custodian", "Cost basis", "signature valid",
@@ -13,12 +13,12 @@ def test_demo_runs_and_its_history_verifies(tmp_path):
                      "FAIL reserves account ops-warm-1: on chain at height", "difference +50000000 sats",
                      "verdict FAIL: the only failure is the deliberate unrecorded movement"):
         assert expected in demo.stdout, expected
-    verify = subprocess.run([sys.executable, "-m", "services.cli", "verify", "--data-dir", str(tmp_path)],
+    verify = subprocess.run([sys.executable, "-m", "services.cli.main", "verify", "--data-dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=180)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.startswith("OK: ")
     assert "<svg" in (tmp_path / "audit-report.html").read_text()
-    offline = subprocess.run([sys.executable, "-m", "services.cli", "audit", str(tmp_path / "audit-bundle")],
+    offline = subprocess.run([sys.executable, "-m", "services.cli.main", "audit", str(tmp_path / "audit-bundle")],
                              capture_output=True, text=True, timeout=180)
     assert offline.returncode == 0 and offline.stdout.startswith("OK: "), offline.stdout + offline.stderr
     proofs = list((tmp_path / "proofs").glob("event-*/event.bin.ots"))

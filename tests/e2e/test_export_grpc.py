@@ -15,16 +15,16 @@ from ledger import limits
 from reserve_ledger.v1 import audit_pb2 as apb
 from reserve_ledger.v1 import audit_pb2_grpc
 from reserve_ledger.v1 import ledger_pb2 as pb
-from services import bundle
-from services.client import secure_channel
-from services.export import ANCHOR_FIELDS, LedgerSource, write_bundle
-from services.export_grpc import AuditServiceSource, anchor_of_proto
-from services.server import LedgerServer, ServerConfig
+from services.audit import bundle
+from services.api.client import secure_channel
+from services.audit.export import ANCHOR_FIELDS, LedgerSource, write_bundle
+from services.audit.export_grpc import AuditServiceSource, anchor_of_proto
+from services.api.server import LedgerServer, ServerConfig
 from tests.e2e.helpers import BTC, open_account, purchase, rpc_error, violations
 
 
 def cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout_s)
 
 

@@ -12,9 +12,9 @@ import pytest
 from ledger.application import ReserveLedger
 from reserve_ledger.v1 import audit_pb2 as apb
 from reserve_ledger.v1 import audit_pb2_grpc
-from services.client import secure_channel
-from services.config import SQLITE_FILE_NAME, storage_env
-from services.server import LedgerServer, ServerConfig
+from services.api.client import secure_channel
+from services.store.config import SQLITE_FILE_NAME, storage_env
+from services.api.server import LedgerServer, ServerConfig
 from tests.conftest import POSTGRES_URL
 from tests.e2e.conftest import Clients
 from tests.e2e.helpers import open_account, purchase
@@ -43,7 +43,7 @@ def recorded(storage, certs_dir, tmp_path):
 
 def run_verify(data_dir, database_url, key) -> subprocess.CompletedProcess:
     storage = ["--database", database_url] if database_url else ["--data-dir", str(data_dir)]
-    return subprocess.run([sys.executable, "-m", "services.cli", "verify", *storage, "--signing-key", str(key)],
+    return subprocess.run([sys.executable, "-m", "services.cli.main", "verify", *storage, "--signing-key", str(key)],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -157,7 +157,7 @@ def test_verify_names_the_first_bad_position(recorded, tamper):
 
 
 def test_verify_refuses_a_head_signed_by_another_key(recorded, tmp_path):
-    from services.signing import load_or_create_signing_key
+    from services.store.signing import load_or_create_signing_key
     data_dir, database_url, _ = recorded
     other = tmp_path / "other.key"
     load_or_create_signing_key(other)

@@ -18,7 +18,7 @@ def sqlite_env(data_dir: str | pathlib.Path) -> dict:
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(path / SQLITE_FILE_NAME),
         "SQLITE_LOCK_TIMEOUT": "30",
-        "APPLICATION_RECORDER_TOPIC": "services.storage:SQLiteLedgerRecorder",
+        "APPLICATION_RECORDER_TOPIC": "services.store.recorders:SQLiteLedgerRecorder",
         "CREATE_TABLE": "y",
     }
 
@@ -42,7 +42,7 @@ def postgres_env(database_url: str) -> dict:
         "POSTGRES_POOL_SIZE": "4",
         "POSTGRES_MAX_OVERFLOW": "8",
         "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
-        "APPLICATION_RECORDER_TOPIC": "services.storage:PostgresLedgerRecorder",
+        "APPLICATION_RECORDER_TOPIC": "services.store.recorders:PostgresLedgerRecorder",
         "CREATE_TABLE": "y",
     }
 

@@ -1,7 +1,7 @@
 """The audit bundle on disk (docs/FORMATS.md, "Audit bundle"): writing its files, reading them back, auditing.
 
 This module uses no storage code (no SQL, no eventsourcing, no ReserveLedger): the exporter
-(services/export.py) hands it bytes and dicts; `reserve-ledger audit` reads a bundle with nothing else
+(services/audit/export.py) hands it bytes and dicts; `reserve-ledger audit` reads a bundle with nothing else
 than these files and the pure checks of ledger/audit.py.
 """
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from tqdm import tqdm
 
-from services.anchor_cli import add_anchor_commands
+from services.cli.anchor import add_anchor_commands
 
 
 def _storage_args(parser: argparse.ArgumentParser):
@@ -21,13 +21,13 @@ def _storage_args(parser: argparse.ArgumentParser):
 
 def _open_ledger(args):
     from ledger.application import ReserveLedger
-    from services.config import storage_env
+    from services.store.config import storage_env
     return ReserveLedger(storage_env(None if args.database else args.data_dir, args.database))
 
 
 def cmd_serve(args) -> int:
     from ledger.anchor_policy import AnchorPolicy
-    from services.server import LedgerServer, ServerConfig
+    from services.api.server import LedgerServer, ServerConfig
     server = LedgerServer(ServerConfig(
         listen=args.listen, data_dir=None if args.database else args.data_dir, database_url=args.database,
         certs_dir=args.certs, insecure_loopback=args.insecure_loopback,
@@ -48,7 +48,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_certs(args) -> int:
-    from services.certs import DEFAULT_IDENTITIES, init_certs
+    from services.api.certs import DEFAULT_IDENTITIES, init_certs
     identities = [tuple(i.split(":", 1)) for i in args.identity] if args.identity else DEFAULT_IDENTITIES
     out = init_certs(args.dir, identities)
     print(f"wrote ca.pem, server.pem/.key and {', '.join(n for n, _ in identities)} certificates to {out}")
@@ -56,7 +56,7 @@ def cmd_certs(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from services.demo import run_demo
+    from services.cli.demo import run_demo
     return run_demo(args.data_dir)
 
 
@@ -81,7 +81,7 @@ def cmd_rebuild(args) -> int:
 
 def _signing_key_path(args) -> pathlib.Path | None:
     """--signing-key, or the data dir's key file; None when neither exists."""
-    from services.signing import SIGNING_KEY_FILE_NAME
+    from services.store.signing import SIGNING_KEY_FILE_NAME
     path = pathlib.Path(args.signing_key) if args.signing_key else (
         None if args.database else pathlib.Path(args.data_dir) / SIGNING_KEY_FILE_NAME)
     return path if path is not None and path.exists() else None
@@ -99,7 +99,7 @@ def _public_key_for_verify(args) -> bytes | None:
 
 
 def cmd_verify(args) -> int:
-    from services.verify import verify_ledger
+    from services.audit.verify import verify_ledger
     public_key = _public_key_for_verify(args)
     ledger = _open_ledger(args)
     size = ledger.store.log_size()
@@ -119,7 +119,7 @@ def cmd_verify(args) -> int:
 
 def cmd_balances(args) -> int:
     from ledger import state as views
-    from services.tables import balances_table, holdings_table
+    from services.cli.tables import balances_table, holdings_table
     ledger = _open_ledger(args)
     if args.as_of_position is not None:
         state = ledger.state_as_of(args.as_of_position)
@@ -184,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     balances.add_argument("--as-of-position", type=int)
     balances.set_defaults(run=cmd_balances)
     add_anchor_commands(commands)
-    from services.bitcoin.regtest_node import add_regtest_node_command
+    from services.bitcoin.regtest.node import add_regtest_node_command
     add_regtest_node_command(commands)
-    from services.audit_cli import add_audit_commands
+    from services.cli.audit import add_audit_commands
     add_audit_commands(commands)
     return parser
 

@@ -11,7 +11,7 @@ FINDINGS_PRINTED_MAX = 50
 
 def add_audit_commands(commands) -> None:
     from services.bitcoin.backends import CHAIN_SPEC_HELP
-    from services.cli import _storage_args
+    from services.cli.main import _storage_args
     export = commands.add_parser("export", help="write an audit bundle (docs/FORMATS-audit.md) from local storage "
                                                 "or from a running server over gRPC")
     source = _storage_args(export)
@@ -51,8 +51,8 @@ def cmd_export(args) -> int:
         return _export_from_server(args)
     if args.certs or args.identity:
         return _export_error("--certs and --identity go with --server HOST:PORT")
-    from services.cli import _open_ledger, _public_key_for_verify
-    from services.export import LedgerSource
+    from services.cli.main import _open_ledger, _public_key_for_verify
+    from services.audit.export import LedgerSource
     public_key = _public_key_for_verify(args)
     if public_key is None:
         return _export_error("no public key (give --public-key HEX or --signing-key FILE)")
@@ -66,8 +66,8 @@ def cmd_export(args) -> int:
 def _signer_if_key_at_hand(args, ledger):
     """A tree-head signer when the private key is here (--signing-key, or the data dir's key), else None."""
     import time
-    from services.cli import _signing_key_path
-    from services.signing import TreeHeadSigner, load_or_create_signing_key
+    from services.cli.main import _signing_key_path
+    from services.store.signing import TreeHeadSigner, load_or_create_signing_key
     path = None if args.public_key else _signing_key_path(args)
     if path is None:
         return None
@@ -77,8 +77,8 @@ def _signer_if_key_at_hand(args, ledger):
 def _export_from_server(args) -> int:
     """The bundle of a running server, read through its AuditService with an auditor's (or admin's) certificate."""
     import grpc
-    from services.client import secure_channel
-    from services.export_grpc import AuditServiceSource, ServerAnswerInvalid
+    from services.api.client import secure_channel
+    from services.audit.export_grpc import AuditServiceSource, ServerAnswerInvalid
     if not args.certs or not args.identity:
         return _export_error("--server needs --certs DIR and --identity NAME")
     if args.public_key or args.signing_key:
@@ -102,7 +102,7 @@ def _export_from_server(args) -> int:
 
 def _export(source, args) -> int:
     from services.bitcoin.backends import close_backend, open_backend
-    from services.export import BundleDirectoryNotEmpty, write_bundle
+    from services.audit.export import BundleDirectoryNotEmpty, write_bundle
     backend = open_backend(args.chain) if args.chain else None
     try:
         with _progress_bar(source.snapshot_size(), "exporting") as bar:
@@ -119,7 +119,8 @@ def _export(source, args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from services import bundle, report
+    from services.audit import bundle
+    from services.audit import report
     from services.bitcoin.backends import close_backend, open_backend
     backend = open_backend(args.chain) if args.chain else None
     try:
@@ -140,7 +141,7 @@ def cmd_audit(args) -> int:
 
 def audit_directory(directory: pathlib.Path, backend=None, chain_label: str | None = None) -> dict:
     """The facts of one bundle: the offline checks, then, with a backend (the auditor's node), the chain's."""
-    from services import bundle
+    from services.audit import bundle
     total = bundle.read_small_files(directory)["manifest"].get("counts", {}).get("events")
     with _progress_bar(total if isinstance(total, int) else None, "auditing") as bar:
         facts = bundle.audit_bundle(directory, lambda n: bar.update(n - bar.n))
@@ -150,7 +151,8 @@ def audit_directory(directory: pathlib.Path, backend=None, chain_label: str | No
 
 
 def _chain_checks(backend, chain_label: str | None, directory: pathlib.Path, facts: dict) -> dict:
-    from services import audit_chain, bundle
+    from services.audit import chain as audit_chain
+    from services.audit import bundle
     anchors_json = bundle.read_json(directory, bundle.ANCHORS)
     chain = audit_chain.check_best_chain(facts["anchors"], anchors_json, backend, facts["findings"])
     reserves = None

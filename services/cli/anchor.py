@@ -18,7 +18,7 @@ def _anchor_args(parser: argparse.ArgumentParser, chain_required: bool = True) -
 
 
 def _config(args):
-    from services.server import ServerConfig
+    from services.api.server import ServerConfig
     return ServerConfig(data_dir=None if args.database else args.data_dir, database_url=args.database,
                         signing_key_path=args.signing_key, chain=args.chain,
                         anchor_key_path=getattr(args, "anchor_key", None), anchor_network=args.network)
@@ -26,9 +26,9 @@ def _config(args):
 
 def _worker(args, ledger, backend, key=None):
     from ledger.anchor_policy import AnchorPolicy
-    from services.anchor_worker import AnchorWorker
-    from services.server import clock_us, open_anchor_key, signing_key_path_of
-    from services.signing import TreeHeadSigner, load_or_create_signing_key
+    from services.anchoring.worker import AnchorWorker
+    from services.api.server import clock_us, open_anchor_key, signing_key_path_of
+    from services.store.signing import TreeHeadSigner, load_or_create_signing_key
     config = _config(args)
     signer = TreeHeadSigner(ledger.store, load_or_create_signing_key(signing_key_path_of(config)), clock_us)
     return AnchorWorker(ledger.store, signer, backend, key or open_anchor_key(config), AnchorPolicy(), clock_us)
@@ -36,9 +36,9 @@ def _worker(args, ledger, backend, key=None):
 
 def cmd_anchor(args) -> int:
     from services.bitcoin.backends import close_backend, open_backend
-    from services.cli import _open_ledger
-    from services.tables import anchors_table
-    from services.anchor_worker import NoFundingCoin
+    from services.cli.main import _open_ledger
+    from services.cli.tables import anchors_table
+    from services.anchoring.worker import NoFundingCoin
     if not args.chain:
         print("reserve-ledger anchor: error: --chain SPEC is required", file=sys.stderr)
         return 2
@@ -65,8 +65,8 @@ def cmd_anchor(args) -> int:
 
 def cmd_proof(args) -> int:
     from services.bitcoin.backends import close_backend, open_backend
-    from services.cli import _open_ledger
-    from services.event_proofs import EventNotAnchoredYet, event_proof
+    from services.cli.main import _open_ledger
+    from services.anchoring.event_proofs import EventNotAnchoredYet, event_proof
     ledger, backend = _open_ledger(args), open_backend(args.chain)
     try:
         if not 0 <= args.position < ledger.store.log_size():
@@ -87,7 +87,7 @@ def cmd_proof(args) -> int:
 
 def cmd_anchor_psbt(args) -> int:
     from services.bitcoin.backends import close_backend, open_backend
-    from services.cli import _open_ledger
+    from services.cli.main import _open_ledger
     ledger, backend = _open_ledger(args), open_backend(args.chain)
     try:
         request = _worker(args, ledger, backend, key=_watch_only(args)).prepare_psbt()
@@ -107,7 +107,7 @@ def cmd_anchor_psbt(args) -> int:
 
 def cmd_anchor_submit(args) -> int:
     from services.bitcoin.backends import close_backend, open_backend
-    from services.cli import _open_ledger
+    from services.cli.main import _open_ledger
     request = json.loads(pathlib.Path(args.request).read_text())
     signed = pathlib.Path(args.signed).read_text().strip()
     ledger, backend = _open_ledger(args), open_backend(args.chain)
@@ -126,7 +126,7 @@ def _watch_only(args):
 
 
 def add_anchor_commands(commands) -> None:
-    from services.cli import _storage_args
+    from services.cli.main import _storage_args
     anchor = commands.add_parser("anchor", help="one anchor step now (or the PSBT flow: anchor psbt / submit)")
     _storage_args(anchor)
     _anchor_args(anchor, chain_required=False)  # required, but argparse cannot say so before a sub-command

@@ -17,16 +17,16 @@ from reserve_ledger.v1 import audit_pb2_grpc
 from reserve_ledger.v1 import ledger_pb2 as pb
 from services.bitcoin.addresses import script_pubkey_of_address
 from services.bitcoin.anchor_tx import AnchorKey
-from services.bitcoin.regtest import RegtestChain
-from services.certs import init_certs
-from services.client import ledger_stub, secure_channel
-from services import report
-from services.audit_cli import audit_directory, print_result
-from services.event_proofs import event_proof
-from services.export import write_bundle
-from services.export_grpc import AuditServiceSource
-from services.server import LedgerServer, ServerConfig
-from services.tables import anchors_table, balances_table, cost_table, holdings_table
+from services.bitcoin.regtest.chain import RegtestChain
+from services.api.certs import init_certs
+from services.api.client import ledger_stub, secure_channel
+from services.audit import report
+from services.cli.audit import audit_directory, print_result
+from services.anchoring.event_proofs import event_proof
+from services.audit.export import write_bundle
+from services.audit.export_grpc import AuditServiceSource
+from services.api.server import LedgerServer, ServerConfig
+from services.cli.tables import anchors_table, balances_table, cost_table, holdings_table
 
 BTC = 100_000_000
 UNRECORDED_SATS = 50_000_000         # the demo's deliberate discrepancy: 0.5 BTC the ledger never recorded

@@ -10,8 +10,8 @@ import grpc
 from grpc_status import rpc_status
 
 from ledger.errors import LedgerError
-from services import auth
-from services.status import rich_status
+from services.api import auth
+from services.api.status import rich_status
 
 log = logging.getLogger("reserve_ledger.calls")
 OWN_PREFIXES = (auth.SERVICE, auth.AUDIT_SERVICE)

@@ -1,7 +1,7 @@
-"""`reserve-ledger export`: write an audit bundle (services/bundle.py, docs/FORMATS-audit.md) from a source.
+"""`reserve-ledger export`: write an audit bundle (services/audit/bundle.py, docs/FORMATS-audit.md) from a source.
 
 One writer, two sources: the local ledger (a data dir or a database, `LedgerSource`) and a running server's
-AuditService (services/export_grpc.py). A source takes its snapshot size once, first: events, tree heads and
+AuditService (services/audit/export_grpc.py). A source takes its snapshot size once, first: events, tree heads and
 anchors beyond it are left for the next export, so a running server may keep appending. Events are streamed
 page by page; memory stays bounded however long the log. The same log gives byte-identical bundles, whichever
 the source and however often it is exported. A failed export leaves no bundle behind.
@@ -16,7 +16,7 @@ from ledger.application import ReserveLedger
 from ledger.audit import HEADERS_MAX, custody_accounts
 from ledger.state import ReserveState
 from ledger.tree_heads import TreeHead
-from services import bundle
+from services.audit import bundle
 
 ANCHOR_FIELDS = ("anchor_id", "tree_size", "root_hash", "txid", "raw_tx", "state", "replaces", "fee_sats", "vsize",
                  "prev_txid", "prev_vout", "prev_value_sats", "change_vout", "change_value_sats", "block_hash",

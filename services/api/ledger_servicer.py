@@ -1,5 +1,5 @@
 """ReserveLedgerService: proto -> one ledger call -> proto. No business rules and no try/except here;
-errors raised as LedgerError are turned into statuses by the interceptor (services/interceptor.py)."""
+errors raised as LedgerError are turned into statuses by the interceptor (services/api/interceptor.py)."""
 
 import json
 import time
@@ -12,9 +12,9 @@ from ledger import state as views
 from ledger.application import Recorded, ReserveLedger
 from reserve_ledger.v1 import ledger_pb2 as pb
 from reserve_ledger.v1 import ledger_pb2_grpc
-from services.auth import caller_of
-from services.paging import offset_of, token_of
-from services.writer import CommandWriter
+from services.api.auth import caller_of
+from services.api.paging import offset_of, token_of
+from services.store.writer import CommandWriter
 
 KIND_TO_PROTO = {"cold": pb.ACCOUNT_KIND_COLD, "warm": pb.ACCOUNT_KIND_WARM, "hot": pb.ACCOUNT_KIND_HOT,
                  "nominal": pb.ACCOUNT_KIND_NOMINAL}

@@ -25,7 +25,7 @@ from ledger.anchor_policy import AnchorPolicy
 from ledger.anchoring import ChainBackend, Utxo, encode_payload, fee_rate_for_anchor, parse_transaction
 from services.bitcoin.anchor_tx import AnchorKey, build_anchor_psbt, build_anchor_tx, finalize_signed_psbt
 from services.bitcoin.errors import BroadcastRejected
-from services.signing import TreeHeadSigner
+from services.store.signing import TreeHeadSigner
 
 log = logging.getLogger("reserve_ledger.anchors")
 

@@ -16,7 +16,7 @@ from ledger.state import ReserveState
 from ledger.tree_heads import TreeHead
 from reserve_ledger.v1 import audit_pb2 as pb
 from reserve_ledger.v1 import audit_pb2_grpc
-from services.export import ANCHOR_FIELDS
+from services.audit.export import ANCHOR_FIELDS
 
 CALL_TIMEOUT_S = 30.0
 STREAM_TIMEOUT_S = 300.0

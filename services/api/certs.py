@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.auth import ROLES, identity_uri
+from services.api.auth import ROLES, identity_uri
 
 VALIDITY_DAYS = 365
 # frank holds two certificates (operator and approver): four-eyes still stops him approving his own proposal.

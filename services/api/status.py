@@ -5,7 +5,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from ledger import errors
-from services.writer import CallerGone
+from services.store.writer import CallerGone
 
 DOMAIN = "reserve-ledger"
 

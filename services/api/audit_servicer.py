@@ -11,9 +11,9 @@ from reserve_ledger.v1 import audit_pb2 as pb
 from reserve_ledger.v1 import audit_pb2_grpc
 from ledger.anchoring import ChainBackend
 from ledger.event_proofs import dumps_proof
-from services.event_proofs import event_proof
-from services.paging import offset_of, token_of
-from services.signing import TreeHeadSigner
+from services.anchoring.event_proofs import event_proof
+from services.api.paging import offset_of, token_of
+from services.store.signing import TreeHeadSigner
 
 
 def head_to_proto(head: TreeHead) -> pb.SignedTreeHead:

@@ -37,7 +37,7 @@ from ledger.anchoring import (ParsedTx, TransactionMalformed, block_merkle_level
 from services.bitcoin.errors import BroadcastRejected
 
 if TYPE_CHECKING:
-    from services.bitcoin.regtest import RegtestChain
+    from services.bitcoin.regtest.chain import RegtestChain
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ def script_for_descriptor(descriptor: str) -> bytes:
 
 
 def block_transactions(raw_block: bytes) -> list[bytes]:
-    # services.bitcoin.regtest loads libbitcoinkernel; imported on first use so `reserve-ledger --help` stays fast
-    from services.bitcoin.regtest import block_transactions as split
+    # services.bitcoin.regtest.chain loads libbitcoinkernel; imported on first use so `reserve-ledger --help` stays fast
+    from services.bitcoin.regtest.chain import block_transactions as split
     return split(raw_block)
 
 
@@ -600,7 +600,7 @@ class CoreMethods:
                 "total_amount": btc_amount(total)}
 
     def _mine(self, count, script: bytes) -> list[str]:
-        from services.bitcoin.regtest import MINE_COUNT_MAX
+        from services.bitcoin.regtest.chain import MINE_COUNT_MAX
         if not 1 <= _typed(count, "nblocks", int) <= MINE_COUNT_MAX:
             raise RpcError(RPC_INVALID_PARAMETER, f"this node mines 1..{MINE_COUNT_MAX} blocks per call")
         return self._chain.mine(count, script)
@@ -695,7 +695,7 @@ def _rpc_reply(request, methods: CoreMethods) -> tuple[dict | None, int]:
 
 
 def _chain_error() -> type:
-    from services.bitcoin.regtest import ChainError
+    from services.bitcoin.regtest.chain import ChainError
     return ChainError
 
 
@@ -1070,7 +1070,7 @@ class RegtestNode:
 # --- the `reserve-ledger regtest-node` command ------------------------------------------------------------------
 
 def cmd_regtest_node(args) -> int:
-    from services.bitcoin.regtest import RegtestChain
+    from services.bitcoin.regtest.chain import RegtestChain
     stopping = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stopping.set())

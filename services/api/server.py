@@ -19,15 +19,15 @@ from ledger.commands import Caller, ExpirePending
 from ledger.anchor_policy import AnchorPolicy
 from ledger.rules import Policy
 from reserve_ledger.v1 import audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
-from services.anchor_worker import AnchorWorker
-from services.audit_servicer import AuditServicer
+from services.anchoring.worker import AnchorWorker
+from services.api.audit_servicer import AuditServicer
 from services.bitcoin.anchor_tx import AnchorKey
 from services.bitcoin.backends import close_backend, open_backend
-from services.config import storage_env
-from services.interceptor import LedgerInterceptor
-from services.ledger_servicer import LedgerServicer
-from services.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key
-from services.writer import CommandWriter
+from services.store.config import storage_env
+from services.api.interceptor import LedgerInterceptor
+from services.api.ledger_servicer import LedgerServicer
+from services.store.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key
+from services.store.writer import CommandWriter
 
 log = logging.getLogger("reserve_ledger.server")
 SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["ReserveLedgerService"].full_name
