@@ -9,6 +9,7 @@ from decimal import Decimal
 from tqdm import tqdm
 
 from services.cli.anchor import add_anchor_commands
+from services.cli.errors import OneLineArgumentParser, run_command
 
 
 def _storage_args(parser: argparse.ArgumentParser):
@@ -134,8 +135,9 @@ def cmd_balances(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reserve-ledger", description="Event-sourced ledger for Bitcoin reserves")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineArgumentParser(prog="reserve-ledger", description="Event-sourced ledger for Bitcoin reserves")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any failure")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
     serve = commands.add_parser("serve", help="run the gRPC service")
     _storage_args(serve)
     serve.add_argument("--listen", default="127.0.0.1:50051")
@@ -194,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    return run_command(args.run, args)
 
 
 if __name__ == "__main__":
