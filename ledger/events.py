@@ -15,6 +15,7 @@ import functools
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Any, TypedDict
 
 import orjson
 from eventsourcing.domain import Aggregate
@@ -28,6 +29,20 @@ _decode_json = orjson.loads
 _encode_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 BOOK_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://reserve-ledger.invalid/book")
 METADATA_FIELDS = ("request_id", "request_digest", "actor", "actor_role")
+
+
+class CanonicalEvent(TypedDict):
+    """One event in its canonical form (docs/FORMATS.md §1): what the fold, the audit and the bytes share."""
+
+    format_version: int
+    position: int
+    type: str
+    time_us: int
+    request_id: str
+    request_digest: str
+    actor: str
+    actor_role: str
+    data: dict[str, Any]
 
 
 class Book(Aggregate):
