@@ -29,7 +29,7 @@ from services.bitcoin.anchor_tx import AnchorKey  # noqa: E402
 from services.bitcoin.regtest.chain import ANYONE_CAN_SPEND, RegtestChain  # noqa: E402
 from services.store.config import storage_env  # noqa: E402
 from services.anchoring.event_proofs import event_proof  # noqa: E402
-from services.api.server import clock_us  # noqa: E402
+from services.compose import clock_us  # noqa: E402
 from services.store.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key  # noqa: E402
 
 

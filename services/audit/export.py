@@ -17,6 +17,7 @@ from ledger.audit import HEADERS_MAX, custody_accounts
 from ledger.state import ReserveState
 from ledger.tree_heads import TreeHead
 from services.audit import bundle
+from services.errors import AlreadyExists, CheckFailed
 
 ANCHOR_FIELDS = ("anchor_id", "tree_size", "root_hash", "txid", "raw_tx", "state", "replaces", "fee_sats", "vsize",
                  "prev_txid", "prev_vout", "prev_value_sats", "change_vout", "change_value_sats", "block_hash",
@@ -25,8 +26,12 @@ BUNDLE_FILES = (bundle.MANIFEST, bundle.EVENTS, bundle.TREE_HEADS, bundle.PUBLIC
                 bundle.CUSTODY)
 
 
-class BundleDirectoryNotEmpty(ValueError):
+class BundleDirectoryNotEmpty(AlreadyExists):
     """Refusing to mix a new bundle with files already in the output directory."""
+
+
+class LogShorterThanItsHead(CheckFailed):
+    """The stored log has fewer events than a signed tree head covers: events were deleted."""
 
 
 class HeaderRangeTooLong(ValueError):
@@ -72,7 +77,9 @@ class LedgerSource:
         while position < size:
             page = self._ledger.read_events(position, min(limits.REPLAY_PAGE_SIZE, size - position))
             if not page:
-                raise RuntimeError(f"the log ended at {position}, before its size {size}")
+                raise LogShorterThanItsHead(
+                    f"the log ends at position {position} but a signed tree head covers {size} events: events were "
+                    "deleted; run `reserve-ledger verify` for details; no bundle written")
             for event, _ in page:
                 assert event["position"] == position, (event["position"], position)
                 position += 1
@@ -139,7 +146,8 @@ def _write_events(pages: Iterator[list[bytes]], out: pathlib.Path, size: int, pr
     finally:
         writer.close()
     if writer.count != size:
-        raise RuntimeError(f"the source gave {writer.count} events, not the snapshot's {size}")
+        raise LogShorterThanItsHead(f"the source gave {writer.count} events, not the snapshot's {size}; "
+                                    "no bundle written")
 
 
 def _remove_partial_bundle(out: pathlib.Path, created: bool) -> None:

@@ -21,11 +21,13 @@ from services.bitcoin.regtest.chain import RegtestChain
 from services.api.certs import init_certs
 from services.api.client import ledger_stub, secure_channel
 from services.audit import report
-from services.cli.audit import audit_directory, print_result
+from services.audit.run import audit_directory, print_result
 from services.anchoring.event_proofs import event_proof
 from services.audit.export import write_bundle
 from services.audit.export_grpc import AuditServiceSource
-from services.api.server import LedgerServer, ServerConfig
+from services.api.server import LedgerServer
+from services.compose import ServerConfig, build_server
+from services.errors import AlreadyExists
 from services.cli.tables import anchors_table, balances_table, cost_table, holdings_table
 
 BTC = 100_000_000
@@ -241,10 +243,14 @@ def _auditor_bundle(address: str, certs: pathlib.Path, chain: RegtestChain, dire
 
 
 def run_demo(data_dir: str | None) -> int:
+    if data_dir and pathlib.Path(data_dir).exists() and (not pathlib.Path(data_dir).is_dir()
+                                                         or any(pathlib.Path(data_dir).iterdir())):
+        raise AlreadyExists(f"--data-dir {data_dir} is not empty; the demo needs a new or empty directory")
     directory = pathlib.Path(data_dir or tempfile.mkdtemp(prefix="reserve-ledger-demo-"))
     certs = init_certs(directory / "certs")
     chain_dir = directory / "regtest"
-    server = LedgerServer(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs),
+    server = build_server(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs),
+                                       create_store=True,
                                        chain=f"regtest:{chain_dir}",
                                        anchor_policy=AnchorPolicy(interval_s=DEMO_ANCHOR_INTERVAL_S,
                                                                  block_poll_interval_s=DEMO_ANCHOR_INTERVAL_S))).start()

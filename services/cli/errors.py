@@ -16,7 +16,12 @@ from services import errors
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a usage mistake in one line (the usage is one `--help` away)."""
+    """argparse that reports a usage mistake in one line (the usage is one `--help` away) and takes no
+    abbreviated options (a typo must not silently become another option)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(errors.EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -11,9 +11,11 @@ SQLITE_FILE_NAME = "ledger.sqlite"
 POSTGRES_LOCK_TIMEOUT_S = 5
 
 
-def sqlite_env(data_dir: str | pathlib.Path) -> dict:
+def sqlite_env(data_dir: str | pathlib.Path, create: bool = True) -> dict:
+    """With `create`, the directory is made (0700) when missing; the file is created on first open."""
     path = pathlib.Path(data_dir)
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(path / SQLITE_FILE_NAME),

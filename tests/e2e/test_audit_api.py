@@ -1,5 +1,7 @@
 """AuditService over real mTLS, on SQLite and PostgreSQL: every answer is checked with ledger/ verifiers only."""
 
+import dataclasses
+
 import grpc
 import pytest
 
@@ -9,7 +11,7 @@ from ledger.tree_heads import TreeHead, verify_tree_head
 from reserve_ledger.v1 import audit_pb2 as apb
 from reserve_ledger.v1 import audit_pb2_grpc
 from services.api.client import secure_channel
-from services.api.server import LedgerServer, ServerConfig
+from services.compose import ServerConfig, build_server
 from tests.e2e.helpers import open_account, purchase, rpc_error, violations
 
 
@@ -97,7 +99,7 @@ def test_canonical_bytes_and_heads_survive_a_restart(storage, certs_dir, tmp_pat
                           certs_dir=str(certs_dir), signing_key_path=str(tmp_path / "signing.key"))
     before = []
     for run in range(2):
-        server = LedgerServer(config).start()
+        server = build_server(dataclasses.replace(config, create_store=True)).start()
         try:
             from tests.e2e.conftest import Clients
             clients = Clients(f"127.0.0.1:{server.port}", certs_dir)

@@ -19,7 +19,7 @@ from services.audit import bundle
 from services.api.client import secure_channel
 from services.audit.export import ANCHOR_FIELDS, LedgerSource, write_bundle
 from services.audit.export_grpc import AuditServiceSource, anchor_of_proto
-from services.api.server import LedgerServer, ServerConfig
+from services.compose import ServerConfig, build_server
 from tests.e2e.helpers import BTC, open_account, purchase, rpc_error, violations
 
 
@@ -240,7 +240,7 @@ def demo_server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("export-grpc") / "demo"
     run = cli("demo", "--data-dir", str(data_dir), timeout_s=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    server = LedgerServer(ServerConfig(listen="127.0.0.1:0", data_dir=str(data_dir),
+    server = build_server(ServerConfig(create_store=True, listen="127.0.0.1:0", data_dir=str(data_dir),
                                        certs_dir=str(data_dir / "certs"))).start()
     yield server, data_dir
     server.stop(grace_s=1)

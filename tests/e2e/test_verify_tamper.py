@@ -14,7 +14,7 @@ from reserve_ledger.v1 import audit_pb2 as apb
 from reserve_ledger.v1 import audit_pb2_grpc
 from services.api.client import secure_channel
 from services.store.config import SQLITE_FILE_NAME, storage_env
-from services.api.server import LedgerServer, ServerConfig
+from services.compose import ServerConfig, build_server
 from tests.conftest import POSTGRES_URL
 from tests.e2e.conftest import Clients
 from tests.e2e.helpers import open_account, purchase
@@ -27,7 +27,7 @@ def recorded(storage, certs_dir, tmp_path):
     """A store holding EVENTS events and a signed tree head over all of them; the server is stopped."""
     data_dir, database_url = storage
     key = tmp_path / "signing.key"
-    server = LedgerServer(ServerConfig(listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url,
+    server = build_server(ServerConfig(create_store=True, listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url,
                                        certs_dir=str(certs_dir), signing_key_path=str(key))).start()
     try:
         clients = Clients(f"127.0.0.1:{server.port}", certs_dir)

@@ -1,0 +1,62 @@
+"""One audit of a bundle directory: the offline checks, then (with the auditor's node) the chain's; and its printout."""
+
+import pathlib
+from typing import Callable
+
+from services.audit import bundle
+from services.audit import chain as audit_chain
+
+FINDINGS_PRINTED_MAX = 50
+
+
+def audit_directory(directory: pathlib.Path, backend=None, chain_label: str | None = None,
+                    progress: Callable[[int], None] = lambda n: None) -> dict:
+    """The facts of one bundle: the offline checks, then, with a backend (the auditor's node), the chain's."""
+    facts = bundle.audit_bundle(directory, progress)
+    if backend is not None:
+        facts.update(_chain_checks(backend, chain_label, directory, facts))
+    return facts
+
+
+def bundle_event_count(directory: pathlib.Path) -> int | None:
+    """The manifest's event count, for a progress bar (None when the manifest does not say)."""
+    total = bundle.read_small_files(directory)["manifest"].get("counts", {}).get("events")
+    return total if isinstance(total, int) else None
+
+
+def _chain_checks(backend, chain_label: str | None, directory: pathlib.Path, facts: dict) -> dict:
+    anchors_json = bundle.read_json(directory, bundle.ANCHORS)
+    chain = audit_chain.check_best_chain(facts["anchors"], anchors_json, backend, facts["findings"])
+    reserves = None
+    if facts["replay_stopped_at"] is None:
+        reserves = audit_chain.reconcile_reserves(facts["accounts"], backend, facts["findings"])
+    return {"chain": {"spec": chain_label, **chain}, "reserves": reserves}
+
+
+def print_result(result: dict) -> None:
+    """One `FAIL <check> <where>: <what>` line per failure (the first FINDINGS_PRINTED_MAX), then the summary."""
+    for finding in result["failures"][:FINDINGS_PRINTED_MAX]:
+        print(f"FAIL {finding['check']} {finding['where']}: {finding['message']}")
+    if result["failures_total"] > FINDINGS_PRINTED_MAX:
+        print(f"... and {result['failures_total'] - FINDINGS_PRINTED_MAX} more (see the report)")
+    _print_summary(result)
+
+
+def _print_summary(result: dict) -> None:
+    reserves = result.get("reserves")
+    if reserves:
+        for row in reserves["accounts"]:
+            difference = "" if not row["difference_sats"] else f" {row['difference_sats']:+,d} sats"
+            print(f"reserves {row['account_id']}: ledger {row['ledger_sats']:,} sats, on chain "
+                  f"{'-' if row['onchain_sats'] is None else format(row['onchain_sats'], ',')} sats at height "
+                  f"{reserves['height']}: {row['status']}{difference}{' (' + row['note'] + ')' if row['note'] else ''}")
+    for anchor in result["anchors"]:
+        if anchor.get("confirmations") is not None:
+            print(f"anchor {anchor['txid']}: tree size {anchor['tree_size']}, block {anchor['block_height']}, "
+                  f"{anchor['confirmations']} confirmations on the best chain")
+    summary = (f"{result['events']} events, {len(result['tree_heads'])} signed tree heads, "
+               f"{len(result['anchors'])} anchors, replay to position {result['as_of_position']}")
+    if result["verdict"] == "PASS":
+        print(f"OK: {summary}")
+    else:
+        print(f"FAIL: {result['failures_total']} failure(s); {summary}")

@@ -1,0 +1,344 @@
+"""Composition root: one validated configuration -> storage, ledger, signer, chain backend, server.
+
+`serve`, every CLI command and the demo build what they need here and nowhere else. Each builder
+checks its whole configuration first (`ConfigurationInvalid` / `NothingStoredHere`, one line that
+says how to fix it) and only then opens the database, the key files or the chain.
+The defaults live in the dataclasses below; the CLI's options read them from here (one place).
+"""
+
+import dataclasses
+import ipaddress
+import pathlib
+import random
+import socket
+import time
+from urllib.parse import urlparse
+
+from ledger.anchor_policy import AnchorPolicy
+from ledger.application import ReserveLedger
+from ledger.rules import Policy
+from services.errors import ConfigurationInvalid, NothingStoredHere
+from services.store.config import SQLITE_FILE_NAME, postgres_env, sqlite_env
+from services.store.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key
+
+DEFAULT_DATA_DIR = "./reserve-data"
+ANCHOR_KEY_FILE_NAME = "anchor-wallet.wif"
+NETWORKS = ("mainnet", "testnet", "signet", "regtest")
+POSTGRES_PROBE_TIMEOUT_S = 5
+CERT_FILES = ("ca.pem", "server.pem", "server.key")
+
+
+def clock_us() -> int:
+    """The service's one wall clock (microseconds since the epoch); ledger/ receives time from here."""
+    return time.time_ns() // 1000
+
+
+def jittered_backoff(attempt: int) -> None:
+    """After losing an append race to another process: sleep up to 1 ms x 2^attempt (capped at 100 ms)."""
+    time.sleep(random.uniform(0, min(0.001 * 2 ** attempt, 0.1)))
+
+
+def _setting(default, help_text: str):
+    """A configuration field whose default and help text the CLI reads (services/cli/options.py)."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+# --- storage ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageConfig:
+    data_dir: str | None = _setting(DEFAULT_DATA_DIR, "SQLite data directory")
+    database_url: str | None = _setting(
+        None, "PostgreSQL URL, postgresql://user[:password]@host[:port]/dbname[?schema=name]")
+
+    @property
+    def label(self) -> str:
+        if self.database_url:
+            url = urlparse(self.database_url)
+            return f"PostgreSQL {url.hostname}:{url.port or 5432}/{url.path.strip('/')}"
+        return f"data dir {self.data_dir}"
+
+    def env(self) -> dict:
+        """The eventsourcing environment (does not touch the disk or the network)."""
+        if self.database_url:
+            try:
+                return postgres_env(self.database_url)
+            except ValueError as error:
+                raise ConfigurationInvalid(f"--database: {error}") from None
+        return sqlite_env(self.data_dir or DEFAULT_DATA_DIR, create=False)
+
+
+def storage_of(data_dir: str | None, database_url: str | None) -> StorageConfig:
+    return StorageConfig(None, database_url) if database_url else StorageConfig(data_dir or DEFAULT_DATA_DIR, None)
+
+
+def check_store_exists(storage: StorageConfig) -> None:
+    """Refuse a data dir or database schema that holds no ledger (a typo must not create an empty one)."""
+    env = storage.env()
+    if storage.database_url:
+        if not _postgres_holds_ledger(env):
+            raise NothingStoredHere(
+                f"no ledger in schema {env['POSTGRES_SCHEMA']!r} of {storage.label}: check --database, or create "
+                f"one with `reserve-ledger serve --init --database URL`")
+        return
+    path = pathlib.Path(storage.data_dir or DEFAULT_DATA_DIR)
+    if not (path / SQLITE_FILE_NAME).is_file():
+        raise NothingStoredHere(
+            f"no ledger in {path} ({SQLITE_FILE_NAME} is missing): check --data-dir, or create one with "
+            f"`reserve-ledger serve --init --data-dir {path}`")
+
+
+def _postgres_holds_ledger(env: dict) -> bool:
+    import psycopg
+    try:
+        with psycopg.connect(host=env["POSTGRES_HOST"], port=int(env["POSTGRES_PORT"]), dbname=env["POSTGRES_DBNAME"],
+                             user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None,
+                             connect_timeout=POSTGRES_PROBE_TIMEOUT_S) as conn:
+            row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                               (f'"{env["POSTGRES_SCHEMA"]}".ledger_log',)).fetchone()
+    except psycopg.Error as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise ConfigurationInvalid(
+            f"cannot reach PostgreSQL at {env['POSTGRES_HOST']}:{env['POSTGRES_PORT']} "
+            f"(database {env['POSTGRES_DBNAME']!r}): {reason}") from None
+    return bool(row[0])
+
+
+def open_ledger(storage: StorageConfig, *, create: bool = False, policy: Policy = Policy(),
+                backoff=lambda attempt: None) -> ReserveLedger:
+    """The ledger on this storage; an existing one unless `create`."""
+    if create:
+        env = storage.env()
+        if storage.database_url:
+            _postgres_holds_ledger(env)  # reachable, or one line saying why not
+        else:
+            env = sqlite_env(storage.data_dir or DEFAULT_DATA_DIR, create=True)
+    else:
+        check_store_exists(storage)
+        env = storage.env()
+    return ReserveLedger(env, policy, backoff)
+
+
+# --- keys -------------------------------------------------------------------------------------------------
+
+
+def signing_key_path(storage: StorageConfig, given: str | None) -> pathlib.Path:
+    """--signing-key, or the data dir's key file (PostgreSQL replicas must all be given the same file)."""
+    if given:
+        return pathlib.Path(given)
+    if storage.database_url:
+        raise ConfigurationInvalid("with --database every replica must sign with the same key: pass --signing-key FILE")
+    return pathlib.Path(storage.data_dir or DEFAULT_DATA_DIR) / SIGNING_KEY_FILE_NAME
+
+
+def existing_signing_key_path(storage: StorageConfig, given: str | None) -> pathlib.Path | None:
+    """The private key if it is at hand: --signing-key (must exist), or the data dir's key when present."""
+    if given:
+        path = pathlib.Path(given)
+        if not path.is_file():
+            raise NothingStoredHere(f"--signing-key {path}: no such file")
+        return path
+    if storage.database_url:
+        return None
+    path = pathlib.Path(storage.data_dir or DEFAULT_DATA_DIR) / SIGNING_KEY_FILE_NAME
+    return path if path.is_file() else None
+
+
+def load_signing_key(path: pathlib.Path, *, create: bool):
+    if not create and not path.is_file():
+        raise NothingStoredHere(f"no tree-head signing key at {path}: check --signing-key")
+    try:
+        return load_or_create_signing_key(path)
+    except ValueError as error:
+        raise ConfigurationInvalid(f"{path}: {error}") from None
+
+
+def public_key_of(storage: StorageConfig, public_key_hex: str | None, signing_key: str | None) -> bytes | None:
+    """The tree heads' raw Ed25519 public key: --public-key HEX, or from the private key file at hand."""
+    from cryptography.hazmat.primitives import serialization
+    if public_key_hex:
+        try:
+            raw = bytes.fromhex(public_key_hex)
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigurationInvalid("--public-key must be 64 hex digits (a raw Ed25519 public key)")
+        return raw
+    path = existing_signing_key_path(storage, signing_key)
+    if path is None:
+        return None
+    key = load_signing_key(path, create=False)
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def tree_head_signer(ledger: ReserveLedger, key_path: pathlib.Path, *, create: bool = False) -> TreeHeadSigner:
+    return TreeHeadSigner(ledger.store, load_signing_key(key_path, create=create), clock_us)
+
+
+# --- chain ------------------------------------------------------------------------------------------------
+
+
+CHAIN_KINDS = ("regtest", "core", "esplora")
+
+
+def check_chain_spec(spec: str) -> None:
+    """Refuse a --chain value naming no known backend before anything is opened."""
+    kind, _, target = spec.partition(":")
+    if kind not in CHAIN_KINDS or not target:
+        from services.bitcoin.backends import CHAIN_SPEC_HELP
+        raise ConfigurationInvalid(f"--chain {spec!r}: unknown backend; expected {CHAIN_SPEC_HELP}")
+
+
+def open_chain(spec: str):
+    """The Bitcoin backend named by --chain (services/bitcoin/backends.py); refuses what it cannot open."""
+    from services.bitcoin.backends import open_backend
+    check_chain_spec(spec)
+    return open_backend(spec)
+
+
+def anchor_key_path(storage: StorageConfig, given: str | None, network: str) -> pathlib.Path:
+    if given:
+        return pathlib.Path(given)
+    if storage.database_url or network != "regtest":
+        raise ConfigurationInvalid("anchoring needs --anchor-key FILE (a WIF key of the fee-only anchor wallet)")
+    return pathlib.Path(storage.data_dir or DEFAULT_DATA_DIR) / ANCHOR_KEY_FILE_NAME
+
+
+def open_anchor_key(storage: StorageConfig, given: str | None, network: str):
+    """Load the anchor wallet's key; on regtest with a data dir, create it on first use."""
+    from services.bitcoin.anchor_tx import AnchorKey
+    path = anchor_key_path(storage, given, network)
+    if not path.exists():
+        if network == "regtest" and not given:
+            AnchorKey.generate("regtest").save(path)
+        else:
+            raise NothingStoredHere(f"--anchor-key {path}: no such file")
+    try:
+        return AnchorKey.load(path, network)
+    except ValueError as error:
+        raise ConfigurationInvalid(f"{path}: {error}") from None
+
+
+# --- the server -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    listen: str = _setting("127.0.0.1:50051", "HOST:PORT to listen on")
+    data_dir: str | None = _setting(DEFAULT_DATA_DIR, "SQLite data directory")
+    database_url: str | None = None
+    certs_dir: str | None = _setting(None, "directory with ca.pem, server.pem and server.key (see `certs init`)")
+    insecure_loopback: bool = _setting(False, "plaintext, loopback development only")
+    create_store: bool = _setting(False, "create the ledger when the data dir or database schema holds none")
+    purchase_approval_threshold_sats: int = _setting(
+        Policy().purchase_approval_threshold_sats, "purchases above this many sats wait for a second identity")
+    expiry_interval_s: float = 30.0
+    signing_key_path: str | None = None
+    tree_head_interval_s: float = _setting(60.0, "sign a tree head this often when the log has grown")
+    chain: str | None = None
+    anchor_key_path: str | None = None
+    anchor_network: str = _setting("regtest", "network of the anchor key")
+    anchor_policy: AnchorPolicy = dataclasses.field(default_factory=AnchorPolicy)
+
+    @property
+    def storage(self) -> StorageConfig:
+        return storage_of(self.data_dir, self.database_url)
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigurationInvalid(f"--listen {listen!r}: expected HOST:PORT with a port from 0 to 65535")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen_address(listen)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_config(config: ServerConfig) -> None:
+    """Everything that can be checked without opening anything; raises on the first problem."""
+    listen_address(config.listen)
+    if config.insecure_loopback and not is_loopback(config.listen):
+        raise ConfigurationInvalid(f"--insecure-loopback on {config.listen}: plaintext is for loopback addresses "
+                                   "only; use --certs DIR (mTLS) on other addresses")
+    if not config.insecure_loopback:
+        if not config.certs_dir:
+            raise ConfigurationInvalid("serve needs --certs DIR (ca.pem, server.pem, server.key; create them with "
+                                       "`reserve-ledger certs init DIR`) or --insecure-loopback for local development")
+        missing = [name for name in CERT_FILES if not (pathlib.Path(config.certs_dir) / name).is_file()]
+        if missing:
+            raise NothingStoredHere(f"--certs {config.certs_dir}: {', '.join(missing)} missing; create them with "
+                                    "`reserve-ledger certs init DIR`")
+    if config.purchase_approval_threshold_sats < 0:
+        raise ConfigurationInvalid("--purchase-approval-threshold-sats must be 0 or more")
+    for name in ("tree_head_interval_s", "expiry_interval_s"):
+        if not getattr(config, name) > 0:
+            raise ConfigurationInvalid(f"--{name.replace('_', '-')} must be more than 0")
+    _check_anchor_policy(config.anchor_policy)
+    if config.anchor_network not in NETWORKS:
+        raise ConfigurationInvalid(f"--network {config.anchor_network!r}: expected one of {', '.join(NETWORKS)}")
+    config.storage.env()  # a malformed --database URL is refused here
+    signing_key_path(config.storage, config.signing_key_path)
+    if config.chain:
+        check_chain_spec(config.chain)
+        anchor_key_path(config.storage, config.anchor_key_path, config.anchor_network)
+    _check_port_free(config.listen)
+
+
+def _check_port_free(listen: str) -> None:
+    """A port another process holds is named now, before any storage is created (the server binds later)."""
+    host, port = listen_address(listen)
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ConfigurationInvalid(f"--listen {listen}: cannot resolve {host!r} ({error.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise ConfigurationInvalid(f"cannot listen on {listen}: {error.strerror.lower()}; choose another "
+                                       "--listen") from None
+
+
+def _check_anchor_policy(policy: AnchorPolicy) -> None:
+    if not (policy.interval_s > 0 and policy.block_poll_interval_s > 0):
+        raise ConfigurationInvalid("--anchor-interval-s and --block-poll-interval-s must be more than 0")
+    if not (policy.fee_rate_max_sat_per_vb >= 1 and policy.fee_max_sats > 0):
+        raise ConfigurationInvalid("--fee-rate-max must be at least 1 sat/vB and --fee-max-sats more than 0")
+
+
+def build_server(config: ServerConfig):
+    """Check the configuration, then open storage, keys and chain and wire the server (not started)."""
+    from services.api.server import LedgerServer, ServerParts
+    check_server_config(config)
+    storage = config.storage
+    if not config.create_store:
+        check_store_exists(storage)
+    key_path = signing_key_path(storage, config.signing_key_path)
+    chain = open_chain(config.chain) if config.chain else None
+    ledger = None
+    try:
+        ledger = open_ledger(storage, create=config.create_store,
+                             policy=Policy(config.purchase_approval_threshold_sats), backoff=jittered_backoff)
+        signer = tree_head_signer(ledger, key_path, create=config.create_store or storage.database_url is None)
+        anchor_key = open_anchor_key(storage, config.anchor_key_path, config.anchor_network) if chain else None
+        return LedgerServer(config, ServerParts(ledger, signer, chain, anchor_key, clock_us))
+    except BaseException:
+        if ledger is not None:
+            ledger.close()
+        if chain is not None:
+            from services.bitcoin.backends import close_backend
+            close_backend(chain)
+        raise
+
