@@ -17,7 +17,7 @@ from reserve_ledger.v1 import audit_pb2_grpc
 from reserve_ledger.v1 import ledger_pb2 as pb
 from services.bitcoin.addresses import script_pubkey_of_address
 from services.bitcoin.anchor_tx import AnchorKey
-from services.bitcoin.regtest.chain import RegtestChain
+from services.bitcoin.regtest.chain import RegtestChain, holds_chain
 from services.api.certs import init_certs
 from services.api.client import ledger_stub, secure_channel
 from services.audit import report
@@ -244,14 +244,20 @@ def run_demo(data_dir: str | None) -> int:
     directory = pathlib.Path(data_dir or tempfile.mkdtemp(prefix="reserve-ledger-demo-"))
     certs = init_certs(directory / "certs")
     chain_dir = directory / "regtest"
-    server = LedgerServer(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs),
-                                       chain=f"regtest:{chain_dir}",
-                                       anchor_policy=AnchorPolicy(interval_s=DEMO_ANCHOR_INTERVAL_S,
-                                                                 block_poll_interval_s=DEMO_ANCHOR_INTERVAL_S))).start()
+    # the 'network' side: miners and the custodians' wallets; a chain left by an earlier run is reused
+    chain = RegtestChain.open(chain_dir) if holds_chain(chain_dir) else RegtestChain.create(chain_dir)
+    try:
+        server = LedgerServer(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs),
+                                           chain=f"regtest:{chain_dir}",
+                                           anchor_policy=AnchorPolicy(interval_s=DEMO_ANCHOR_INTERVAL_S,
+                                                                     block_poll_interval_s=DEMO_ANCHOR_INTERVAL_S))
+                              ).start()
+    except BaseException:
+        chain.close()
+        raise
     address = f"127.0.0.1:{server.port}"
     print(f"Reserve Ledger demo: server on {address} (mTLS), SQLite data in {directory}, "
           f"embedded regtest chain in {chain_dir}")
-    chain = RegtestChain(chain_dir)  # the 'network' side: miners and the custodians' wallets
     try:
         alice, bob, carol, dave = (ledger_stub(address, certs, name) for name in ("alice", "bob", "carol", "dave"))
         addresses = _custody_addresses(directory)

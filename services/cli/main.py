@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     balances.add_argument("--as-of-position", type=int)
     balances.set_defaults(run=cmd_balances)
     add_anchor_commands(commands)
-    from services.bitcoin.regtest.node import add_regtest_node_command
+    from services.bitcoin.regtest.command import add_regtest_node_command
     add_regtest_node_command(commands)
     from services.cli.audit import add_audit_commands
     add_audit_commands(commands)

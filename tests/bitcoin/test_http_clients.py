@@ -37,7 +37,7 @@ CLIENTS = ("core-cookie", "core-user", "esplora")
 
 @pytest.fixture
 def chain(tmp_path):
-    with RegtestChain(tmp_path / "chain") as chain:
+    with RegtestChain.create(tmp_path / "chain") as chain:
         yield chain
 
 
