@@ -46,6 +46,7 @@ def _checked_url(spec: str, url: str) -> urllib.parse.SplitResult:
     except ValueError as error:
         raise ChainSpecInvalid(f"--chain {_shown(spec)!r}: {error}; expected {CHAIN_SPEC_HELP}") from None
     spec = _shown(spec)
+    url = spec.partition(":")[2]
     if parts.scheme not in URL_SCHEMES or not parts.hostname:
         raise ChainSpecInvalid(f"--chain {spec!r}: {url!r} is not an http:// or https:// URL with a host; "
                                f"expected {CHAIN_SPEC_HELP}")

@@ -2,6 +2,7 @@
 
 import inspect
 import re
+import struct
 from decimal import Decimal
 
 from ledger.anchoring import ParsedTx, display_hex, parse_transaction, sha256d
@@ -13,7 +14,7 @@ from services.bitcoin.regtest.chain import MINE_COUNT_MAX
 from services.bitcoin.regtest.chain_view import ChainView, coinbase_height, is_coinbase
 from services.bitcoin.regtest.rpc_server import (
     DEFAULT_MAX_FEE_RATE_BTC_PER_KVB, DEFAULT_MAX_FEE_SAT_PER_KVB, RPC_INVALID_ADDRESS_OR_KEY, RPC_INVALID_PARAMETER,
-    RPC_METHOD_NOT_FOUND, RPC_MISC_ERROR, RPC_TYPE_ERROR, RPC_VERIFY_ALREADY_IN_CHAIN, RPC_VERIFY_ERROR, RpcError,
+    RPC_METHOD_NOT_FOUND, RPC_MISC_ERROR, RPC_VERIFY_ALREADY_IN_CHAIN, RPC_VERIFY_ERROR, RpcError,
     amount_param, btc_amount, btc_per_kvb, decode_tx_param, fee_rate_param, hash_param, short_reason, typed_param)
 
 NETWORK = "regtest"
