@@ -44,7 +44,7 @@ def main() -> None:
     if ledger.store.log_size() < args.events:
         fill(ledger, args.events)
     size = ledger.store.log_size()
-    with tempfile.TemporaryDirectory(prefix="bench-anchor-chain-") as chain_dir, RegtestChain(chain_dir) as chain:
+    with tempfile.TemporaryDirectory(prefix="bench-anchor-chain-") as chain_dir, RegtestChain.create(chain_dir) as chain:
         key = AnchorKey.generate("regtest")
         chain.send(key.script_pubkey, 1_000_000)
         chain.mine(1)

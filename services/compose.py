@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from ledger.anchor_policy import AnchorPolicy
 from ledger.application import ReserveLedger
 from ledger.rules import Policy
+from services.bitcoin.backends import check_spec, open_backend
 from services.errors import ConfigurationInvalid, NothingStoredHere
 from services.store.config import SQLITE_FILE_NAME, postgres_env, sqlite_env
 from services.store.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key
@@ -179,21 +180,8 @@ def tree_head_signer(ledger: ReserveLedger, key_path: pathlib.Path, *, create: b
 # --- chain ------------------------------------------------------------------------------------------------
 
 
-CHAIN_KINDS = ("regtest", "core", "esplora")
-
-
-def check_chain_spec(spec: str) -> None:
-    """Refuse a --chain value naming no known backend before anything is opened."""
-    kind, _, target = spec.partition(":")
-    if kind not in CHAIN_KINDS or not target:
-        from services.bitcoin.backends import CHAIN_SPEC_HELP
-        raise ConfigurationInvalid(f"--chain {spec!r}: unknown backend; expected {CHAIN_SPEC_HELP}")
-
-
 def open_chain(spec: str):
     """The Bitcoin backend named by --chain (services/bitcoin/backends.py); refuses what it cannot open."""
-    from services.bitcoin.backends import open_backend
-    check_chain_spec(spec)
     return open_backend(spec)
 
 
@@ -288,7 +276,7 @@ def check_server_config(config: ServerConfig) -> None:
     config.storage.env()  # a malformed --database URL is refused here
     signing_key_path(config.storage, config.signing_key_path)
     if config.chain:
-        check_chain_spec(config.chain)
+        check_spec(config.chain)
         anchor_key_path(config.storage, config.anchor_key_path, config.anchor_network)
     _check_port_free(config.listen)
 

@@ -12,7 +12,7 @@ from services import compose
 from services.anchoring.event_proofs import event_proof
 from services.anchoring.worker import AnchorWorker, NoFundingCoin
 from services.bitcoin.anchor_tx import WatchOnlyAnchorKey
-from services.bitcoin.backends import CHAIN_SPEC_HELP, close_backend
+from services.bitcoin.backends import CHAIN_SPEC_HELP, check_spec, close_backend
 from services.cli.options import add_storage_options, position, storage_from
 from services.cli.tables import anchors_table
 from services.errors import CheckFailed, ConfigurationInvalid, NotYetAvailable
@@ -31,6 +31,7 @@ def _anchor_args(parser: argparse.ArgumentParser, chain_required: bool = True) -
 @contextlib.contextmanager
 def _opened(args):
     """The ledger and the chain backend for one command, both closed afterwards."""
+    check_spec(args.chain)
     ledger = compose.open_ledger(storage_from(args))
     try:
         backend = compose.open_chain(args.chain)

@@ -12,7 +12,7 @@ from services.audit import bundle, report
 from services.audit.export import LedgerSource, write_bundle
 from services.audit.export_grpc import AuditServiceSource, ServerAnswerInvalid
 from services.audit.run import audit_directory, bundle_event_count, print_result
-from services.bitcoin.backends import CHAIN_SPEC_HELP, close_backend
+from services.bitcoin.backends import CHAIN_SPEC_HELP, check_spec, close_backend
 from services.cli.options import add_storage_options, storage_from
 from services.errors import CheckFailed, ConfigurationInvalid, NothingStoredHere
 
@@ -48,6 +48,8 @@ def _progress_bar(total: int | None, desc: str) -> tqdm:
 
 
 def _check_export_args(args) -> None:
+    if args.chain:
+        check_spec(args.chain)
     if args.server:
         if not args.certs or not args.identity:
             raise ConfigurationInvalid("--server needs --certs DIR and --identity NAME")
@@ -116,6 +118,8 @@ def _export(source, args) -> int:
 
 
 def cmd_audit(args) -> int:
+    if args.chain:
+        check_spec(args.chain)
     directory = pathlib.Path(args.bundle)
     if not directory.is_dir():
         raise NothingStoredHere(f"{directory}: no such bundle directory (write one with `reserve-ledger export`)")

@@ -249,15 +249,19 @@ def run_demo(data_dir: str | None) -> int:
     directory = pathlib.Path(data_dir or tempfile.mkdtemp(prefix="reserve-ledger-demo-"))
     certs = init_certs(directory / "certs")
     chain_dir = directory / "regtest"
-    server = build_server(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs),
-                                       create_store=True,
-                                       chain=f"regtest:{chain_dir}",
-                                       anchor_policy=AnchorPolicy(interval_s=DEMO_ANCHOR_INTERVAL_S,
-                                                                 block_poll_interval_s=DEMO_ANCHOR_INTERVAL_S))).start()
+    chain = RegtestChain.create(chain_dir)  # the 'network' side: miners and the custodians' wallets
+    try:
+        server = build_server(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs),
+                                           create_store=True, chain=f"regtest:{chain_dir}",
+                                           anchor_policy=AnchorPolicy(interval_s=DEMO_ANCHOR_INTERVAL_S,
+                                                                     block_poll_interval_s=DEMO_ANCHOR_INTERVAL_S))
+                              ).start()
+    except BaseException:
+        chain.close()
+        raise
     address = f"127.0.0.1:{server.port}"
     print(f"Reserve Ledger demo: server on {address} (mTLS), SQLite data in {directory}, "
           f"embedded regtest chain in {chain_dir}")
-    chain = RegtestChain(chain_dir)  # the 'network' side: miners and the custodians' wallets
     try:
         alice, bob, carol, dave = (ledger_stub(address, certs, name) for name in ("alice", "bob", "carol", "dave"))
         addresses = _custody_addresses(directory)

@@ -17,7 +17,7 @@ from ledger.state import InvariantBroken
 from services import compose
 from services.api.certs import init_certs, parse_identities
 from services.bitcoin.backends import CHAIN_SPEC_HELP
-from services.bitcoin.regtest.node import add_regtest_node_command
+from services.bitcoin.regtest.command import add_regtest_node_command
 from services.cli import anchor, audit
 from services.cli.errors import OneLineArgumentParser, run_command
 from services.cli.options import add_setting, add_storage_options, position, positive_number, storage_from

@@ -34,7 +34,7 @@ def recorded(tmp_path, certs_dir):
 
 @pytest.fixture
 def chain(tmp_path):
-    with RegtestChain(tmp_path / "chain") as chain:
+    with RegtestChain.create(tmp_path / "chain") as chain:
         yield chain
 
 

@@ -35,7 +35,7 @@ FUNDING_SATS = 1_000_000
 
 @pytest.fixture
 def chain(tmp_path):
-    with RegtestChain(tmp_path / "chain") as chain:
+    with RegtestChain.create(tmp_path / "chain") as chain:
         yield chain
 
 

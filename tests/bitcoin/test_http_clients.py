@@ -37,7 +37,7 @@ CLIENTS = ("core-cookie", "core-user", "esplora")
 
 @pytest.fixture
 def chain(tmp_path):
-    with RegtestChain(tmp_path / "chain") as chain:
+    with RegtestChain.create(tmp_path / "chain") as chain:
         yield chain
 
 
@@ -262,7 +262,7 @@ def test_esplora_paths_answer_as_electrs_does(chain, node, funded_key):
 
 def test_the_regtest_node_command_serves_until_sigterm(tmp_path):
     command = pathlib.Path(sys.executable).with_name("reserve-ledger")
-    process = subprocess.Popen([str(command), "regtest-node", "--dir", str(tmp_path / "chain")],
+    process = subprocess.Popen([str(command), "regtest-node", "--dir", str(tmp_path / "chain"), "--create"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = {}

@@ -25,7 +25,7 @@ def demo_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def node_url(demo_dir):
     assert OTS.exists(), f"{OTS} is missing: install the dev extras (pip install -e '.[dev]')"
-    with RegtestChain(demo_dir / "regtest") as chain, RegtestNode(chain) as node:
+    with RegtestChain.open(demo_dir / "regtest") as chain, RegtestNode(chain) as node:
         user_password = node.cookie_file.read_text().strip()
         yield node.rpc_url.replace("http://", f"http://{user_password}@", 1)
 

@@ -3,7 +3,7 @@
 import pytest
 
 from ledger.anchoring import Utxo, parse_transaction, verify_txout_proof
-from services.bitcoin import regtest
+from services.bitcoin.regtest import blocks as regtest
 from services.bitcoin.anchor_tx import AnchorKey
 from services.bitcoin.errors import BroadcastRejected
 from services.bitcoin.regtest.chain import BlockRejected, RegtestChain
@@ -13,7 +13,7 @@ from tests.bitcoin.helpers import anchor_spending, funded_anchor_key
 
 @pytest.fixture
 def chain(tmp_path):
-    with RegtestChain(tmp_path / "chain") as chain:
+    with RegtestChain.create(tmp_path / "chain") as chain:
         yield chain
 
 
@@ -41,12 +41,12 @@ def test_a_consensus_invalid_block_is_refused_and_not_kept(chain, monkeypatch):
 def test_the_chain_survives_a_restart_and_is_shared_by_handles(tmp_path, chain, funded_key):
     tx = anchor_spending(chain, funded_key)
     chain.broadcast(tx.raw)
-    with RegtestChain(chain.directory) as other:
+    with RegtestChain.open(chain.directory) as other:
         assert other.mempool_txids() == [tx.txid]
         (block_hash,) = other.mine(1)
     assert chain.transaction_status(tx.txid) == (block_hash, 1)
     chain.close()
-    with RegtestChain(chain.directory) as reopened:
+    with RegtestChain.open(chain.directory) as reopened:
         assert reopened.block_hash(reopened.tip_height()) == block_hash
         assert reopened.raw_transaction(tx.txid) == tx.raw
         proof = verify_txout_proof(reopened.txout_proof(tx.txid, block_hash))
@@ -58,10 +58,10 @@ def test_a_torn_last_record_from_a_crash_is_ignored_and_overwritten(chain):
     chain.close()
     with open(chain.directory / "blocks.dat", "ab") as f:
         f.write(b"\x10\x00\x00\x00half a block")
-    with RegtestChain(chain.directory) as reopened:
+    with RegtestChain.open(chain.directory) as reopened:
         assert reopened.block_hash(reopened.tip_height()) == tip_hash
         reopened.mine(1)
-    with RegtestChain(chain.directory) as again:
+    with RegtestChain.open(chain.directory) as again:
         assert again.tip_height() == regtest.BOOTSTRAP_BLOCKS + 1
 
 
@@ -80,8 +80,8 @@ def test_a_transaction_with_a_bad_signature_is_refused_by_the_kernels_script_che
 def test_a_fee_below_the_relay_minimum_is_refused(chain):
     coin = chain.utxos(regtest.ANYONE_CAN_SPEND)[0]
     def spend(fee_sats):
-        return regtest._serialize_tx(2, [(bytes.fromhex(coin.txid)[::-1], coin.vout, b"", 0xFFFFFFFD)],
-                                     [(coin.value_sats - fee_sats, regtest.ANYONE_CAN_SPEND)], None)
+        return regtest.serialize_tx(2, [(bytes.fromhex(coin.txid)[::-1], coin.vout, b"", 0xFFFFFFFD)],
+                                    [(coin.value_sats - fee_sats, regtest.ANYONE_CAN_SPEND)], None)
     vsize = parse_transaction(spend(0)).vsize
     assert chain.test_accept(spend(vsize - 1)) == (False, f"min relay fee not met, {vsize - 1} < {vsize}")
     assert chain.test_accept(spend(vsize)) == (True, "")

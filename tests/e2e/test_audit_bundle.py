@@ -101,7 +101,7 @@ def demo(tmp_path_factory) -> Demo:
     assert anchor["state"] == "anchored" and anchor["block_hash"], anchor
     chain_copy = root / "chain-read"
     shutil.copytree(data_dir / "regtest", chain_copy)
-    with RegtestChain(chain_copy) as chain:
+    with RegtestChain.open(chain_copy) as chain:
         other_raw_tx = chain.raw_transaction(anchor["prev_txid"]).hex()   # the anchor wallet's funding
     return Demo(data_dir, out, data_dir / "regtest", anchor["txid"], other_raw_tx)
 
@@ -302,7 +302,7 @@ def test_an_edited_custody_balance_without_resealing_is_also_caught_by_the_manif
 def test_coins_moved_on_chain_without_a_ledger_event_name_the_account_and_the_difference(demo, tmp_path):
     chain_dir = pathlib.Path(shutil.copytree(demo.chain_dir, tmp_path / "regtest"))
     custody = {a["account_id"]: a for a in json.loads((demo.bundle / bundle.CUSTODY).read_bytes())}
-    with RegtestChain(chain_dir) as chain:
+    with RegtestChain.open(chain_dir) as chain:
         chain.send(script_pubkey_of_address(custody["vault-cold-2"]["addresses"][0]), MOVED_SATS)
         chain.mine(1)
     result = audit(demo.bundle, "--chain", f"regtest:{chain_dir}")
@@ -331,7 +331,8 @@ def test_export_reads_each_storage_backend_and_its_bundle_audits_clean(storage, 
     assert audit_stub.GetTreeHead(apb.GetTreeHeadRequest(), timeout=10).tree_head.tree_size == size
     out = tmp_path / "bundle"
     source = ["--database", database_url] if database_url else ["--data-dir", data_dir]
-    chain_spec = f"regtest:{tmp_path / 'regtest'}"    # a fresh chain: no anchor is confirmed in it
+    RegtestChain.create(tmp_path / "regtest").close()  # a fresh chain: no anchor is confirmed in it
+    chain_spec = f"regtest:{tmp_path / 'regtest'}"
     export = cli("export", *source, "--signing-key", str(tmp_path / "signing.key"), "--out", str(out),
                  "--chain", chain_spec)
     assert export.returncode == 0, export.stdout + export.stderr
@@ -369,7 +370,7 @@ def test_the_production_clients_give_the_same_chain_verdict_over_http(demo, tmp_
     """Bitcoin Core RPC (scantxoutset) and Esplora (address UTXOs) against the regtest node serving the demo chain."""
     from services.bitcoin.regtest.node import RegtestNode
     chain_dir = pathlib.Path(shutil.copytree(demo.chain_dir, tmp_path / "regtest"))
-    with RegtestChain(chain_dir) as chain, RegtestNode(chain) as node:
+    with RegtestChain.open(chain_dir) as chain, RegtestNode(chain) as node:
         spec = (f"core:{node.rpc_url}?cookie={node.cookie_file}" if kind == "core" else f"esplora:{node.esplora_url}")
         over_http = audit(demo.bundle, "--chain", spec)
     embedded = audit(demo.bundle, "--chain", f"regtest:{chain_dir}")
