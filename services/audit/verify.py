@@ -86,19 +86,19 @@ class _Scan:
         leaf = merkle.leaf_hash(event_bytes)
         if leaf != stored_leaf:
             self.report.add(position, f"position {position}: the event's bytes do not hash to the stored leaf")
-        self._replay(event)
+        self._replay(position, event)
         self.append_leaf(position, leaf)
 
-    def _replay(self, event: dict) -> None:
+    def _replay(self, position: int, event: dict) -> None:
         if self.state is None:
             return
         try:
             self.state.apply(event)
         except Exception as error:  # noqa: BLE001 - any refusal of the fold is a finding, not a crash
-            self.report.add(event["position"], f"position {event['position']}: replay refuses the event ({error})")
+            self.report.add(position, f"position {position}: replay refuses the event ({error})")
             self.state = None
             return
-        self._compare_saved_state(event["position"])
+        self._compare_saved_state(position)
 
     def _compare_saved_state(self, position: int) -> None:
         if self.projection and self.projection[0] == position and self.projection[1] != self.state.to_bytes():

@@ -12,8 +12,9 @@ from services.errors import ConfigurationInvalid
 
 SQLITE_FILE_NAME = "ledger.sqlite"
 POSTGRES_LOCK_TIMEOUT_S = 5
-# A schema name is an identifier, never SQL: letters, digits and underscores, at most 63 bytes (NAMEDATALEN - 1).
-SCHEMA_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# A schema name is an identifier, never SQL: lower-case letters, digits and underscores, at most 63 bytes
+# (NAMEDATALEN - 1). Lower case because eventsourcing 9.5.6 looks its composite type up by the unquoted name.
+SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # The event store writes each event's canonical bytes as they are (services/store/mapper.py).
 MAPPER_TOPIC = "services.store.mapper:CanonicalBytesMapper"
 
@@ -33,7 +34,8 @@ def sqlite_env(data_dir: str | pathlib.Path) -> dict:
 
 def _schema(name: str) -> str:
     if not SCHEMA_PATTERN.match(name):
-        raise ConfigurationInvalid(f"schema {name!r} in the database URL must be 1-63 letters, digits or underscores")
+        raise ConfigurationInvalid(f"schema {name!r} in the database URL must be 1-63 lower-case letters, digits or "
+                                  "underscores, not starting with a digit")
     return name
 
 
