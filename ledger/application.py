@@ -4,8 +4,10 @@ Write path (one writer per process; several processes may share one PostgreSQL d
 take turns through an advisory lock so that no process starves; correctness does not depend on it):
   catch the decision state up with the log -> decide each command of the batch in order, folding each
   new event into the decision state -> append all events in ONE transaction (group commit) -> answer.
-  A conflicting append by another process (same Book version) raises IntegrityError: the decision
+  A conflicting append by another process (same log position) raises AppendConflict: the decision
   state is discarded, caught up and the batch decided again, at most COMMAND_ATTEMPTS_MAX times.
+Each event's canonical bytes are computed once, from the decided event, and stored as they are (the
+store's mapper writes them as the row's state); reading the log parses them.
 Read path: a separate projection state, folded only from committed events, caught up before every
 query (read-your-writes) and saved with its position in one row (atomic) every PROJECTION_SAVE_EVERY.
 """
@@ -18,12 +20,11 @@ import threading
 from typing import Callable, Iterator, Protocol, Sequence
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import Environment
 
 from ledger import commands as cmd
 from ledger import errors, limits, rules
-from ledger.events import canonical_bytes, canonical_event, make_event
+from ledger.events import BOOK_ID, CanonicalEvent, LoggedEvent, logged_event, read_canonical_bytes
 from ledger.state import InvariantBroken, ReserveState
 
 PROJECTION_NAME = "reserve_state"
@@ -46,15 +47,21 @@ PROPOSAL_EVENTS = {"purchase": "PurchaseProposed", "transfer": "TransferProposed
 
 @dataclasses.dataclass(frozen=True)
 class LogRow:
-    """One stored event as the log store returns it."""
+    """One stored event as the log store returns it: its position and its canonical bytes."""
 
     position: int
-    topic: str
-    state: bytes
+    canonical_bytes: bytes
+
+
+class AppendConflict(Exception):
+    """The store refused an append because another writer appended at those positions first."""
 
 
 class LogStore(Protocol):
-    """What the ledger needs from storage beyond eventsourcing's recorder (services/store/recorders.py)."""
+    """What the ledger needs from storage beyond eventsourcing's recorder (services/store/recorders.py).
+
+    The recorder's insert_events raises AppendConflict, never a storage error, when it loses an append race.
+    """
 
     def log_size(self) -> int: ...
     def read_log(self, start_position: int, limit: int) -> Sequence[LogRow]: ...
@@ -101,6 +108,7 @@ class ReserveLedger(Application):
         self.policy = policy
         self._backoff = backoff
         self.store: LogStore = self.recorder  # type: ignore[assignment]
+        self._require_canonical_mapper()
         self._write_lock = threading.Lock()
         self._read_lock = threading.RLock()
         self._decisions: ReserveState | None = None
@@ -121,7 +129,7 @@ class ReserveLedger(Application):
                     if events:
                         self.save(*events)
                     return outcomes
-                except IntegrityError:
+                except AppendConflict:
                     self._decisions = None  # another writer appended first: decide again on fresh state
                     self._backoff(attempt)
                 except BaseException:
@@ -130,6 +138,17 @@ class ReserveLedger(Application):
         conflict = errors.ConcurrencyRetriesExhausted(
             f"other writers kept appending first; gave up after {limits.COMMAND_ATTEMPTS_MAX} attempts")
         return [conflict for _ in requests]
+
+    def _require_canonical_mapper(self) -> None:
+        """The event store must write each event's canonical bytes unchanged (MAPPER_TOPIC in the env)."""
+        probe = LoggedEvent(BOOK_ID, 1, b'{"probe":1}')
+        try:
+            state = self.mapper.to_stored_event(probe).state
+        except Exception as error:  # noqa: BLE001 - any failure means the wrong mapper
+            state = error
+        if state != probe.canonical_bytes:
+            raise ValueError("the event store does not store canonical bytes as they are: set MAPPER_TOPIC to "
+                             "services.store.mapper:CanonicalBytesMapper (services.store.config does)")
 
     def _decide_batch(self, requests, time_us: int):
         state = self._decisions
@@ -153,11 +172,11 @@ class ReserveLedger(Application):
                 continue
             metadata = {"request_id": command.request_id, "request_digest": digest,
                         "actor": caller.identity, "actor_role": caller.role}
-            event = {"format_version": 1, "position": state.position + 1, "type": event_type,
-                     "time_us": time_us, **metadata, "data": data}
+            event: CanonicalEvent = {"format_version": 1, "position": state.position + 1, "type": event_type,
+                                     "time_us": time_us, **metadata, "data": data}
+            events.append(logged_event(event))  # the bytes, before the fold could touch the event
             state.apply(event)
             in_batch[command.request_id] = event
-            events.append(make_event(event_type, event["position"], time_us, metadata, data))
             outcomes.append(Recorded(event["position"], event_type, data))
         return outcomes, events
 
@@ -194,14 +213,14 @@ class ReserveLedger(Application):
 
     def read_events(self, start_position: int, limit: int) -> list[tuple[dict, bytes]]:
         """Canonical events and their canonical bytes, in log order."""
-        rows = self.store.read_log(start_position, limit)
-        out = []
-        for row in rows:
-            event = canonical_event(row.position + 1, row.topic, row.state)
-            if event["position"] != row.position:
-                raise InvariantBroken(f"row at position {row.position} holds event {event['position']}")
-            out.append((event, canonical_bytes(event)))
-        return out
+        return [(self._parsed(row), row.canonical_bytes) for row in self.store.read_log(start_position, limit)]
+
+    @staticmethod
+    def _parsed(row: LogRow) -> CanonicalEvent:
+        try:
+            return read_canonical_bytes(row.canonical_bytes, row.position)
+        except ValueError as error:
+            raise InvariantBroken(str(error)) from None
 
     def iter_events(self, start_position: int = 0, stop_position: int | None = None) -> Iterator[dict]:
         position = start_position
@@ -212,7 +231,7 @@ class ReserveLedger(Application):
             if not rows:
                 return
             for row in rows:
-                yield canonical_event(row.position + 1, row.topic, row.state)
+                yield self._parsed(row)
             position = rows[-1].position + 1
 
     def _catch_up(self, state: ReserveState, stop_position: int | None = None) -> ReserveState:

@@ -39,3 +39,7 @@ class CheckFailed(UserMistake):
     """A check ran to the end and found a problem."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+class StoreFormatUnsupported(UserMistake):
+    """The data directory or database holds events in a format this version does not read (docs/FORMATS.md §1)."""

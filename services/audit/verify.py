@@ -16,7 +16,7 @@ from typing import Callable
 
 from ledger import merkle
 from ledger.application import PROJECTION_NAME, ReserveLedger
-from ledger.events import canonical_bytes, canonical_event
+from ledger.events import parse_canonical_bytes
 from ledger.state import ReserveState
 from ledger.tree_heads import verify_tree_head
 
@@ -72,31 +72,33 @@ class _Scan:
             return
         if row["version"] != position + 1:
             self.report.add(position, f"position {position}: the event row holds version {row['version']}")
+        event_bytes = bytes(row["state"])
         try:
-            event = canonical_event(position + 1, row["topic"], bytes(row["state"]))
-            event_bytes = canonical_bytes(event)
-        except (ValueError, KeyError, TypeError) as error:
-            self.report.add(position, f"position {position}: the event row cannot be decoded ({error})")
+            event = parse_canonical_bytes(event_bytes)  # the stored state IS the canonical bytes (FORMATS.md §1)
+        except ValueError as error:
+            self.report.add(position, f"position {position}: the event row is not a canonical event ({error})")
             self.append_leaf(position, stored_leaf or merkle.EMPTY_ROOT)
             return
-        if (event["request_id"], event["type"]) != (row["request_id"], row["event_type"]):
+        if event.get("position") != position:
+            self.report.add(position, f"position {position}: the event row holds event {event.get('position')}")
+        if (event.get("request_id"), event.get("type")) != (row["request_id"], row["event_type"]):
             self.report.add(position, f"position {position}: the event row disagrees with its log row")
         leaf = merkle.leaf_hash(event_bytes)
         if leaf != stored_leaf:
             self.report.add(position, f"position {position}: the event's bytes do not hash to the stored leaf")
-        self._replay(event)
+        self._replay(position, event)
         self.append_leaf(position, leaf)
 
-    def _replay(self, event: dict) -> None:
+    def _replay(self, position: int, event: dict) -> None:
         if self.state is None:
             return
         try:
             self.state.apply(event)
         except Exception as error:  # noqa: BLE001 - any refusal of the fold is a finding, not a crash
-            self.report.add(event["position"], f"position {event['position']}: replay refuses the event ({error})")
+            self.report.add(position, f"position {position}: replay refuses the event ({error})")
             self.state = None
             return
-        self._compare_saved_state(event["position"])
+        self._compare_saved_state(position)
 
     def _compare_saved_state(self, position: int) -> None:
         if self.projection and self.projection[0] == position and self.projection[1] != self.state.to_bytes():

@@ -5,10 +5,18 @@ variable (e.g. POSTGRES_ENABLE_DB_FUNCTIONS, which would drop the insert lock) c
 """
 
 import pathlib
+import re
 from urllib.parse import parse_qs, unquote, urlparse
+
+from services.errors import ConfigurationInvalid
 
 SQLITE_FILE_NAME = "ledger.sqlite"
 POSTGRES_LOCK_TIMEOUT_S = 5
+# A schema name is an identifier, never SQL: lower-case letters, digits and underscores, at most 63 bytes
+# (NAMEDATALEN - 1). Lower case because eventsourcing 9.5.6 looks its composite type up by the unquoted name.
+SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# The event store writes each event's canonical bytes as they are (services/store/mapper.py).
+MAPPER_TOPIC = "services.store.mapper:CanonicalBytesMapper"
 
 
 def sqlite_env(data_dir: str | pathlib.Path, create: bool = True) -> dict:
@@ -21,8 +29,16 @@ def sqlite_env(data_dir: str | pathlib.Path, create: bool = True) -> dict:
         "SQLITE_DBNAME": str(path / SQLITE_FILE_NAME),
         "SQLITE_LOCK_TIMEOUT": "30",
         "APPLICATION_RECORDER_TOPIC": "services.store.recorders:SQLiteLedgerRecorder",
+        "MAPPER_TOPIC": MAPPER_TOPIC,
         "CREATE_TABLE": "y",
     }
+
+
+def _schema(name: str) -> str:
+    if not SCHEMA_PATTERN.match(name):
+        raise ConfigurationInvalid(f"schema {name!r} in the database URL must be 1-63 lower-case letters, digits or "
+                                  "underscores, not starting with a digit")
+    return name
 
 
 def postgres_env(database_url: str) -> dict:
@@ -38,13 +54,14 @@ def postgres_env(database_url: str) -> dict:
         "POSTGRES_PORT": str(url.port or 5432),
         "POSTGRES_USER": unquote(url.username or "postgres"),
         "POSTGRES_PASSWORD": unquote(url.password or ""),
-        "POSTGRES_SCHEMA": query.get("schema", ["public"])[0],
+        "POSTGRES_SCHEMA": _schema(query.get("schema", ["public"])[0]),
         "POSTGRES_LOCK_TIMEOUT": str(POSTGRES_LOCK_TIMEOUT_S),
         "POSTGRES_CONNECT_TIMEOUT": "10",
         "POSTGRES_POOL_SIZE": "4",
         "POSTGRES_MAX_OVERFLOW": "8",
         "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         "APPLICATION_RECORDER_TOPIC": "services.store.recorders:PostgresLedgerRecorder",
+        "MAPPER_TOPIC": MAPPER_TOPIC,
         "CREATE_TABLE": "y",
     }
 

@@ -11,38 +11,48 @@ The recorders also implement ledger.application.LogStore.
 """
 
 import contextlib
+import re
+import threading
 import zlib
 from typing import Any, Iterator, Sequence
 
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
+from psycopg import sql
 
 from ledger import merkle
+from ledger.application import AppendConflict, LogRow
+from ledger.events import read_canonical_bytes
 from ledger.tree_heads import TreeHead
-from ledger.application import LogRow
-from ledger.events import canonical_bytes, canonical_event
+from services.errors import StoreFormatUnsupported
+from services.store.mapper import LOGGED_EVENT_TOPIC
 
-SIDE_TABLES = """
-CREATE TABLE IF NOT EXISTS {s}ledger_log (
-  position BIGINT PRIMARY KEY, notification_id BIGINT NOT NULL UNIQUE, request_id TEXT NOT NULL UNIQUE,
-  time_us BIGINT NOT NULL, event_type TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS {i}ledger_log_time_us ON {s}ledger_log (time_us);
-CREATE TABLE IF NOT EXISTS {s}merkle_nodes (
-  level INTEGER NOT NULL, idx BIGINT NOT NULL, hash {blob} NOT NULL, PRIMARY KEY (level, idx));
-CREATE TABLE IF NOT EXISTS {s}projections (name TEXT PRIMARY KEY, position BIGINT NOT NULL, state {blob} NOT NULL);
-CREATE TABLE IF NOT EXISTS {s}checkpoints (position BIGINT PRIMARY KEY, state {blob} NOT NULL);
-CREATE TABLE IF NOT EXISTS {s}tree_heads (
-  tree_size BIGINT PRIMARY KEY, root_hash {blob} NOT NULL, timestamp_us BIGINT NOT NULL,
-  signature {blob} NOT NULL, key_id TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS {s}anchors (
-  anchor_id BIGINT PRIMARY KEY, tree_size BIGINT NOT NULL, root_hash {blob} NOT NULL, txid TEXT NOT NULL UNIQUE,
-  raw_tx {blob} NOT NULL, vsize BIGINT NOT NULL, fee_sats BIGINT NOT NULL, prev_txid TEXT NOT NULL,
-  prev_vout BIGINT NOT NULL, prev_value_sats BIGINT NOT NULL, change_vout BIGINT NOT NULL,
-  change_value_sats BIGINT NOT NULL, state TEXT NOT NULL, replaces BIGINT, broadcast_height BIGINT,
-  block_hash TEXT, block_height BIGINT, confirmations BIGINT NOT NULL, created_us BIGINT NOT NULL,
-  updated_us BIGINT NOT NULL, block_header {blob}, txout_proof {blob})
-"""
+# What an events row's state holds. Stores written before this format kept eventsourcing's JSON encoding
+# of the event's attributes there; they are refused (create_table), never misread.
+STORE_FORMAT = ("event_state", "canonical-bytes-v1")
+# Templates name tables and columns as {placeholders}, filled with quoted identifiers only; values are
+# always parameters (`?`, rewritten to the dialect's marker).
+SIDE_TABLES = (
+    "CREATE TABLE IF NOT EXISTS {ledger_log} (position BIGINT PRIMARY KEY, notification_id BIGINT NOT NULL UNIQUE, "
+    "request_id TEXT NOT NULL UNIQUE, time_us BIGINT NOT NULL, event_type TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS {ledger_log_time_us} ON {ledger_log} (time_us)",
+    "CREATE TABLE IF NOT EXISTS {merkle_nodes} (level INTEGER NOT NULL, idx BIGINT NOT NULL, hash {blob} NOT NULL, "
+    "PRIMARY KEY (level, idx))",
+    "CREATE TABLE IF NOT EXISTS {projections} (name TEXT PRIMARY KEY, position BIGINT NOT NULL, state {blob} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {checkpoints} (position BIGINT PRIMARY KEY, state {blob} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {tree_heads} (tree_size BIGINT PRIMARY KEY, root_hash {blob} NOT NULL, "
+    "timestamp_us BIGINT NOT NULL, signature {blob} NOT NULL, key_id TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {anchors} (anchor_id BIGINT PRIMARY KEY, tree_size BIGINT NOT NULL, "
+    "root_hash {blob} NOT NULL, txid TEXT NOT NULL UNIQUE, raw_tx {blob} NOT NULL, vsize BIGINT NOT NULL, "
+    "fee_sats BIGINT NOT NULL, prev_txid TEXT NOT NULL, prev_vout BIGINT NOT NULL, prev_value_sats BIGINT NOT NULL, "
+    "change_vout BIGINT NOT NULL, change_value_sats BIGINT NOT NULL, state TEXT NOT NULL, replaces BIGINT, "
+    "broadcast_height BIGINT, block_hash TEXT, block_height BIGINT, confirmations BIGINT NOT NULL, "
+    "created_us BIGINT NOT NULL, updated_us BIGINT NOT NULL, block_header {blob}, txout_proof {blob})",
+    "CREATE TABLE IF NOT EXISTS {store_format} (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+TABLES = ("ledger_log", "merkle_nodes", "projections", "checkpoints", "tree_heads", "anchors", "store_format")
+INDEXES = ("ledger_log_time_us",)
 ANCHOR_COLUMNS = ("anchor_id", "tree_size", "root_hash", "txid", "raw_tx", "vsize", "fee_sats", "prev_txid",
                   "prev_vout", "prev_value_sats", "change_vout", "change_value_sats", "state", "replaces",
                   "broadcast_height", "block_hash", "block_height", "confirmations", "created_us", "updated_us",
@@ -50,6 +60,16 @@ ANCHOR_COLUMNS = ("anchor_id", "tree_size", "root_hash", "txid", "raw_tx", "vsiz
 ANCHOR_MUTABLE_COLUMNS = ("state", "broadcast_height", "block_hash", "block_height", "confirmations", "updated_us",
                           "block_header", "txout_proof")
 ANCHOR_BYTES_COLUMNS = ("root_hash", "raw_tx", "block_header", "txout_proof")
+COMPILED_STATEMENTS_MAX = 1024
+SQLITE_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class MerkleNodeMissing(RuntimeError):
+    """A stored subtree the next append needs is gone: the store is damaged (run `reserve-ledger verify`)."""
+
+
+class LogHookNotCalled(RuntimeError):
+    """eventsourcing committed events without calling the hook that writes their log rows (see recorders)."""
 
 
 def _tree_head(row) -> TreeHead:
@@ -57,104 +77,181 @@ def _tree_head(row) -> TreeHead:
                     row["key_id"])
 
 
-def _limit_clause(limit: int | None) -> str:
-    assert limit is None or (isinstance(limit, int) and limit > 0), limit
-    return "" if limit is None else f" LIMIT {limit}"
+def _marks(count: int) -> str:
+    return ", ".join("?" for _ in range(count))
 
 
 class _LedgerTables:
-    """Dialect-neutral SQL for the side tables; subclasses say how to run a statement."""
+    """The side tables on either backend: one implementation; a subclass gives the dialect as data
+    (`blob_type`, `events_id_column`, `param_marker`) and how to quote an identifier (`_compose`)."""
 
-    schema_prefix = ""
-    index_prefix = ""
     blob_type = "BLOB"
     events_id_column = "rowid"
+    param_marker = "?"
 
-    def _sql(self, statement: str) -> str:
-        return statement.replace("{s}", self.schema_prefix).replace("{e}", self._events_table())
+    def __init__(self, *args, **kwargs):
+        self._compiled: dict[tuple, Any] = {}  # before super(): SQLite builds its create statements there
+        self._log_hook = threading.local()
+        super().__init__(*args, **kwargs)
 
-    def _events_table(self) -> str:
+    def _compose(self, template: str, identifiers: dict[str, tuple[str, ...]]) -> Any:
         raise NotImplementedError
 
-    def side_table_statements(self) -> list[str]:
-        text = SIDE_TABLES.replace("{s}", self.schema_prefix).replace("{i}", self.index_prefix)
-        return [s.strip() for s in text.replace("{blob}", self.blob_type).split(";") if s.strip()]
+    def _events_table(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _table(self, name: str) -> tuple[str, ...]:
+        return (name,)
+
+    def _statement(self, template: str, **columns: str | tuple[str, ...]) -> Any:
+        """The template with its tables, `blob` type and the given columns filled in as quoted identifiers."""
+        key = (template, tuple(sorted(columns.items())))
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            identifiers: dict[str, Any] = {name: self._table(name) for name in TABLES}
+            identifiers.update({name: (name,) for name in INDEXES})
+            identifiers.update(events=self._events_table(), events_id=(self.events_id_column,),
+                               tree_size=("tree_size",), anchor_id=("anchor_id",))
+            identifiers.update({k: (v,) if isinstance(v, str) else [(c,) for c in v] for k, v in columns.items()})
+            text = template.replace("{blob}", self.blob_type).replace("?", self.param_marker)
+            compiled = self._compose(text, identifiers)
+            if len(self._compiled) >= COMPILED_STATEMENTS_MAX:
+                self._compiled.clear()
+            self._compiled[key] = compiled
+        return compiled
+
+    def side_table_statements(self) -> list:
+        return [self._statement(template) for template in SIDE_TABLES]
+
+    # --- one way to run a statement, for both backends ----------------------------------------------
+
+    def _execute(self, cursor, template: str, params: Sequence = (), **columns) -> None:
+        cursor.execute(self._statement(template, **columns), tuple(params))
+
+    def _executemany(self, cursor, template: str, rows: list) -> None:
+        if rows:
+            cursor.executemany(self._statement(template), rows)
+
+    def _read_all(self, template: str, params: Sequence = (), **columns) -> list:
+        with self.datastore.transaction(commit=False) as cursor:
+            self._execute(cursor, template, params, **columns)
+            return cursor.fetchall()
+
+    def _read_one(self, template: str, params: Sequence = (), **columns) -> Any:
+        rows = self._read_all(template, params, **columns)
+        return rows[0] if rows else None
+
+    def _write(self, template: str, params: Sequence = (), **columns) -> None:
+        with self.datastore.transaction(commit=True) as cursor:
+            self._execute(cursor, template, params, **columns)
+
+    # --- schema and format --------------------------------------------------------------------------
+
+    def create_table(self) -> None:
+        """eventsourcing's public create_table, then: refuse a store whose events are in another format."""
+        super().create_table()
+        with self.datastore.transaction(commit=True) as cursor:
+            self._execute(cursor, "SELECT value FROM {store_format} WHERE name = ?", (STORE_FORMAT[0],))
+            row = cursor.fetchone()
+            if row is None:
+                self._execute(cursor, "SELECT topic FROM {events} LIMIT 1")
+                first = cursor.fetchone()
+                if first is not None and first["topic"] != LOGGED_EVENT_TOPIC:
+                    raise StoreFormatUnsupported(
+                        "this store was written by an older reserve-ledger (events in eventsourcing's JSON encoding, "
+                        "before canonical-bytes-v1); it cannot be read by this version: see docs/FORMATS.md §1")
+                self._execute(cursor, "INSERT INTO {store_format} (name, value) VALUES (?, ?) "
+                                      "ON CONFLICT (name) DO NOTHING", STORE_FORMAT)
+            elif row["value"] != STORE_FORMAT[1]:
+                raise StoreFormatUnsupported(f"this store holds events in format {row['value']!r}; this version "
+                                             f"reads {STORE_FORMAT[1]!r} only")
 
     # --- write path: called inside the events' insert transaction ---------------------------------------
 
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs) -> Sequence[int] | None:
+        """eventsourcing's public insert_events; a lost append race becomes the ledger's AppendConflict."""
+        self._log_hook.appended = 0
+        try:
+            notification_ids = super().insert_events(stored_events, **kwargs)
+        except IntegrityError as error:
+            raise AppendConflict(str(error)) from error
+        if self._log_hook.appended != len(stored_events):
+            raise LogHookNotCalled(f"{len(stored_events)} events were inserted but {self._log_hook.appended} "
+                                   "log rows written: eventsourcing no longer calls the overridden private hook")
+        return notification_ids
+
     def _append_log(self, cursor, stored_events: Sequence[StoredEvent], notification_ids: Sequence[int]) -> None:
-        self._execute(cursor, "SELECT COALESCE(MAX(position) + 1, 0) AS size FROM {s}ledger_log")
-        tree_size = self._fetchone(cursor)["size"]
-        needed = merkle.frontier_keys(tree_size)
-        frontier = self._nodes(cursor, needed)
+        """ledger_log rows and Merkle nodes for the events; each leaf hashes the stored bytes themselves."""
+        self._execute(cursor, "SELECT COALESCE(MAX(position) + 1, 0) AS size FROM {ledger_log}")
+        tree_size = cursor.fetchone()["size"]
+        frontier = self._nodes(cursor, merkle.frontier_keys(tree_size))
         log_rows, node_rows = [], []
         for stored, notification_id in zip(stored_events, notification_ids, strict=True):
-            event = canonical_event(stored.originator_version, stored.topic, stored.state)
-            if event["position"] != tree_size:
-                raise IntegrityError(f"event version {stored.originator_version} does not extend a log of {tree_size}")
+            if stored.originator_version != tree_size + 1:
+                raise AppendConflict(f"event version {stored.originator_version} does not extend a log of {tree_size}")
+            event = read_canonical_bytes(stored.state, tree_size)
             log_rows.append((tree_size, notification_id, event["request_id"], event["time_us"], event["type"]))
-            new_nodes = merkle.append_nodes(tree_size, merkle.leaf_hash(canonical_bytes(event)), frontier)
+            new_nodes = merkle.append_nodes(tree_size, merkle.leaf_hash(stored.state), frontier)
             node_rows.extend((level, idx, digest) for (level, idx), digest in new_nodes)
             frontier.update(dict(new_nodes))
             tree_size += 1
-        self._executemany(cursor, "INSERT INTO {s}ledger_log (position, notification_id, request_id, time_us, "
+        self._executemany(cursor, "INSERT INTO {ledger_log} (position, notification_id, request_id, time_us, "
                                   "event_type) VALUES (?, ?, ?, ?, ?)", log_rows)
-        self._executemany(cursor, "INSERT INTO {s}merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", node_rows)
+        self._executemany(cursor, "INSERT INTO {merkle_nodes} (level, idx, hash) VALUES (?, ?, ?)", node_rows)
+        self._log_hook.appended = getattr(self._log_hook, "appended", 0) + len(log_rows)
 
     def _nodes(self, cursor, keys) -> dict:
         found = {}
         for level, idx in keys:
-            self._execute(cursor, "SELECT hash FROM {s}merkle_nodes WHERE level = ? AND idx = ?", (level, idx))
-            row = self._fetchone(cursor)
+            self._execute(cursor, "SELECT hash FROM {merkle_nodes} WHERE level = ? AND idx = ?", (level, idx))
+            row = cursor.fetchone()
             if row is None:
-                raise IntegrityError(f"merkle node ({level}, {idx}) is missing")
+                raise MerkleNodeMissing(f"merkle node ({level}, {idx}) is missing")
             found[(level, idx)] = bytes(row["hash"])
         return found
 
     # --- LogStore -------------------------------------------------------------------------------------
 
     def log_size(self) -> int:
-        return self._read_one("SELECT COALESCE(MAX(position) + 1, 0) AS size FROM {s}ledger_log")["size"]
+        return self._read_one("SELECT COALESCE(MAX(position) + 1, 0) AS size FROM {ledger_log}")["size"]
 
     def read_log(self, start_position: int, limit: int) -> list[LogRow]:
-        rows = self._read_all(
-            "SELECT l.position AS position, e.topic AS topic, e.state AS state FROM {s}ledger_log l "
-            "JOIN {e} e ON e." + self.events_id_column + " = l.notification_id "
-            "WHERE l.position >= ? ORDER BY l.position LIMIT ?", (start_position, limit))
-        return [LogRow(r["position"], r["topic"], bytes(r["state"])) for r in rows]
+        rows = self._read_all("SELECT l.position AS position, e.state AS state FROM {ledger_log} l "
+                              "JOIN {events} e ON e.{events_id} = l.notification_id "
+                              "WHERE l.position >= ? ORDER BY l.position LIMIT ?", (start_position, limit))
+        return [LogRow(r["position"], bytes(r["state"])) for r in rows]
 
     def find_requests(self, request_ids: Sequence[str]) -> dict[str, int]:
         if not request_ids:
             return {}
-        marks = ", ".join("?" for _ in request_ids)
-        rows = self._read_all(f"SELECT request_id, position FROM {{s}}ledger_log WHERE request_id IN ({marks})",
-                              tuple(request_ids))
+        rows = self._read_all("SELECT request_id, position FROM {ledger_log} WHERE request_id IN ("
+                              + _marks(len(request_ids)) + ")", request_ids)
         return {r["request_id"]: r["position"] for r in rows}
 
     def position_at_time(self, time_us: int) -> int:
-        row = self._read_one("SELECT MAX(position) AS p FROM {s}ledger_log WHERE time_us <= ?", (time_us,))
+        row = self._read_one("SELECT MAX(position) AS p FROM {ledger_log} WHERE time_us <= ?", (time_us,))
         return -1 if row["p"] is None else row["p"]
 
     def load_projection(self, name: str) -> tuple[int, bytes] | None:
-        row = self._read_one("SELECT position, state FROM {s}projections WHERE name = ?", (name,))
+        row = self._read_one("SELECT position, state FROM {projections} WHERE name = ?", (name,))
         return None if row is None else (row["position"], bytes(row["state"]))
 
     def save_projection(self, name: str, position: int, state: bytes) -> None:
-        self._write("INSERT INTO {s}projections (name, position, state) VALUES (?, ?, ?) ON CONFLICT (name) "
+        self._write("INSERT INTO {projections} (name, position, state) VALUES (?, ?, ?) ON CONFLICT (name) "
                     "DO UPDATE SET position = excluded.position, state = excluded.state "
-                    "WHERE excluded.position >= {s}projections.position", (name, position, state))
+                    "WHERE excluded.position >= {projections}.position", (name, position, state))
 
     def load_checkpoint(self, position_max: int) -> tuple[int, bytes] | None:
-        row = self._read_one("SELECT position, state FROM {s}checkpoints WHERE position <= ? "
+        row = self._read_one("SELECT position, state FROM {checkpoints} WHERE position <= ? "
                              "ORDER BY position DESC LIMIT 1", (position_max,))
         return None if row is None else (row["position"], bytes(row["state"]))
 
     def save_checkpoint(self, position: int, state: bytes) -> None:
-        self._write("INSERT INTO {s}checkpoints (position, state) VALUES (?, ?) ON CONFLICT (position) DO NOTHING",
+        self._write("INSERT INTO {checkpoints} (position, state) VALUES (?, ?) ON CONFLICT (position) DO NOTHING",
                     (position, state))
 
     def checkpoint_positions(self) -> list[int]:
-        return [r["position"] for r in self._read_all("SELECT position FROM {s}checkpoints ORDER BY position")]
+        return [r["position"] for r in self._read_all("SELECT position FROM {checkpoints} ORDER BY position")]
 
     def get_nodes(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         """merkle.NodeReader: every requested complete subtree, in one query."""
@@ -162,58 +259,54 @@ class _LedgerTables:
             return {}
         clause = " OR ".join("(level = ? AND idx = ?)" for _ in keys)
         params = tuple(v for key in keys for v in key)
-        rows = self._read_all(f"SELECT level, idx, hash FROM {{s}}merkle_nodes WHERE {clause}", params)
+        rows = self._read_all("SELECT level, idx, hash FROM {merkle_nodes} WHERE " + clause, params)
         return {(r["level"], r["idx"]): bytes(r["hash"]) for r in rows}
 
     # --- signed tree heads ---------------------------------------------------------------------------
 
     def save_tree_head(self, head: TreeHead) -> None:
         """First head signed for a size wins (replicas may race); heads are never changed."""
-        self._write("INSERT INTO {s}tree_heads (tree_size, root_hash, timestamp_us, signature, key_id) "
+        self._write("INSERT INTO {tree_heads} (tree_size, root_hash, timestamp_us, signature, key_id) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tree_size) DO NOTHING",
                     (head.tree_size, head.root_hash, head.timestamp_us, head.signature, head.key_id))
 
     def load_tree_head(self, tree_size: int | None = None) -> TreeHead | None:
         """The head of that size, or the largest one when tree_size is None."""
         where = "" if tree_size is None else "WHERE tree_size = ? "
-        row = self._read_one("SELECT tree_size, root_hash, timestamp_us, signature, key_id FROM {s}tree_heads "
+        row = self._read_one("SELECT tree_size, root_hash, timestamp_us, signature, key_id FROM {tree_heads} "
                              + where + "ORDER BY tree_size DESC LIMIT 1", () if tree_size is None else (tree_size,))
         return None if row is None else _tree_head(row)
 
     def list_tree_heads(self, tree_size_min: int = 0, tree_size_max: int | None = None,
                         limit: int | None = None) -> list[TreeHead]:
         """Heads in order of size, from tree_size_min, at most tree_size_max; `limit` rows (None: all)."""
-        where, params = "tree_size >= ?", (tree_size_min,)
-        if tree_size_max is not None:
-            where, params = where + " AND tree_size <= ?", (tree_size_min, tree_size_max)
-        rows = self._read_all("SELECT tree_size, root_hash, timestamp_us, signature, key_id FROM {s}tree_heads "
-                              f"WHERE {where} ORDER BY tree_size" + _limit_clause(limit), params)
+        where, params = _range("tree_size", tree_size_min, "tree_size", tree_size_max, limit)
+        rows = self._read_all("SELECT tree_size, root_hash, timestamp_us, signature, key_id FROM {tree_heads} "
+                              + where, params)
         return [_tree_head(row) for row in rows]
 
     # --- Bitcoin anchors (written only by the one process holding the anchor turn) -------------------
 
     def insert_anchor(self, anchor: dict) -> int:
         """Record a signed anchor transaction before it is broadcast; returns its anchor_id (1, 2, ...)."""
-        row = self._read_one("SELECT COALESCE(MAX(anchor_id), 0) + 1 AS next_id FROM {s}anchors")
+        row = self._read_one("SELECT COALESCE(MAX(anchor_id), 0) + 1 AS next_id FROM {anchors}")
         anchor = {**anchor, "anchor_id": row["next_id"]}
-        marks = ", ".join("?" for _ in ANCHOR_COLUMNS)
-        self._write(f"INSERT INTO {{s}}anchors ({', '.join(ANCHOR_COLUMNS)}) VALUES ({marks})",
-                    tuple(anchor.get(c) for c in ANCHOR_COLUMNS))
+        self._write("INSERT INTO {anchors} ({columns}) VALUES (" + _marks(len(ANCHOR_COLUMNS)) + ")",
+                    tuple(anchor.get(c) for c in ANCHOR_COLUMNS), columns=ANCHOR_COLUMNS)
         return anchor["anchor_id"]
 
     def update_anchor(self, anchor_id: int, **changes) -> None:
         assert changes and set(changes) <= set(ANCHOR_MUTABLE_COLUMNS), changes
-        assignments = ", ".join(f"{column} = ?" for column in changes)
-        self._write(f"UPDATE {{s}}anchors SET {assignments} WHERE anchor_id = ?", (*changes.values(), anchor_id))
+        names = tuple(changes)
+        assignments = ", ".join(f"{{c{i}}} = ?" for i in range(len(names)))
+        self._write("UPDATE {anchors} SET " + assignments + " WHERE anchor_id = ?", (*changes.values(), anchor_id),
+                    **{f"c{i}": name for i, name in enumerate(names)})
 
     def list_anchors(self, anchor_id_min: int = 0, tree_size_max: int | None = None,
                      limit: int | None = None) -> list[dict]:
         """Anchors in order of anchor_id, from anchor_id_min, committing to at most tree_size_max events."""
-        where, params = "anchor_id >= ?", (anchor_id_min,)
-        if tree_size_max is not None:
-            where, params = where + " AND tree_size <= ?", (anchor_id_min, tree_size_max)
-        rows = self._read_all(f"SELECT {', '.join(ANCHOR_COLUMNS)} FROM {{s}}anchors WHERE {where} ORDER BY anchor_id"
-                              + _limit_clause(limit), params)
+        where, params = _range("anchor_id", anchor_id_min, "tree_size", tree_size_max, limit)
+        rows = self._read_all("SELECT {columns} FROM {anchors} " + where, params, columns=ANCHOR_COLUMNS)
         return [{c: (bytes(r[c]) if c in ANCHOR_BYTES_COLUMNS and r[c] is not None else r[c]) for c in ANCHOR_COLUMNS}
                 for r in rows]
 
@@ -228,83 +321,73 @@ class _LedgerTables:
         """ledger_log rows from a position, each with its event row's columns (None when that row is gone)."""
         rows = self._read_all(
             "SELECT l.position AS position, l.request_id AS request_id, l.event_type AS event_type, "
-            "e.originator_version AS version, e.topic AS topic, e.state AS state FROM {s}ledger_log l "
-            "LEFT JOIN {e} e ON e." + self.events_id_column + " = l.notification_id "
+            "e.originator_version AS version, e.topic AS topic, e.state AS state FROM {ledger_log} l "
+            "LEFT JOIN {events} e ON e.{events_id} = l.notification_id "
             "WHERE l.position >= ? ORDER BY l.position LIMIT ?", (start_position, limit))
         return [dict(r) for r in rows]
 
     def stray_event_versions(self, limit: int) -> list[int]:
         """Versions of event rows that no log position refers to (rows inserted behind the log's back)."""
         rows = self._read_all(
-            "SELECT e.originator_version AS version FROM {e} e LEFT JOIN {s}ledger_log l ON l.notification_id = e."
-            + self.events_id_column + " WHERE l.position IS NULL ORDER BY e.originator_version LIMIT ?", (limit,))
+            "SELECT e.originator_version AS version FROM {events} e LEFT JOIN {ledger_log} l "
+            "ON l.notification_id = e.{events_id} WHERE l.position IS NULL ORDER BY e.originator_version LIMIT ?",
+            (limit,))
         return [r["version"] for r in rows]
 
     def scan_leaves(self, start_idx: int, limit: int) -> list[tuple[int, bytes]]:
-        rows = self._read_all("SELECT idx, hash FROM {s}merkle_nodes WHERE level = 0 AND idx >= ? "
+        rows = self._read_all("SELECT idx, hash FROM {merkle_nodes} WHERE level = 0 AND idx >= ? "
                               "ORDER BY idx LIMIT ?", (start_idx, limit))
         return [(r["idx"], bytes(r["hash"])) for r in rows]
 
     def clear_projections(self) -> None:
-        self._write("DELETE FROM {s}projections", ())
-        self._write("DELETE FROM {s}checkpoints", ())
+        self._write("DELETE FROM {projections}")
+        self._write("DELETE FROM {checkpoints}")
 
-    # --- dialect hooks --------------------------------------------------------------------------------
 
-    def _execute(self, cursor, statement: str, params: tuple = ()) -> None:
-        raise NotImplementedError
+def _range(low_column: str, low: int, high_column: str, high: int | None, limit: int | None) -> tuple[str, tuple]:
+    """`WHERE {low} >= ? [AND {high} <= ?] ORDER BY {low} [LIMIT ?]` and its parameters; the column names
+    are this module's constants, filled in as quoted identifiers like every other name."""
+    assert limit is None or (isinstance(limit, int) and limit > 0), limit
+    assert {low_column, high_column} <= {"tree_size", "anchor_id"}, (low_column, high_column)
+    where, params = f"WHERE {{{low_column}}} >= ?", [low]
+    if high is not None:
+        where, params = where + f" AND {{{high_column}}} <= ?", [*params, high]
+    where += f" ORDER BY {{{low_column}}}"
+    if limit is not None:
+        where, params = where + " LIMIT ?", [*params, limit]
+    return where, tuple(params)
 
-    def _executemany(self, cursor, statement: str, rows: list) -> None:
-        raise NotImplementedError
 
-    def _fetchone(self, cursor) -> Any:
-        return cursor.fetchone()
-
-    def _read_all(self, statement: str, params: tuple = ()) -> list:
-        raise NotImplementedError
-
-    def _read_one(self, statement: str, params: tuple = ()) -> Any:
-        rows = self._read_all(statement, params)
-        return rows[0] if rows else None
-
-    def _write(self, statement: str, params: tuple) -> None:
-        raise NotImplementedError
+def _sqlite_identifier(parts: tuple[str, ...]) -> str:
+    assert all(SQLITE_IDENTIFIER.match(part) for part in parts), parts
+    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
 
 
 class SQLiteLedgerRecorder(_LedgerTables, SQLiteApplicationRecorder):
     """SQLite: the default embedded store (WAL, synchronous=FULL: a commit survives a power cut)."""
 
+    def _compose(self, template: str, identifiers: dict) -> str:
+        return template.format(**{name: _sqlite_identifier(value) if isinstance(value, tuple)
+                                  else ", ".join(_sqlite_identifier(v) for v in value)
+                                  for name, value in identifiers.items()})
+
+    def _events_table(self) -> tuple[str, ...]:
+        return (self.events_table_name,)
+
     def construct_create_table_statements(self) -> list[str]:
         return super().construct_create_table_statements() + self.side_table_statements()
-
-    def _events_table(self) -> str:
-        return self.events_table_name
 
     @contextlib.contextmanager
     def writer_turn(self) -> Iterator[None]:
         """SQLite serialises writers with its database lock; nothing to add."""
         yield
 
+    # Override of a PRIVATE eventsourcing hook (checked against eventsourcing 9.5.6): SQLiteApplicationRecorder
+    # offers no public hook inside the insert transaction. insert_events above fails loudly if it stops being called.
     def _insert_events(self, c, stored_events, **kwargs):
         notification_ids = super()._insert_events(c, stored_events, **kwargs)
         self._append_log(c, stored_events, notification_ids)
         return notification_ids
-
-    def _execute(self, cursor, statement: str, params: tuple = ()) -> None:
-        cursor.execute(self._sql(statement), params)
-
-    def _executemany(self, cursor, statement: str, rows: list) -> None:
-        if rows:
-            cursor.executemany(self._sql(statement), rows)
-
-    def _read_all(self, statement: str, params: tuple = ()) -> list:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(self._sql(statement), params)
-            return c.fetchall()
-
-    def _write(self, statement: str, params: tuple) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(self._sql(statement), params)
 
 
 class PostgresLedgerRecorder(_LedgerTables, PostgresApplicationRecorder):
@@ -312,19 +395,22 @@ class PostgresLedgerRecorder(_LedgerTables, PostgresApplicationRecorder):
 
     blob_type = "BYTEA"
     events_id_column = "notification_id"
+    param_marker = "%s"
 
     def __init__(self, datastore, **kwargs):
         super().__init__(datastore, **kwargs)
-        self.schema_prefix = f'"{self.datastore.schema}".'
-        self.index_prefix = ""
-        from psycopg.sql import SQL
-        self.sql_create_statements.extend(SQL(s) for s in self.side_table_statements())
+        self.sql_create_statements.extend(self.side_table_statements())
 
-    def _events_table(self) -> str:
-        return f'"{self.datastore.schema}"."{self.events_table_name}"'
+    def _compose(self, template: str, identifiers: dict) -> sql.Composed:
+        return sql.SQL(template).format(**{name: sql.Identifier(*value) if isinstance(value, tuple)
+                                           else sql.SQL(", ").join(sql.Identifier(*v) for v in value)
+                                           for name, value in identifiers.items()})
 
-    def _sql(self, statement: str) -> str:
-        return super()._sql(statement).replace("?", "%s")
+    def _table(self, name: str) -> tuple[str, ...]:
+        return (self.datastore.schema, name)
+
+    def _events_table(self) -> tuple[str, ...]:
+        return (self.datastore.schema, self.events_table_name)
 
     @contextlib.contextmanager
     def writer_turn(self) -> Iterator[None]:
@@ -355,23 +441,10 @@ class PostgresLedgerRecorder(_LedgerTables, PostgresApplicationRecorder):
                 if won:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
+    # Override of a PRIVATE eventsourcing hook (checked against eventsourcing 9.5.6): the only point inside
+    # PostgresApplicationRecorder.insert_events' transaction, under its EXCLUSIVE table lock, after the
+    # notification ids are known. insert_events above fails loudly if it stops being called.
     def _fetch_ids_after_insert_events(self, curs, stored_events, **kwargs):
         notification_ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
         self._append_log(curs, stored_events, notification_ids)
         return notification_ids
-
-    def _execute(self, cursor, statement: str, params: tuple = ()) -> None:
-        cursor.execute(self._sql(statement), params)
-
-    def _executemany(self, cursor, statement: str, rows: list) -> None:
-        if rows:
-            cursor.executemany(self._sql(statement), rows)
-
-    def _read_all(self, statement: str, params: tuple = ()) -> list:
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self._sql(statement), params)
-            return curs.fetchall()
-
-    def _write(self, statement: str, params: tuple) -> None:
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute(self._sql(statement), params)

@@ -54,9 +54,8 @@ def test_canonical_bytes_are_the_same_on_every_backend_and_after_a_restart(ledge
     """The same scenario with the same clock yields identical canonical bytes on SQLite and PostgreSQL."""
     drive(ledger, rounds=1)
     ours = [data for _, data in ledger.read_events(0, 1000)]
-    reference = ReserveLedger({"PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                               "SQLITE_DBNAME": str(tmp_path / "reference.sqlite"),
-                               "APPLICATION_RECORDER_TOPIC": "services.store.recorders:SQLiteLedgerRecorder"})
+    from services.store.config import sqlite_env
+    reference = ReserveLedger(sqlite_env(tmp_path / "reference"))
     try:
         drive(reference, rounds=1)
         assert [data for _, data in reference.read_events(0, 1000)] == ours

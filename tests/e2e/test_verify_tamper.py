@@ -52,9 +52,10 @@ class Tables:
 
     def __init__(self, data_dir, database_url):
         recorder = ReserveLedger(storage_env(data_dir, database_url)).recorder
-        self.events, self.row_id = recorder._events_table(), recorder.events_id_column
-        self.log = recorder.schema_prefix + "ledger_log"
-        self.nodes = recorder.schema_prefix + "merkle_nodes"
+        prefix = f'"{recorder.datastore.schema}".' if database_url else ""
+        self.events, self.row_id = f'{prefix}"{recorder.events_table_name}"', recorder.events_id_column
+        self.log = prefix + "ledger_log"
+        self.nodes = prefix + "merkle_nodes"
         if database_url:
             self.connection = psycopg.connect(POSTGRES_URL, autocommit=True)
             self.mark = "%s"
@@ -73,10 +74,21 @@ class Tables:
         self.run(f"UPDATE {self.events} SET state = ? WHERE originator_version = ?", (state, version))
 
 
+def edited_event(t: Tables, version: int) -> bytes:
+    """The event at `version` with one more satoshi, still in canonical form."""
+    from ledger.events import canonical_bytes
+    event = json.loads(t.state(version))
+    event["data"]["quantity_sats"] += 1
+    return canonical_bytes(event)
+
+
 def edit(t: Tables) -> int:
-    fields = json.loads(t.state(6))
-    fields["quantity_sats"] += 1
-    t.set_state(6, json.dumps(fields).encode())
+    t.set_state(6, edited_event(t, 6))
+    return 5
+
+
+def edit_out_of_canonical_form(t: Tables) -> int:
+    t.set_state(6, json.dumps(json.loads(t.state(6))).encode())
     return 5
 
 
@@ -126,18 +138,14 @@ def append_unlogged(t: Tables) -> int:
 def edit_with_its_leaf(t: Tables) -> int:
     """Edit an event AND its stored leaf: only the signed tree head can tell, naming the span it covers."""
     from ledger import merkle
-    from ledger.events import canonical_bytes, canonical_event
-    fields = json.loads(t.state(6))
-    fields["quantity_sats"] += 1
-    forged = json.dumps(fields).encode()
+    forged = edited_event(t, 6)
     t.set_state(6, forged)
-    topic = t.run(f"SELECT topic FROM {t.events} WHERE originator_version = ?", (6,))[0][0]
-    leaf = merkle.leaf_hash(canonical_bytes(canonical_event(6, topic, forged)))
+    leaf = merkle.leaf_hash(forged)
     t.run(f"UPDATE {t.nodes} SET hash = ? WHERE level = 0 AND idx = ?", (leaf, 5))
     return 0
 
 
-TAMPERING = [edit, delete, delete_log_row, reorder, copy_over, insert_in_the_middle, append_unlogged,
+TAMPERING = [edit, edit_out_of_canonical_form, delete, delete_log_row, reorder, copy_over, insert_in_the_middle, append_unlogged,
              edit_with_its_leaf]
 
 
