@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Iterable
 
 from ledger import merkle
+from ledger import pending as pending_kinds
 from ledger.anchor_policy import CONFIRMED_STATES
 from ledger.anchoring import (
     HEADER_SIZE_BYTES, AnchoringError, display_hex, find_anchor_output, internal_from_display, parse_transaction,
@@ -32,7 +33,6 @@ HEADERS_MAX = 250_000
 TREE_HEADS_MAX = 1_000_000
 ANCHORS_MAX = 100_000
 SUPERSEDED_STATES = ("replaced", "abandoned")
-PENDING_ID_FIELDS = ("purchase_id", "transfer_id", "custody_change_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,10 +329,10 @@ def _json_cost_basis(view: dict) -> dict:
 
 def custody_accounts(state: ReserveState) -> list[dict]:
     """The non-nominal accounts as the bundle's custody.json lists them (also what the exporter writes)."""
-    return [{"account_id": a["account_id"], "kind": a["kind"], "status": a["status"], "custodian": a["custodian"],
-             "wallet_label": a["wallet_label"], "quorum": list(a["quorum"]), "addresses": list(a["addresses"]),
-             "descriptor": a["descriptor"], "balance_sats": a["credits_sats"] - a["debits_sats"]}
-            for a in sorted(state.accounts.values(), key=lambda a: a["account_id"]) if a["kind"] != "nominal"]
+    return [{"account_id": a.account_id, "kind": a.kind, "status": a.status, "custodian": a.custodian,
+             "wallet_label": a.wallet_label, "quorum": list(a.quorum), "addresses": list(a.addresses),
+             "descriptor": a.descriptor, "balance_sats": a.balance_sats}
+            for a in sorted(state.accounts.values(), key=lambda a: a.account_id) if not a.is_nominal]
 
 
 def check_custody(listed: list, replayed: list[dict], findings: Findings) -> None:
@@ -371,9 +371,9 @@ class Controls:
         if not kind.endswith("Approved"):
             return
         data = event["data"]
-        pending_id = next((data[f] for f in PENDING_ID_FIELDS if f in data), "")
+        pending_id = next((data[f] for f in pending_kinds.ID_FIELDS if f in data), "")
         pending = state.pending.get(pending_id)
-        proposer = pending["proposer"] if pending else data.get("proposer", "")
+        proposer = pending.proposer if pending else data.get("proposer", "")
         where = f"event {event['position']}"
         if data.get("proposer") != proposer:
             findings.add("controls", where, f"the approval names proposer {data.get('proposer')!r}; the proposal "
@@ -386,7 +386,7 @@ class Controls:
             self.approvals.append({"position": event["position"], "type": kind, "pending_id": pending_id,
                                    "proposer": proposer, "approver": event["actor"],
                                    "approver_role": event["actor_role"], "time_us": event["time_us"],
-                                   "amount_sats": pending["amount_sats"] if pending else None})
+                                   "amount_sats": pending.amount_sats if pending else None})
 
     def to_dict(self) -> dict:
         return {"approvals": self.approvals, "approvals_total": self.approvals_total,
