@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from tqdm import tqdm
 
+from ledger.rules import Policy
 from services.cli.anchor import add_anchor_commands
 from services.cli.errors import OneLineArgumentParser, run_command
 
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="127.0.0.1:50051")
     serve.add_argument("--certs", help="directory with ca.pem, server.pem, server.key")
     serve.add_argument("--insecure-loopback", action="store_true", help="plaintext, loopback development only")
-    serve.add_argument("--purchase-approval-threshold-sats", type=int, default=10 * 100_000_000)
+    serve.add_argument("--purchase-approval-threshold-sats", type=int, default=Policy().purchase_approval_threshold_sats)
     serve.add_argument("--signing-key", metavar="FILE",
                        help="Ed25519 PEM key for tree heads (default DATA_DIR/tree-head-signing.key; "
                             "required with --database)")

@@ -4,10 +4,10 @@ import pytest
 
 from ledger import commands as cmd
 from ledger import errors
+from ledger.limits import SATS_PER_BTC as BTC
 from ledger.rules import Policy, decide
 from ledger.state import InvariantBroken, ReserveState
 
-BTC = 100_000_000
 ALICE, BOB = cmd.Caller("alice", "operator"), cmd.Caller("bob", "approver")
 
 
