@@ -11,6 +11,7 @@ The recorders also implement ledger.application.LogStore.
 """
 
 import contextlib
+import dataclasses
 import zlib
 from typing import Any, Iterator, Sequence
 
@@ -19,6 +20,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from ledger import merkle
+from ledger.anchors import ANCHOR_BYTES_FIELDS, ANCHOR_FIELDS, ANCHOR_MUTABLE_FIELDS, Anchor
 from ledger.tree_heads import TreeHead
 from ledger.application import LogRow
 from ledger.events import canonical_bytes, canonical_event
@@ -43,13 +45,8 @@ CREATE TABLE IF NOT EXISTS {s}anchors (
   block_hash TEXT, block_height BIGINT, confirmations BIGINT NOT NULL, created_us BIGINT NOT NULL,
   updated_us BIGINT NOT NULL, block_header {blob}, txout_proof {blob})
 """
-ANCHOR_COLUMNS = ("anchor_id", "tree_size", "root_hash", "txid", "raw_tx", "vsize", "fee_sats", "prev_txid",
-                  "prev_vout", "prev_value_sats", "change_vout", "change_value_sats", "state", "replaces",
-                  "broadcast_height", "block_hash", "block_height", "confirmations", "created_us", "updated_us",
-                  "block_header", "txout_proof")
-ANCHOR_MUTABLE_COLUMNS = ("state", "broadcast_height", "block_hash", "block_height", "confirmations", "updated_us",
-                          "block_header", "txout_proof")
-ANCHOR_BYTES_COLUMNS = ("root_hash", "raw_tx", "block_header", "txout_proof")
+# One column per field of ledger.anchors.Anchor (the CREATE TABLE above must name the same columns).
+ANCHOR_COLUMNS = ANCHOR_FIELDS
 
 
 def _tree_head(row) -> TreeHead:
@@ -192,30 +189,30 @@ class _LedgerTables:
 
     # --- Bitcoin anchors (written only by the one process holding the anchor turn) -------------------
 
-    def insert_anchor(self, anchor: dict) -> int:
+    def insert_anchor(self, anchor: Anchor) -> int:
         """Record a signed anchor transaction before it is broadcast; returns its anchor_id (1, 2, ...)."""
         row = self._read_one("SELECT COALESCE(MAX(anchor_id), 0) + 1 AS next_id FROM {s}anchors")
-        anchor = {**anchor, "anchor_id": row["next_id"]}
+        anchor = dataclasses.replace(anchor, anchor_id=row["next_id"])
         marks = ", ".join("?" for _ in ANCHOR_COLUMNS)
         self._write(f"INSERT INTO {{s}}anchors ({', '.join(ANCHOR_COLUMNS)}) VALUES ({marks})",
-                    tuple(anchor.get(c) for c in ANCHOR_COLUMNS))
-        return anchor["anchor_id"]
+                    tuple(getattr(anchor, c) for c in ANCHOR_COLUMNS))
+        return anchor.anchor_id
 
     def update_anchor(self, anchor_id: int, **changes) -> None:
-        assert changes and set(changes) <= set(ANCHOR_MUTABLE_COLUMNS), changes
+        assert changes and set(changes) <= set(ANCHOR_MUTABLE_FIELDS), changes
         assignments = ", ".join(f"{column} = ?" for column in changes)
         self._write(f"UPDATE {{s}}anchors SET {assignments} WHERE anchor_id = ?", (*changes.values(), anchor_id))
 
     def list_anchors(self, anchor_id_min: int = 0, tree_size_max: int | None = None,
-                     limit: int | None = None) -> list[dict]:
+                     limit: int | None = None) -> list[Anchor]:
         """Anchors in order of anchor_id, from anchor_id_min, committing to at most tree_size_max events."""
         where, params = "anchor_id >= ?", (anchor_id_min,)
         if tree_size_max is not None:
             where, params = where + " AND tree_size <= ?", (anchor_id_min, tree_size_max)
         rows = self._read_all(f"SELECT {', '.join(ANCHOR_COLUMNS)} FROM {{s}}anchors WHERE {where} ORDER BY anchor_id"
                               + _limit_clause(limit), params)
-        return [{c: (bytes(r[c]) if c in ANCHOR_BYTES_COLUMNS and r[c] is not None else r[c]) for c in ANCHOR_COLUMNS}
-                for r in rows]
+        return [Anchor(**{c: (bytes(r[c]) if c in ANCHOR_BYTES_FIELDS and r[c] is not None else r[c])
+                          for c in ANCHOR_COLUMNS}) for r in rows]
 
     @contextlib.contextmanager
     def anchor_turn(self) -> Iterator[bool]:
