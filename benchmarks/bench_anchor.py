@@ -59,11 +59,11 @@ def main() -> None:
         mined_s = time.perf_counter()
         worker.step()
         included_s = time.perf_counter()
-        anchor = next(a for a in ledger.store.list_anchors() if a["txid"] == txid)
-        assert anchor["state"] == "included", anchor["state"]
+        anchor = next(a for a in ledger.store.list_anchors() if a.txid == txid)
+        assert anchor.state == "included", anchor.state
         print(f"log size: {size:,} events; anchor block holds {args.block_txs + 2} transactions")
-        print(f"anchor transaction: {anchor['vsize']} vB, fee {anchor['fee_sats']} sats at "
-              f"{chain.estimate_fee_sat_per_vb(6)} sat/vB, {len(anchor['raw_tx'])} bytes raw")
+        print(f"anchor transaction: {anchor.vsize} vB, fee {anchor.fee_sats} sats at "
+              f"{chain.estimate_fee_sat_per_vb(6)} sat/vB, {len(anchor.raw_tx)} bytes raw")
         print(f"tree head -> first confirmation: {(included_s - started_s) * 1000:.1f} ms "
               f"(sign+build+broadcast {(broadcast_s - started_s) * 1000:.1f} ms, mine {(mined_s - broadcast_s) * 1000:.1f}"
               f" ms, confirm {(included_s - mined_s) * 1000:.1f} ms)")
@@ -71,7 +71,7 @@ def main() -> None:
         position = size // 2
         proof = event_proof(ledger, chain, position)
         height = verify_event_timestamp(proof.event_bytes, proof.ots, chain.block_header(proof.block_hash))
-        assert height == anchor["block_height"]
+        assert height == anchor.block_height
         print(f"event {position:,}: {len(proof.event_bytes)} event bytes, .ots {len(proof.ots)} bytes, "
               f"proof.json {len(dumps_proof(proof.proof))} bytes compact / "
               f"{len(json.dumps(proof.proof, indent=2))} bytes indented, "

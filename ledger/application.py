@@ -24,6 +24,7 @@ from eventsourcing.utils import Environment
 
 from ledger import commands as cmd
 from ledger import errors, limits, rules
+from ledger import pending as kinds
 from ledger.events import BOOK_ID, CanonicalEvent, LoggedEvent, logged_event, read_canonical_bytes
 from ledger.state import InvariantBroken, ReserveState
 
@@ -37,12 +38,10 @@ COMMAND_EVENTS = {
     cmd.RecordPurchase: {"ReservePurchased", "PurchaseProposed"}, cmd.ApprovePurchase: {"PurchaseApproved"},
     cmd.RejectPurchase: {"PurchaseRejected"}, cmd.ProposeTransfer: {"TransferProposed"},
     cmd.ApproveTransfer: {"TransferApproved"}, cmd.RejectTransfer: {"TransferRejected"},
-    cmd.ExpirePending: {"PurchaseExpired", "TransferExpired", "CustodyChangeExpired"},
+    cmd.ExpirePending: kinds.EXPIRED_EVENTS,
     cmd.ProposeCustodyChange: {"CustodyChangeProposed"}, cmd.ApproveCustodyChange: {"CustodyChangeApproved"},
     cmd.RejectCustodyChange: {"CustodyChangeRejected"},
 }
-PROPOSAL_EVENTS = {"purchase": "PurchaseProposed", "transfer": "TransferProposed",
-                   "custody_change": "CustodyChangeProposed"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,12 +187,10 @@ class ReserveLedger(Application):
 
     def _resolved_or_unknown(self, error: errors.PendingNotFound, state: ReserveState) -> errors.LedgerError:
         """Pending ids are <kind>-<position of the proposal>: tell 'already resolved' from 'unknown'."""
-        prefix, _, number = error.pending_id.partition("-")
-        position = int(number)
+        kind, position = kinds.kind_of_id(error.pending_id), int(error.pending_id.partition("-")[2])
         if position <= state.position and position < self.store.log_size():
             proposal = self.read_events(position, 1)[0][0]
-            kind = {"pu": "purchase", "tr": "transfer", "cc": "custody_change"}[prefix]
-            if proposal["type"] == PROPOSAL_EVENTS[kind]:
+            if proposal["type"] == kind.proposed:
                 return errors.PendingAlreadyResolved(f"{error.pending_id} was already resolved", field=error.field)
         return error
 

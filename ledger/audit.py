@@ -12,14 +12,16 @@ from collections import Counter
 from typing import Iterable
 
 from ledger import merkle
+from ledger import pending as pending_kinds
 from ledger.anchor_policy import CONFIRMED_STATES
 from ledger.anchoring import (
     HEADER_SIZE_BYTES, AnchoringError, display_hex, find_anchor_output, internal_from_display, parse_transaction,
     sha256d, verify_txout_proof,
 )
-from ledger.events import parse_canonical_bytes
+from ledger.events import CanonicalEvent, parse_canonical_bytes
+from ledger.log_rebuild import LogRebuild
 from ledger.state import ReserveState, balances, cost_basis, holdings
-from ledger.tree_heads import TreeHead, verify_tree_head
+from ledger.tree_heads import TreeHead
 
 BUNDLE_FORMAT = "reserve-ledger/bundle/v1"
 REPORT_FORMAT = "reserve-ledger/audit-report/v1"
@@ -32,7 +34,6 @@ HEADERS_MAX = 250_000
 TREE_HEADS_MAX = 1_000_000
 ANCHORS_MAX = 100_000
 SUPERSEDED_STATES = ("replaced", "abandoned")
-PENDING_ID_FIELDS = ("purchase_id", "transfer_id", "custody_change_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,46 +83,7 @@ def check_manifest(manifest: dict, digests: dict[str, str], counts: dict[str, in
                                                              f"holds {seen}")
 
 
-# --- the Merkle frontier -------------------------------------------------------------------------------
-
-class Frontier:
-    """The log's right edge as a stack of (level, hash): O(1) amortised appends, root at the current size.
-
-    It also keeps the complete subtrees named in ``wanted`` (the nodes consistency proofs will need),
-    so that the memory used stays O(log n + len(wanted)) however long the log.
-    """
-
-    def __init__(self, wanted: set[merkle.NodeKey] = frozenset()) -> None:
-        self.size = 0
-        self._stack: list[tuple[int, bytes]] = []
-        self._wanted = wanted
-        self.nodes: dict[merkle.NodeKey, bytes] = {}
-
-    def append(self, leaf: bytes) -> None:
-        level, index, current = 0, self.size, leaf
-        if (0, index) in self._wanted:
-            self.nodes[(0, index)] = leaf
-        stack = self._stack
-        while stack and stack[-1][0] == level:
-            current = merkle.node_hash(stack.pop()[1], current)
-            level, index = level + 1, index >> 1
-            if (level, index) in self._wanted:
-                self.nodes[(level, index)] = current
-        stack.append((level, current))
-        self.size += 1
-
-    def root(self) -> bytes:
-        if not self._stack:
-            return merkle.EMPTY_ROOT
-        result = self._stack[-1][1]
-        for _, left in reversed(self._stack[:-1]):
-            result = merkle.node_hash(left, result)
-        return result
-
-    def get_nodes(self, keys) -> dict[merkle.NodeKey, bytes]:
-        """merkle.NodeReader over the kept nodes."""
-        return {key: self.nodes[key] for key in keys if key in self.nodes}
-
+# --- the subtrees consistency proofs need -----------------------------------------------------------
 
 class _KeyProbe:
     """A NodeReader that answers zeros and remembers which subtrees were asked for."""
@@ -181,10 +143,8 @@ class Audit:
         self.anchors = list(anchors[:ANCHORS_MAX])
         sizes = {head.tree_size for head in self.heads} | {
             a.get("tree_size") for a in self.anchors if isinstance(a, dict) and isinstance(a.get("tree_size"), int)}
-        self.roots: dict[int, bytes] = {0: merkle.EMPTY_ROOT} if 0 in sizes else {}
-        self._sizes_wanted = sizes
-        self.frontier = Frontier(consistency_keys(head.tree_size for head in self.heads))
-        self.state: ReserveState | None = ReserveState()
+        self.rebuild = LogRebuild(sizes, consistency_keys(head.tree_size for head in self.heads))
+        self.frontier = self.rebuild.frontier
         self.replayed_position = -1
         self.replay_stop: str | None = None
         self._offset = 0
@@ -205,11 +165,14 @@ class Audit:
 
     # --- events -----------------------------------------------------------------------------------
 
+    @property
+    def state(self) -> ReserveState | None:
+        """The replayed state; None once the replay stopped at an event the fold refused."""
+        return self.rebuild.state
+
     def feed(self, event_bytes: bytes) -> None:
-        index = self.frontier.size
-        self.frontier.append(merkle.leaf_hash(event_bytes))
-        if self.frontier.size in self._sizes_wanted:
-            self.roots[self.frontier.size] = self.frontier.root()
+        index = self.rebuild.size
+        self.rebuild.append(merkle.leaf_hash(event_bytes))
         event = self._parsed(index, event_bytes)
         if event is not None:
             self._replay(index, event)
@@ -237,17 +200,14 @@ class Audit:
         self._time_us = max(self._time_us, time_us)
         return event
 
-    def _replay(self, index: int, event: dict) -> None:
+    def _replay(self, index: int, event: CanonicalEvent) -> None:
         if self.state is None:
             return
-        try:
-            self.controls.observe(event, self.state, self.findings)
-            self.state.apply(event)
-        except Exception as error:  # noqa: BLE001 - any refusal of the fold is a finding, not a crash
+        error = self.rebuild.replay(event, lambda event, state: self.controls.observe(event, state, self.findings))
+        if error is not None:
             self.findings.add("replay", f"event {index}", f"the replay refuses this event ({type(error).__name__}: "
                                                           f"{error}); the replay stops here")
             self.replay_stop = f"event {index}"
-            self.state = None
             return
         self.replayed_position = event["position"]
         if index % self._sample_every == 0:
@@ -262,7 +222,7 @@ class Audit:
             self.samples.append(_holdings_sample(self.state))
         self._check_heads()
         self._check_consistency()
-        anchor_rows = check_anchors(self.anchors, self.roots, self.frontier.size, self.findings)
+        anchor_rows = check_anchors(self.anchors, self.rebuild.roots, self.frontier.size, self.findings)
         return {"events": self.frontier.size, "root_hash": self.frontier.root().hex(),
                 "tree_heads": [_head_row(head) for head in self.heads], "anchors": anchor_rows}
 
@@ -271,21 +231,21 @@ class Audit:
         if self.frontier.size > signed_size:
             self.findings.add("tree_heads", f"event {signed_size}", f"events {signed_size} to {self.frontier.size - 1}"
                                                                    " are covered by no signed tree head")
-        previous_size = 0
         previous_time_us = 0
-        for head in self.heads:
-            where = f"tree size {head.tree_size}"
-            if head.tree_size > self.frontier.size:
+        for check in self.rebuild.head_checks(self.heads, self.public_key):
+            head, where = check.head, f"tree size {check.head.tree_size}"
+            if check.root_matches is None:
                 self.findings.add("tree_heads", where, f"the head covers more events than the bundle holds "
                                                        f"({self.frontier.size}): events were removed")
-            elif head.root_hash != self.roots[head.tree_size]:
+            elif not check.root_matches:
                 self.findings.add("tree_heads", where, f"the signed root does not match the events (an event at a "
-                                                       f"position in [{previous_size}, {head.tree_size}) differs)")
-            if self.public_key is not None and not verify_tree_head(self.public_key, head):
+                                                       f"position in [{check.previous_size}, {head.tree_size}) "
+                                                       "differs)")
+            if check.signature_valid is False:
                 self.findings.add("tree_heads", where, "the signature does not verify under the bundle's public key")
             if head.timestamp_us < previous_time_us:
                 self.findings.add("tree_heads", where, "signed earlier than the smaller head before it")
-            previous_size, previous_time_us = head.tree_size, head.timestamp_us
+            previous_time_us = head.timestamp_us
 
     def _check_consistency(self) -> None:
         heads = [head for head in self.heads if 0 < head.tree_size <= self.frontier.size]
@@ -329,10 +289,10 @@ def _json_cost_basis(view: dict) -> dict:
 
 def custody_accounts(state: ReserveState) -> list[dict]:
     """The non-nominal accounts as the bundle's custody.json lists them (also what the exporter writes)."""
-    return [{"account_id": a["account_id"], "kind": a["kind"], "status": a["status"], "custodian": a["custodian"],
-             "wallet_label": a["wallet_label"], "quorum": list(a["quorum"]), "addresses": list(a["addresses"]),
-             "descriptor": a["descriptor"], "balance_sats": a["credits_sats"] - a["debits_sats"]}
-            for a in sorted(state.accounts.values(), key=lambda a: a["account_id"]) if a["kind"] != "nominal"]
+    return [{"account_id": a.account_id, "kind": a.kind, "status": a.status, "custodian": a.custodian,
+             "wallet_label": a.wallet_label, "quorum": list(a.quorum), "addresses": list(a.addresses),
+             "descriptor": a.descriptor, "balance_sats": a.balance_sats}
+            for a in sorted(state.accounts.values(), key=lambda a: a.account_id) if not a.is_nominal]
 
 
 def check_custody(listed: list, replayed: list[dict], findings: Findings) -> None:
@@ -371,9 +331,9 @@ class Controls:
         if not kind.endswith("Approved"):
             return
         data = event["data"]
-        pending_id = next((data[f] for f in PENDING_ID_FIELDS if f in data), "")
+        pending_id = next((data[f] for f in pending_kinds.ID_FIELDS if f in data), "")
         pending = state.pending.get(pending_id)
-        proposer = pending["proposer"] if pending else data.get("proposer", "")
+        proposer = pending.proposer if pending else data.get("proposer", "")
         where = f"event {event['position']}"
         if data.get("proposer") != proposer:
             findings.add("controls", where, f"the approval names proposer {data.get('proposer')!r}; the proposal "
@@ -386,7 +346,7 @@ class Controls:
             self.approvals.append({"position": event["position"], "type": kind, "pending_id": pending_id,
                                    "proposer": proposer, "approver": event["actor"],
                                    "approver_role": event["actor_role"], "time_us": event["time_us"],
-                                   "amount_sats": pending["amount_sats"] if pending else None})
+                                   "amount_sats": pending.amount_sats if pending else None})
 
     def to_dict(self) -> dict:
         return {"approvals": self.approvals, "approvals_total": self.approvals_total,

@@ -10,17 +10,18 @@ import re
 from decimal import Decimal, InvalidOperation
 
 from ledger import limits
+from ledger import pending as kinds
+from ledger.accounts import CUSTODY_KINDS, NOMINAL_PREFIX
 from ledger.currencies import ISO_4217_MINOR_UNITS
 from ledger.errors import RequestInvalid, Violation
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,%d}$" % limits.REQUEST_ID_LENGTH_MAX)
 ACCOUNT_ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{%d,%d}$" % (limits.ID_LENGTH_MIN - 1, limits.ID_LENGTH_MAX - 1))
-PENDING_ID_PATTERN = re.compile(r"^(pu|tr|cc)-[0-9]{1,19}$")
+PENDING_ID_PATTERN = re.compile(r"^(%s)-[0-9]{1,19}$" % "|".join(kinds.BY_PREFIX))
 DECIMAL_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")
 TXID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 ADDRESS_PATTERN = re.compile(r"^[A-Za-z0-9]{14,%d}$" % limits.ADDRESS_LENGTH_MAX)
 DESCRIPTOR_PATTERN = re.compile(r"^[a-z]+\([\x21-\x7e]*\)(#[a-z0-9]{8})?$")
-ACCOUNT_KINDS = ("cold", "warm", "hot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,7 @@ class _Checker:
     def account_id(self, field: str, value: str) -> None:
         if not value:
             self.fail(field, "ACCOUNT_ID_MISSING", f"{field} is required")
-        elif not (ACCOUNT_ID_PATTERN.match(value) or value.startswith("nominal:") and len(value) <= 64):
+        elif not (ACCOUNT_ID_PATTERN.match(value) or value.startswith(NOMINAL_PREFIX) and len(value) <= limits.ID_LENGTH_MAX):
             self.fail(field, "ACCOUNT_ID_MALFORMED",
                       f"{field} must be {limits.ID_LENGTH_MIN}-{limits.ID_LENGTH_MAX} chars of [a-z0-9-] starting with a letter")
 
@@ -149,9 +150,9 @@ class OpenAccount(Command):
 
     def check(self, c: _Checker) -> None:
         c.account_id("account_id", self.account_id)
-        if self.account_id.startswith("nominal:"):
+        if self.account_id.startswith(NOMINAL_PREFIX):
             c.fail("account_id", "ACCOUNT_ID_RESERVED", "the nominal: prefix is reserved for nominal accounts")
-        if self.kind not in ACCOUNT_KINDS:
+        if self.kind not in CUSTODY_KINDS:
             c.fail("kind", "ACCOUNT_KIND_INVALID", "kind must be cold, warm or hot")
         c.text("custodian", self.custodian, limits.NAME_LENGTH_MAX, required=True)
         c.text("wallet_label", self.wallet_label, limits.NAME_LENGTH_MAX, required=True)
@@ -230,7 +231,7 @@ class ResolvePurchase(Command):
     reason: str = ""
 
     def check(self, c: _Checker) -> None:
-        c.pending_id("purchase_id", self.purchase_id, "pu")
+        c.pending_id(kinds.PURCHASE.id_field, self.purchase_id, kinds.PURCHASE.id_prefix)
         c.text("reason", self.reason, limits.TEXT_LENGTH_MAX)
 
 
@@ -272,7 +273,7 @@ class ResolveTransfer(Command):
     reason: str = ""
 
     def check(self, c: _Checker) -> None:
-        c.pending_id("transfer_id", self.transfer_id, "tr")
+        c.pending_id(kinds.TRANSFER.id_field, self.transfer_id, kinds.TRANSFER.id_prefix)
         c.text("reason", self.reason, limits.TEXT_LENGTH_MAX)
 
 
@@ -335,7 +336,7 @@ class ResolveCustodyChange(Command):
     reason: str = ""
 
     def check(self, c: _Checker) -> None:
-        c.pending_id("custody_change_id", self.custody_change_id, "cc")
+        c.pending_id(kinds.CUSTODY_CHANGE.id_field, self.custody_change_id, kinds.CUSTODY_CHANGE.id_prefix)
         c.text("reason", self.reason, limits.TEXT_LENGTH_MAX)
 
 

@@ -18,6 +18,7 @@ from ledger.anchoring import (
     HEADER_SIZE_BYTES, MERKLEBLOCK_SIZE_MAX_BYTES, TREE_SIZE_MAX, TX_SIZE_MAX_BYTES, AnchoringError, ParsedTx,
     TxoutProof, display_hex, find_anchor_output, parse_transaction, sha256d, verify_txout_proof,
 )
+from ledger import merkle
 from ledger.merkle import LEAF_PREFIX, NODE_PREFIX, leaf_hash, verify_inclusion
 
 PROOF_FORMAT = "reserve-ledger/event-proof/v1"
@@ -81,23 +82,13 @@ class OtsRootMismatch(EventProofInvalid):
 # --- the op chain -----------------------------------------------------------------------------------------
 
 def inclusion_steps(index: int, tree_size: int, proof: list[bytes]) -> list[tuple[bool, bytes]]:
-    """(sibling is on the left, sibling) per proof hash, in the order RFC 9162 section 2.1.3.2 folds them."""
-    if not 0 <= index < tree_size or len(proof) > INCLUSION_PROOF_LENGTH_MAX:
+    """ledger.merkle.inclusion_steps, bounded, its refusal named as this module's."""
+    if len(proof) > INCLUSION_PROOF_LENGTH_MAX:
         raise InclusionProofInvalid(f"leaf {index} of {tree_size} with {len(proof)} hashes")
-    steps, fn, sn = [], index, tree_size - 1
-    for sibling in proof:
-        if sn == 0 or len(sibling) != 32:
-            raise InclusionProofInvalid("the proof is longer than the path or holds a non-32-byte hash")
-        if fn & 1 or fn == sn:
-            steps.append((True, sibling))
-            while not fn & 1 and fn != 0:
-                fn, sn = fn >> 1, sn >> 1
-        else:
-            steps.append((False, sibling))
-        fn, sn = fn >> 1, sn >> 1
-    if sn != 0:
-        raise InclusionProofInvalid("the proof is shorter than the path")
-    return steps
+    try:
+        return merkle.inclusion_steps(index, tree_size, proof)
+    except merkle.ProofError as error:
+        raise InclusionProofInvalid(str(error)) from None
 
 
 def _log_ops(index: int, tree_size: int, proof: list[bytes]) -> list[Op]:

@@ -159,22 +159,41 @@ def _well_formed(hashes: Iterable[bytes]) -> bool:
     return all(isinstance(h, bytes) and len(h) == HASH_SIZE_BYTES for h in hashes)
 
 
-def verify_inclusion(leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes) -> bool:
-    """True only if ``proof`` shows ``leaf`` at ``index`` in the tree of ``tree_size`` with ``root``."""
-    if not (0 <= index < tree_size) or not _well_formed([leaf, root, *proof]):
-        return False
-    fn, sn, result = index, tree_size - 1, leaf
+def inclusion_steps(index: int, tree_size: int, proof: Sequence[bytes]) -> list[tuple[bool, bytes]]:
+    """The walk of RFC 9162 section 2.1.3.2: (sibling is on the left, sibling) per proof hash, leaf to root.
+
+    Raises ProofError unless the proof has exactly the path's length and holds only 32-byte hashes.
+    """
+    if not 0 <= index < tree_size:
+        raise ProofError(f"leaf {index} is not in a tree of size {tree_size}")
+    steps, fn, sn = [], index, tree_size - 1
     for sibling in proof:
-        if sn == 0:
-            return False
+        if sn == 0 or not _well_formed([sibling]):
+            raise ProofError("the proof is longer than the path or holds a non-32-byte hash")
         if fn & 1 or fn == sn:
-            result = node_hash(sibling, result)
+            steps.append((True, sibling))
             while not fn & 1 and fn != 0:
                 fn, sn = fn >> 1, sn >> 1
         else:
-            result = node_hash(result, sibling)
+            steps.append((False, sibling))
         fn, sn = fn >> 1, sn >> 1
-    return sn == 0 and result == root
+    if sn != 0:
+        raise ProofError("the proof is shorter than the path")
+    return steps
+
+
+def verify_inclusion(leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes) -> bool:
+    """True only if ``proof`` shows ``leaf`` at ``index`` in the tree of ``tree_size`` with ``root``."""
+    if not _well_formed([leaf, root]):
+        return False
+    try:
+        steps = inclusion_steps(index, tree_size, proof)
+    except ProofError:
+        return False
+    result = leaf
+    for sibling_on_left, sibling in steps:
+        result = node_hash(sibling, result) if sibling_on_left else node_hash(result, sibling)
+    return result == root
 
 
 def verify_consistency(first_size: int, second_size: int, first_root: bytes, second_root: bytes,
@@ -232,19 +251,37 @@ class MemoryNodeStore:
 
 
 class CompactRange:
-    """The O(log n) frontier of a log being rebuilt leaf by leaf: root at any size without storing the tree."""
+    """The O(log n) frontier of a log rebuilt leaf by leaf: its right edge as a stack of (level, hash).
 
-    def __init__(self) -> None:
+    Appends are O(1) amortised; the root is available at any size without storing the tree. It also keeps
+    the complete subtrees named in ``wanted`` (say, the nodes consistency proofs will need, see
+    ``ledger.audit.consistency_keys``) and serves them as a NodeReader, so memory stays O(log n + len(wanted)).
+    """
+
+    def __init__(self, wanted: Iterable[NodeKey] = ()) -> None:
         self.size = 0
-        self._nodes: dict[NodeKey, bytes] = {}
+        self._stack: list[tuple[int, bytes]] = []
+        self._wanted = frozenset(wanted)
+        self.nodes: dict[NodeKey, bytes] = {}
 
     def append(self, leaf: bytes) -> None:
-        self._nodes.update(append_nodes(self.size, leaf, self._nodes))
+        level, index, current = 0, self.size, leaf
+        if (0, index) in self._wanted:
+            self.nodes[(0, index)] = leaf
+        stack = self._stack
+        while stack and stack[-1][0] == level:
+            current = node_hash(stack.pop()[1], current)
+            level, index = level + 1, index >> 1
+            if (level, index) in self._wanted:
+                self.nodes[(level, index)] = current
+        stack.append((level, current))
         self.size += 1
-        keep = set(frontier_keys(self.size))
-        self._nodes = {key: value for key, value in self._nodes.items() if key in keep}
 
     def root(self) -> bytes:
-        if self.size == 0:
+        if not self._stack:
             return EMPTY_ROOT
-        return fold_range([self._nodes[key] for key in frontier_keys(self.size)])
+        return fold_range([node for _, node in self._stack])
+
+    def get_nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        """NodeReader over the kept subtrees."""
+        return {key: self.nodes[key] for key in keys if key in self.nodes}

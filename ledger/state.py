@@ -2,33 +2,61 @@
 
 One fold serves both the decision model (rules.py decides against it) and every projection that
 queries read (balances, holdings, cost basis, pending). It consumes events in their canonical form
-(see events.py): {"type", "position", "time_us", "actor", "actor_role", "request_id", "data"}.
-An auditor's replay uses this same fold on the exported canonical bytes.
+(ledger.events.CanonicalEvent). An auditor's replay uses this same fold on the exported canonical bytes.
 """
 
+import dataclasses
 import json
 from decimal import Decimal, localcontext
+from typing import Any
 
+from ledger import pending as kinds
+from ledger.accounts import ACQUISITIONS, NETWORK_FEES, NOMINAL_ACCOUNTS, NOMINAL_KIND, Account
+from ledger.events import CanonicalEvent
 from ledger.limits import SATS_PER_BTC
+from ledger.pending import Pending
 
-NOMINAL_ACCOUNTS = (
-    "nominal:acquisitions",   # where purchased coins come from
-    "nominal:network-fees",   # where on-chain fees go
-    "nominal:disposals",      # where sold or spent coins go
-    "nominal:adjustments",    # the other side of every correction
-)
-STATE_FORMAT_VERSION = 1
+# 2: accounts, pending items and lots as lists of typed records (1 held them as keyed dicts).
+STATE_FORMAT_VERSION = 2
 
 
 class InvariantBroken(Exception):
     """The event sequence breaks a ledger invariant: a bug when live, a finding when auditing."""
 
 
-def _new_account(account_id: str, kind: str, **details) -> dict:
-    return {"account_id": account_id, "kind": kind, "status": "open", "custodian": details.get("custodian", ""),
-            "wallet_label": details.get("wallet_label", ""), "quorum": details.get("quorum", [0, 0]),
-            "addresses": details.get("addresses", []), "descriptor": details.get("descriptor", ""),
-            "credits_sats": 0, "debits_sats": 0, "held_sats": 0}
+class StateFormatUnknown(ValueError):
+    """Saved state bytes of another format version: rebuild the projection from the log."""
+
+
+@dataclasses.dataclass(slots=True)
+class Lot:
+    """Coins bought together at one price; consumed first in, first out. Mutable for the same reason as
+    Account (remaining_sats falls on every disposal); only ReserveState.apply writes it."""
+
+    purchase_id: str
+    trade_date: str
+    currency_code: str
+    price_per_btc: str      # decimal string
+    quantity_sats: int
+    remaining_sats: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CurrencyTotal:
+    quantity_sats: int = 0
+    fiat_total: str = "0"   # decimal string
+
+
+def _fields(record) -> dict[str, Any]:
+    return {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}
+
+
+def _account(fields: dict[str, Any]) -> Account:
+    return Account(**{**fields, "quorum": tuple(fields["quorum"]), "addresses": tuple(fields["addresses"])})
+
+
+def _pending(fields: dict[str, Any]) -> Pending:
+    return Pending(**{**fields, "new_quorum": tuple(fields["new_quorum"])})
 
 
 class ReserveState:
@@ -37,28 +65,27 @@ class ReserveState:
     def __init__(self):
         self.position = -1
         self.time_us = 0
-        self.accounts: dict[str, dict] = {a: _new_account(a, "nominal") for a in NOMINAL_ACCOUNTS}
-        self.pending: dict[str, dict] = {}
-        self.lots: list[dict] = []
-        self.currencies: dict[str, dict] = {}
+        self.accounts: dict[str, Account] = {a: Account(a, NOMINAL_KIND) for a in NOMINAL_ACCOUNTS}
+        self.pending: dict[str, Pending] = {}
+        self.lots: list[Lot] = []
+        self.currencies: dict[str, CurrencyTotal] = {}
         self.debits_sats = 0
         self.credits_sats = 0
 
     # --- reads ---------------------------------------------------------------------------------------
 
     def balance_sats(self, account_id: str) -> int:
-        account = self.accounts[account_id]
-        return account["credits_sats"] - account["debits_sats"]
+        return self.accounts[account_id].balance_sats
 
     def available_sats(self, account_id: str) -> int:
-        return self.balance_sats(account_id) - self.accounts[account_id]["held_sats"]
+        return self.accounts[account_id].available_sats
 
     def reserve_total_sats(self) -> int:
-        return sum(self.balance_sats(a) for a, acc in self.accounts.items() if acc["kind"] != "nominal")
+        return sum(a.balance_sats for a in self.accounts.values() if not a.is_nominal)
 
     # --- the fold ------------------------------------------------------------------------------------
 
-    def apply(self, event: dict) -> None:
+    def apply(self, event: CanonicalEvent) -> None:
         if event["position"] != self.position + 1:
             raise InvariantBroken(f"event at position {event['position']} follows position {self.position}")
         handler = getattr(self, "_on_" + event["type"], None)
@@ -72,200 +99,199 @@ class ReserveState:
 
     def _post(self, debit_account_id: str, credit_account_id: str, amount_sats: int) -> None:
         debit, credit = self.accounts[debit_account_id], self.accounts[credit_account_id]
-        debit["debits_sats"] += amount_sats
-        credit["credits_sats"] += amount_sats
+        debit.debits_sats += amount_sats
+        credit.credits_sats += amount_sats
         self.debits_sats += amount_sats
         self.credits_sats += amount_sats
-        if debit["kind"] != "nominal" and self.available_sats(debit_account_id) < 0:
+        if not debit.is_nominal and debit.available_sats < 0:
             raise InvariantBroken(f"account {debit_account_id} overdrawn at position {self.position + 1}")
-        if debit["kind"] == "nominal" and credit["kind"] != "nominal" and debit_account_id != "nominal:acquisitions":
-            self._add_lot(f"adjustment@{self.position + 1}", "", "XXX", "0", amount_sats)
-        elif debit["kind"] != "nominal" and credit["kind"] == "nominal":
+        if debit.is_nominal and not credit.is_nominal and debit_account_id != ACQUISITIONS:
+            self.lots.append(Lot(f"adjustment@{self.position + 1}", "", "XXX", "0", amount_sats, amount_sats))
+        elif not debit.is_nominal and credit.is_nominal:
             self._consume_lots(amount_sats)
 
     def _hold(self, account_id: str, amount_sats: int) -> None:
         account = self.accounts[account_id]
-        account["held_sats"] += amount_sats
-        if account["held_sats"] < 0 or (account["kind"] != "nominal" and self.available_sats(account_id) < 0):
+        account.held_sats += amount_sats
+        if account.held_sats < 0 or (not account.is_nominal and account.available_sats < 0):
             raise InvariantBroken(f"hold on {account_id} breaks its balance at position {self.position + 1}")
-
-    def _add_lot(self, purchase_id: str, trade_date: str, currency: str, price: str, quantity_sats: int) -> None:
-        self.lots.append({"purchase_id": purchase_id, "trade_date": trade_date, "currency_code": currency,
-                          "price_per_btc": price, "quantity_sats": quantity_sats, "remaining_sats": quantity_sats})
 
     def _consume_lots(self, amount_sats: int) -> None:
         for lot in self.lots:
             if amount_sats == 0:
                 return
-            taken = min(lot["remaining_sats"], amount_sats)
-            lot["remaining_sats"] -= taken
+            taken = min(lot.remaining_sats, amount_sats)
+            lot.remaining_sats -= taken
             amount_sats -= taken
         if amount_sats:
             raise InvariantBroken(f"more sats left the reserve than its lots hold at {self.position + 1}")
 
-    def _record_purchase(self, data: dict) -> None:
-        self._post("nominal:acquisitions", data["account_id"], data["quantity_sats"])
-        self._add_lot(data["purchase_id"], data["trade_date"], data["currency_code"], data["price_per_btc"],
-                      data["quantity_sats"])
-        totals = self.currencies.setdefault(data["currency_code"], {"quantity_sats": 0, "fiat_total": "0"})
-        totals["quantity_sats"] += data["quantity_sats"]
-        totals["fiat_total"] = str(Decimal(totals["fiat_total"]) + Decimal(data["fiat_total"]))
+    def _record_purchase(self, data: dict[str, Any]) -> None:
+        self._post(ACQUISITIONS, data["account_id"], data["quantity_sats"])
+        self.lots.append(Lot(data["purchase_id"], data["trade_date"], data["currency_code"], data["price_per_btc"],
+                             data["quantity_sats"], data["quantity_sats"]))
+        totals = self.currencies.get(data["currency_code"], CurrencyTotal())
+        self.currencies[data["currency_code"]] = CurrencyTotal(
+            totals.quantity_sats + data["quantity_sats"], str(Decimal(totals.fiat_total) + Decimal(data["fiat_total"])))
 
-    def _take_pending(self, pending_id: str, kind: str) -> dict:
+    def _take_pending(self, pending_id: str, kind: kinds.PendingKind) -> Pending:
         pending = self.pending.pop(pending_id, None)
-        if pending is None or pending["pending_kind"] != kind:
-            raise InvariantBroken(f"{pending_id} is not a pending {kind} at position {self.position + 1}")
+        if pending is None or pending.pending_kind != kind.name:
+            raise InvariantBroken(f"{pending_id} is not a pending {kind.name} at position {self.position + 1}")
         return pending
 
-    def _on_AccountOpened(self, data: dict, event: dict) -> None:
+    def _on_AccountOpened(self, data: dict[str, Any], event: CanonicalEvent) -> None:
         if data["account_id"] in self.accounts:
             raise InvariantBroken(f"account {data['account_id']} opened twice")
-        self.accounts[data["account_id"]] = _new_account(
+        self.accounts[data["account_id"]] = Account(
             data["account_id"], data["kind"], custodian=data["custodian"], wallet_label=data["wallet_label"],
-            quorum=[data["quorum_required"], data["quorum_total"]], addresses=list(data["addresses"]),
+            quorum=(data["quorum_required"], data["quorum_total"]), addresses=tuple(data["addresses"]),
             descriptor=data["descriptor"])
 
-    def _on_AccountFrozen(self, data: dict, event: dict) -> None:
-        self.accounts[data["account_id"]]["status"] = "frozen"
+    def _on_AccountFrozen(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self.accounts[data["account_id"]].status = "frozen"
 
-    def _on_AccountUnfrozen(self, data: dict, event: dict) -> None:
-        self.accounts[data["account_id"]]["status"] = "open"
+    def _on_AccountUnfrozen(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self.accounts[data["account_id"]].status = "open"
 
-    def _on_AccountClosed(self, data: dict, event: dict) -> None:
-        self.accounts[data["account_id"]]["status"] = "closed"
+    def _on_AccountClosed(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self.accounts[data["account_id"]].status = "closed"
 
-    def _on_ReservePurchased(self, data: dict, event: dict) -> None:
+    def _on_ReservePurchased(self, data: dict[str, Any], event: CanonicalEvent) -> None:
         self._record_purchase(data)
 
-    def _on_PurchaseProposed(self, data: dict, event: dict) -> None:
-        self.pending[data["purchase_id"]] = {
-            "pending_id": data["purchase_id"], "pending_kind": "purchase", "debit_account_id": "nominal:acquisitions",
-            "credit_account_id": data["account_id"], "amount_sats": data["quantity_sats"],
-            "proposer": event["actor"], "position": event["position"], "expire_time_us": data["expire_time_us"],
-            "purchase": dict(data)}
+    def _on_PurchaseProposed(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self.pending[data["purchase_id"]] = Pending(
+            data["purchase_id"], kinds.PURCHASE.name, ACQUISITIONS, data["account_id"], data["quantity_sats"],
+            event["actor"], event["position"], data["expire_time_us"], purchase=dict(data))
 
-    def _on_PurchaseApproved(self, data: dict, event: dict) -> None:
-        self._record_purchase(self._take_pending(data["purchase_id"], "purchase")["purchase"])
+    def _on_PurchaseApproved(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self._record_purchase(self._take_pending(data["purchase_id"], kinds.PURCHASE).purchase)
 
-    def _on_PurchaseRejected(self, data: dict, event: dict) -> None:
-        self._take_pending(data["purchase_id"], "purchase")
+    def _on_PurchaseRejected(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self._take_pending(data["purchase_id"], kinds.PURCHASE)
 
-    def _on_PurchaseExpired(self, data: dict, event: dict) -> None:
-        self._take_pending(data["purchase_id"], "purchase")
+    def _on_PurchaseExpired(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self._take_pending(data["purchase_id"], kinds.PURCHASE)
 
-    def _propose(self, pending_id: str, kind: str, debit: str, credit: str, amount_sats: int, event: dict,
-                 **extra) -> None:
-        self.pending[pending_id] = {
-            "pending_id": pending_id, "pending_kind": kind, "debit_account_id": debit, "credit_account_id": credit,
-            "amount_sats": amount_sats, "proposer": event["actor"], "position": event["position"],
-            "expire_time_us": event["data"]["expire_time_us"], **extra}
-        self._hold(debit, amount_sats)
+    def _propose(self, pending: Pending) -> None:
+        self.pending[pending.pending_id] = pending
+        self._hold(pending.debit_account_id, pending.amount_sats)
 
-    def _release(self, pending_id: str, kind: str) -> dict:
+    def _release(self, pending_id: str, kind: kinds.PendingKind) -> Pending:
         pending = self._take_pending(pending_id, kind)
-        self._hold(pending["debit_account_id"], -pending["amount_sats"])
+        self._hold(pending.debit_account_id, -pending.amount_sats)
         return pending
 
-    def _on_TransferProposed(self, data: dict, event: dict) -> None:
-        self._propose(data["transfer_id"], "transfer", data["debit_account_id"], data["credit_account_id"],
-                      data["amount_sats"], event)
+    def _on_TransferProposed(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self._propose(Pending(data["transfer_id"], kinds.TRANSFER.name, data["debit_account_id"],
+                              data["credit_account_id"], data["amount_sats"], event["actor"], event["position"],
+                              data["expire_time_us"]))
 
-    def _on_TransferApproved(self, data: dict, event: dict) -> None:
-        pending = self._release(data["transfer_id"], "transfer")
-        self._post(pending["debit_account_id"], pending["credit_account_id"], pending["amount_sats"])
+    def _on_TransferApproved(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        pending = self._release(data["transfer_id"], kinds.TRANSFER)
+        self._post(pending.debit_account_id, pending.credit_account_id, pending.amount_sats)
 
-    def _on_TransferRejected(self, data: dict, event: dict) -> None:
-        self._release(data["transfer_id"], "transfer")
+    def _on_TransferRejected(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self._release(data["transfer_id"], kinds.TRANSFER)
 
-    def _on_TransferExpired(self, data: dict, event: dict) -> None:
-        self._release(data["transfer_id"], "transfer")
+    def _on_TransferExpired(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self._release(data["transfer_id"], kinds.TRANSFER)
 
-    def _on_CustodyChangeProposed(self, data: dict, event: dict) -> None:
-        self._propose(data["custody_change_id"], "custody_change", data["from_account_id"], data["to_account_id"],
-                      data["amount_sats"], event, network_fee_sats=data["network_fee_sats"],
-                      new_quorum=[data["new_quorum_required"], data["new_quorum_total"]])
+    def _on_CustodyChangeProposed(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self._propose(Pending(data["custody_change_id"], kinds.CUSTODY_CHANGE.name, data["from_account_id"],
+                              data["to_account_id"], data["amount_sats"], event["actor"], event["position"],
+                              data["expire_time_us"], network_fee_sats=data["network_fee_sats"],
+                              new_quorum=(data["new_quorum_required"], data["new_quorum_total"])))
 
-    def _on_CustodyChangeApproved(self, data: dict, event: dict) -> None:
-        pending = self._release(data["custody_change_id"], "custody_change")
-        fee_sats = pending["network_fee_sats"]
-        self._post(pending["debit_account_id"], pending["credit_account_id"], pending["amount_sats"] - fee_sats)
+    def _on_CustodyChangeApproved(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        pending = self._release(data["custody_change_id"], kinds.CUSTODY_CHANGE)
+        fee_sats = pending.network_fee_sats
+        self._post(pending.debit_account_id, pending.credit_account_id, pending.amount_sats - fee_sats)
         if fee_sats:
-            self._post(pending["debit_account_id"], "nominal:network-fees", fee_sats)
-        if pending["new_quorum"][0]:
-            self.accounts[pending["credit_account_id"]]["quorum"] = list(pending["new_quorum"])
+            self._post(pending.debit_account_id, NETWORK_FEES, fee_sats)
+        if pending.new_quorum[0]:
+            self.accounts[pending.credit_account_id].quorum = pending.new_quorum
 
-    def _on_CustodyChangeRejected(self, data: dict, event: dict) -> None:
-        self._release(data["custody_change_id"], "custody_change")
+    def _on_CustodyChangeRejected(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self._release(data["custody_change_id"], kinds.CUSTODY_CHANGE)
 
-    def _on_CustodyChangeExpired(self, data: dict, event: dict) -> None:
-        self._release(data["custody_change_id"], "custody_change")
+    def _on_CustodyChangeExpired(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self._release(data["custody_change_id"], kinds.CUSTODY_CHANGE)
 
     # --- serialisation (snapshots, rebuild comparison) ------------------------------------------------
 
-    def to_dict(self) -> dict:
-        return {"format_version": STATE_FORMAT_VERSION, "position": self.position, "time_us": self.time_us,
-                "accounts": self.accounts, "pending": self.pending, "lots": self.lots,
-                "currencies": self.currencies, "debits_sats": self.debits_sats, "credits_sats": self.credits_sats}
-
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        """Deterministic: records in the order the fold created them, keys sorted, no whitespace."""
+        fields = {"format_version": STATE_FORMAT_VERSION, "position": self.position, "time_us": self.time_us,
+                  "accounts": [_fields(a) for a in self.accounts.values()],
+                  "pending": [_fields(p) for p in self.pending.values()],
+                  "lots": [_fields(lot) for lot in self.lots],
+                  "currencies": {code: _fields(total) for code, total in self.currencies.items()},
+                  "debits_sats": self.debits_sats, "credits_sats": self.credits_sats}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ReserveState":
         fields = json.loads(data)
-        if fields.pop("format_version") != STATE_FORMAT_VERSION:
-            raise ValueError("unknown state format version")
+        version = fields.get("format_version") if isinstance(fields, dict) else None
+        if version != STATE_FORMAT_VERSION:
+            raise StateFormatUnknown(f"saved state has format version {version!r}; this build reads only "
+                                     f"{STATE_FORMAT_VERSION} (rebuild the projection from the log)")
         state = cls()
-        for name, value in fields.items():
-            setattr(state, name, value)
+        state.position, state.time_us = fields["position"], fields["time_us"]
+        state.accounts = {a["account_id"]: _account(a) for a in fields["accounts"]}
+        state.pending = {p["pending_id"]: _pending(p) for p in fields["pending"]}
+        state.lots = [Lot(**lot) for lot in fields["lots"]]
+        state.currencies = {code: CurrencyTotal(**total) for code, total in fields["currencies"].items()}
+        state.debits_sats, state.credits_sats = fields["debits_sats"], fields["credits_sats"]
         return state
 
     def copy(self) -> "ReserveState":
         return ReserveState.from_bytes(self.to_bytes())
 
 
-# --- query views (pure functions of a state) ---------------------------------------------------------
+# --- query views (pure functions of a state; JSON- and proto-shaped rows) ---------------------------------
 
-def balances(state: ReserveState) -> list[dict]:
-    return [{"account_id": a["account_id"], "kind": a["kind"], "credits_sats": a["credits_sats"],
-             "debits_sats": a["debits_sats"], "balance_sats": a["credits_sats"] - a["debits_sats"],
-             "held_sats": a["held_sats"],
-             "available_sats": a["credits_sats"] - a["debits_sats"] - a["held_sats"]}
-            for a in sorted(state.accounts.values(), key=lambda a: a["account_id"])]
+def balances(state: ReserveState) -> list[dict[str, Any]]:
+    return [{"account_id": a.account_id, "kind": a.kind, "credits_sats": a.credits_sats,
+             "debits_sats": a.debits_sats, "balance_sats": a.balance_sats, "held_sats": a.held_sats,
+             "available_sats": a.available_sats}
+            for a in sorted(state.accounts.values(), key=lambda a: a.account_id)]
 
 
-def holdings(state: ReserveState) -> dict:
-    custodians: dict[str, dict] = {}
+def holdings(state: ReserveState) -> dict[str, Any]:
+    custodians: dict[str, dict[str, Any]] = {}
     for account in state.accounts.values():
-        if account["kind"] == "nominal":
+        if account.is_nominal:
             continue
-        entry = custodians.setdefault(account["custodian"], {"custodian": account["custodian"], "balance_sats": 0,
-                                                             "held_sats": 0, "wallet_count": 0})
-        entry["balance_sats"] += account["credits_sats"] - account["debits_sats"]
-        entry["held_sats"] += account["held_sats"]
-        entry["wallet_count"] += 1 if account["status"] != "closed" else 0
+        entry = custodians.setdefault(account.custodian, {"custodian": account.custodian, "balance_sats": 0,
+                                                          "held_sats": 0, "wallet_count": 0})
+        entry["balance_sats"] += account.balance_sats
+        entry["held_sats"] += account.held_sats
+        entry["wallet_count"] += 1 if account.status != "closed" else 0
     rows = sorted(custodians.values(), key=lambda c: c["custodian"])
     return {"custodians": rows, "total_sats": sum(c["balance_sats"] for c in rows)}
 
 
-def cost_basis(state: ReserveState) -> dict:
-    per_currency: dict[str, dict] = {}
+def cost_basis(state: ReserveState) -> dict[str, Any]:
+    per_currency: dict[str, dict[str, Any]] = {}
     with localcontext() as ctx:
         ctx.prec = 60
         for code, totals in sorted(state.currencies.items()):
-            average = Decimal(totals["fiat_total"]) * SATS_PER_BTC / totals["quantity_sats"]
-            per_currency[code] = {"currency_code": code, "quantity_sats": totals["quantity_sats"],
-                                  "fiat_total": totals["fiat_total"],
+            average = Decimal(totals.fiat_total) * SATS_PER_BTC / totals.quantity_sats
+            per_currency[code] = {"currency_code": code, "quantity_sats": totals.quantity_sats,
+                                  "fiat_total": totals.fiat_total,
                                   "average_price_per_btc": _plain(average.quantize(Decimal("0.00000001"))),
                                   "remaining_cost_fifo": Decimal(0), "remaining_sats": 0}
         for lot in state.lots:
-            entry = per_currency.get(lot["currency_code"])
-            if entry is not None and lot["remaining_sats"]:
-                entry["remaining_sats"] += lot["remaining_sats"]
-                entry["remaining_cost_fifo"] += Decimal(lot["price_per_btc"]) * lot["remaining_sats"] / SATS_PER_BTC
+            entry = per_currency.get(lot.currency_code)
+            if entry is not None and lot.remaining_sats:
+                entry["remaining_sats"] += lot.remaining_sats
+                entry["remaining_cost_fifo"] += Decimal(lot.price_per_btc) * lot.remaining_sats / SATS_PER_BTC
         for entry in per_currency.values():
             entry["remaining_cost_fifo"] = _plain(entry["remaining_cost_fifo"].quantize(Decimal("0.00000001")))
-    return {"lots": [dict(lot) for lot in state.lots], "currencies": list(per_currency.values())}
+    return {"lots": [_fields(lot) for lot in state.lots], "currencies": list(per_currency.values())}
 
 
 def _plain(number: Decimal) -> str:

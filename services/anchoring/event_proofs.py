@@ -12,6 +12,7 @@ import pathlib
 from ledger import merkle
 from ledger.errors import EventNotAnchoredYet
 from ledger.anchor_policy import CONFIRMED_STATES
+from ledger.anchors import Anchor
 from ledger.anchoring import ChainBackend, parse_transaction
 from ledger.application import ReserveLedger
 from ledger.event_proofs import build_event_timestamp, event_proof_json, serialize_ots
@@ -38,24 +39,24 @@ class EventProof:
         return paths
 
 
-def covering_anchor(anchors: list[dict], position: int) -> dict:
-    confirmed = [a for a in anchors if a["state"] in CONFIRMED_STATES and a["tree_size"] > position]
+def covering_anchor(anchors: list[Anchor], position: int) -> Anchor:
+    confirmed = [a for a in anchors if a.state in CONFIRMED_STATES and a.tree_size > position]
     if not confirmed:
         raise EventNotAnchoredYet(f"no confirmed anchor covers position {position} yet")
-    return min(confirmed, key=lambda a: a["tree_size"])
+    return min(confirmed, key=lambda a: a.tree_size)
 
 
 def event_proof(ledger: ReserveLedger, backend: ChainBackend, position: int) -> EventProof:
     anchor = covering_anchor(ledger.store.list_anchors(), position)
     (_, event_bytes), = ledger.read_events(position, 1)
-    path = merkle.inclusion_proof(ledger.store, position, anchor["tree_size"])
-    block_hash, confirmations = backend.transaction_status(anchor["txid"])
+    path = merkle.inclusion_proof(ledger.store, position, anchor.tree_size)
+    block_hash, confirmations = backend.transaction_status(anchor.txid)
     if block_hash is None:
-        raise EventNotAnchoredYet(f"anchor {anchor['txid']} is not in the best chain right now")
+        raise EventNotAnchoredYet(f"anchor {anchor.txid} is not in the best chain right now")
     height = backend.tip_height() - confirmations + 1
-    merkleblock = backend.txout_proof(anchor["txid"], block_hash)
-    no_witness = parse_transaction(anchor["raw_tx"]).no_witness
-    ots = serialize_ots(build_event_timestamp(event_bytes, position, anchor["tree_size"], path, no_witness,
+    merkleblock = backend.txout_proof(anchor.txid, block_hash)
+    no_witness = parse_transaction(anchor.raw_tx).no_witness
+    ots = serialize_ots(build_event_timestamp(event_bytes, position, anchor.tree_size, path, no_witness,
                                               merkleblock, height))
-    proof = event_proof_json(event_bytes, position, anchor["tree_size"], path, anchor["raw_tx"], merkleblock, height)
-    return EventProof(event_bytes, ots, proof, anchor["txid"], block_hash, height)
+    proof = event_proof_json(event_bytes, position, anchor.tree_size, path, anchor.raw_tx, merkleblock, height)
+    return EventProof(event_bytes, ots, proof, anchor.txid, block_hash, height)

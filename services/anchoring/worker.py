@@ -22,6 +22,7 @@ from typing import Callable
 
 from ledger import anchor_policy as policy_rules
 from ledger.anchor_policy import AnchorPolicy
+from ledger.anchors import Anchor
 from ledger.anchoring import ChainBackend, Utxo, encode_payload, fee_rate_for_anchor, parse_transaction
 from services.bitcoin.anchor_tx import AnchorKey, build_anchor_psbt, build_anchor_tx, finalize_signed_psbt
 from services.bitcoin.errors import BroadcastRejected
@@ -71,7 +72,7 @@ class AnchorWorker:
             self._broadcast_recorded(tip)
             self._refresh(tip, report)
             self._tip_seen = (tip, self._backend.block_hash(tip))
-            in_flight = [a for a in self._anchors() if a["state"] == "broadcast"]
+            in_flight = [a for a in self._anchors() if a.state == "broadcast"]
             if in_flight:
                 self._maybe_replace(in_flight[-1], tip, report)
             else:
@@ -94,24 +95,24 @@ class AnchorWorker:
 
     # --- bookkeeping ------------------------------------------------------------------------------------
 
-    def _anchors(self) -> list[dict]:
+    def _anchors(self) -> list[Anchor]:
         return self._store.list_anchors()
 
-    def _update(self, anchor: dict, **changes) -> None:
-        self._store.update_anchor(anchor["anchor_id"], updated_us=self._clock_us(), **changes)
+    def _update(self, anchor: Anchor, **changes) -> None:
+        self._store.update_anchor(anchor.anchor_id, updated_us=self._clock_us(), **changes)
 
     def _broadcast_recorded(self, tip: int) -> None:
         for anchor in self._anchors():
-            if anchor["state"] == "built":
+            if anchor.state == "built":
                 self._send(anchor, tip)
 
-    def _send(self, anchor: dict, tip: int) -> bool:
+    def _send(self, anchor: Anchor, tip: int) -> bool:
         try:
-            self._backend.broadcast(anchor["raw_tx"])
+            self._backend.broadcast(anchor.raw_tx)
         except BroadcastRejected as error:  # a transport failure propagates: the anchor stays `built`
-            block_hash, _ = self._status(anchor["txid"])
+            block_hash, _ = self._status(anchor.txid)
             if block_hash is None:
-                log.warning("anchor %s refused: %s", anchor["txid"], error)
+                log.warning("anchor %s refused: %s", anchor.txid, error)
                 self._update(anchor, state="abandoned")
                 return False
         self._update(anchor, state="broadcast", broadcast_height=tip)
@@ -125,81 +126,81 @@ class AnchorWorker:
 
     def _refresh(self, tip: int, report: StepReport) -> None:
         for anchor in self._anchors():
-            if anchor["state"] not in ("broadcast", "included", "anchored", "replaced"):
+            if anchor.state not in ("broadcast", "included", "anchored", "replaced"):
                 continue
-            block_hash, confirmations = self._status(anchor["txid"])
+            block_hash, confirmations = self._status(anchor.txid)
             if block_hash is None:
-                if anchor["state"] in policy_rules.CONFIRMED_STATES:
-                    report.reorged.append(anchor["txid"])
-                    log.warning("anchor %s left the best chain (reorg); re-sending", anchor["txid"])
+                if anchor.state in policy_rules.CONFIRMED_STATES:
+                    report.reorged.append(anchor.txid)
+                    log.warning("anchor %s left the best chain (reorg); re-sending", anchor.txid)
                     self._update(anchor, state="broadcast", block_hash=None, block_height=None, confirmations=0,
                                  broadcast_height=tip, block_header=None, txout_proof=None)
                     self._resend_quietly(anchor)
                 continue
             state = policy_rules.state_for_confirmations(confirmations, self._policy)
-            if anchor["state"] == "replaced":
+            if anchor.state == "replaced":
                 self._replaced_one_won(anchor)
             self._update(anchor, state=state, block_hash=block_hash, confirmations=confirmations,
                          block_height=tip - confirmations + 1, **self._block_evidence(anchor, block_hash))
 
-    def _block_evidence(self, anchor: dict, block_hash: str) -> dict:
+    def _block_evidence(self, anchor: Anchor, block_hash: str) -> dict[str, bytes]:
         """The header and merkleblock of the block holding the anchor, fetched once per block."""
-        if anchor["block_hash"] == block_hash and anchor["txout_proof"] is not None:
+        if anchor.block_hash == block_hash and anchor.txout_proof is not None:
             return {}
         return {"block_header": self._backend.block_header(block_hash),
-                "txout_proof": self._backend.txout_proof(anchor["txid"], block_hash)}
+                "txout_proof": self._backend.txout_proof(anchor.txid, block_hash)}
 
-    def _resend_quietly(self, anchor: dict) -> None:
+    def _resend_quietly(self, anchor: Anchor) -> None:
         try:
-            self._backend.broadcast(anchor["raw_tx"])
+            self._backend.broadcast(anchor.raw_tx)
         except BroadcastRejected as error:  # it may conflict with a replacement; the next steps decide
-            log.info("re-sending %s after a reorg: %s", anchor["txid"], error)
+            log.info("re-sending %s after a reorg: %s", anchor.txid, error)
 
-    def _replaced_one_won(self, anchor: dict) -> None:
+    def _replaced_one_won(self, anchor: Anchor) -> None:
         """A transaction we had replaced was mined after all: its replacements lost."""
         for other in self._anchors():
-            if other["replaces"] == anchor["anchor_id"] and other["state"] in policy_rules.IN_FLIGHT_STATES:
+            if other.replaces == anchor.anchor_id and other.state in policy_rules.IN_FLIGHT_STATES:
                 self._update(other, state="abandoned")
 
     # --- building ---------------------------------------------------------------------------------------
 
     def _maybe_anchor(self, tip: int, report: StepReport) -> None:
         head = self._signer.latest()
-        chain = [a for a in self._anchors() if a["state"] not in ("replaced", "abandoned")]
-        if head.tree_size == 0 or (chain and chain[-1]["tree_size"] >= head.tree_size):
+        chain = [a for a in self._anchors() if a.state not in ("replaced", "abandoned")]
+        if head.tree_size == 0 or (chain and chain[-1].tree_size >= head.tree_size):
             return  # nothing new, nothing sent
         coin = self._change_of(chain[-1]) if chain else self._funding_coin()
         fee_rate = fee_rate_for_anchor(self._estimate(), self._policy.fee_rate_max_sat_per_vb)
         anchor = self._record(coin, head, fee_rate, tip, replaces=None)
         if self._send(anchor, tip):
-            report.built.append(anchor["txid"])
+            report.built.append(anchor.txid)
 
-    def _maybe_replace(self, stuck: dict, tip: int, report: StepReport) -> None:
-        if not policy_rules.needs_replacement(stuck["broadcast_height"], tip, self._policy):
+    def _maybe_replace(self, stuck: Anchor, tip: int, report: StepReport) -> None:
+        if not policy_rules.needs_replacement(stuck.broadcast_height, tip, self._policy):
             return
         head = self._signer.latest()
-        coin = Utxo(stuck["prev_txid"], stuck["prev_vout"], stuck["prev_value_sats"])
-        fee_rate = policy_rules.replacement_fee_rate(stuck["fee_sats"], stuck["vsize"], self._estimate(), self._policy)
-        replacement = self._record(coin, head, fee_rate, tip, replaces=stuck["anchor_id"])
+        coin = Utxo(stuck.prev_txid, stuck.prev_vout, stuck.prev_value_sats)
+        fee_rate = policy_rules.replacement_fee_rate(stuck.fee_sats, stuck.vsize, self._estimate(), self._policy)
+        replacement = self._record(coin, head, fee_rate, tip, replaces=stuck.anchor_id)
         if self._send(replacement, tip):
             self._update(stuck, state="replaced")
-            report.replaced.append(stuck["txid"])
-            report.built.append(replacement["txid"])
+            report.replaced.append(stuck.txid)
+            report.built.append(replacement.txid)
 
     def _estimate(self) -> Decimal:
         return Decimal(self._backend.estimate_fee_sat_per_vb(self._policy.confirmation_target_blocks))
 
-    def _change_of(self, anchor: dict) -> Utxo:
-        return Utxo(anchor["txid"], anchor["change_vout"], anchor["change_value_sats"])
+    def _change_of(self, anchor: Anchor) -> Utxo:
+        return Utxo(anchor.txid, anchor.change_vout, anchor.change_value_sats)
 
     def _funding_coin(self) -> Utxo:
-        spent = {(a["prev_txid"], a["prev_vout"]) for a in self._anchors()}
+        spent = {(a.prev_txid, a.prev_vout) for a in self._anchors()}
         coins = [c for c in self._backend.utxos(self._key.script_pubkey) if (c.txid, c.vout) not in spent]
         if not coins:
             raise NoFundingCoin(f"no confirmed coin pays the anchor address {self._key.address}")
         return max(coins, key=lambda c: c.value_sats)
 
-    def _record(self, coin: Utxo, head, fee_rate: Decimal, tip: int, replaces: int | None) -> dict:
+    def _record(self, coin: Utxo, head, fee_rate: Decimal, tip: int, replaces: int | None) -> Anchor:
         tx = build_anchor_tx(coin, self._key, encode_payload(head.tree_size, head.root_hash), fee_rate,
                              self._policy.fee_max_sats, tip)
         self._test_accept(tx.raw)
@@ -211,18 +212,17 @@ class AnchorWorker:
         if not allowed:
             raise AnchorRefusedByNode(f"{parse_transaction(raw).txid}: {reason}")
 
-    def _insert(self, coin: Utxo, tree_size: int, root_hash: bytes, raw: bytes, replaces: int | None) -> dict:
+    def _insert(self, coin: Utxo, tree_size: int, root_hash: bytes, raw: bytes, replaces: int | None) -> Anchor:
         tx = parse_transaction(raw)
         change_vout = 1
         fee = coin.value_sats - sum(out.value_sats for out in tx.outputs)
         now = self._clock_us()
-        anchor = {"tree_size": tree_size, "root_hash": root_hash, "txid": tx.txid, "raw_tx": raw,
-                  "vsize": tx.vsize, "fee_sats": fee, "prev_txid": coin.txid, "prev_vout": coin.vout,
-                  "prev_value_sats": coin.value_sats, "change_vout": change_vout,
-                  "change_value_sats": tx.outputs[change_vout].value_sats, "state": "built", "replaces": replaces,
-                  "broadcast_height": None, "block_hash": None, "block_height": None, "confirmations": 0,
-                  "created_us": now, "updated_us": now}
-        anchor["anchor_id"] = self._store.insert_anchor(anchor)
+        anchor = Anchor(anchor_id=0, tree_size=tree_size, root_hash=root_hash, txid=tx.txid, raw_tx=raw,
+                        vsize=tx.vsize, fee_sats=fee, prev_txid=coin.txid, prev_vout=coin.vout,
+                        prev_value_sats=coin.value_sats, change_vout=change_vout,
+                        change_value_sats=tx.outputs[change_vout].value_sats, state="built", replaces=replaces,
+                        created_us=now, updated_us=now)
+        anchor = dataclasses.replace(anchor, anchor_id=self._store.insert_anchor(anchor))
         log.info("anchor %s records tree size %d (fee %d sats, %d vB)", tx.txid, tree_size, fee, tx.vsize)
         return anchor
 
@@ -237,10 +237,10 @@ class AnchorWorker:
             tip = self._backend.tip_height()
             self._refresh(tip, StepReport())
             anchors = self._anchors()
-            chain = [a for a in anchors if a["state"] not in ("replaced", "abandoned")]
+            chain = [a for a in anchors if a.state not in ("replaced", "abandoned")]
             head = self._signer.latest()
-            if any(a["state"] in policy_rules.IN_FLIGHT_STATES for a in anchors) or head.tree_size == 0 or (
-                    chain and chain[-1]["tree_size"] >= head.tree_size):
+            if any(a.state in policy_rules.IN_FLIGHT_STATES for a in anchors) or head.tree_size == 0 or (
+                    chain and chain[-1].tree_size >= head.tree_size):
                 return None
             coin = self._change_of(chain[-1]) if chain else self._funding_coin()
             fee_rate = fee_rate_for_anchor(self._estimate(), self._policy.fee_rate_max_sat_per_vb)
@@ -262,9 +262,9 @@ class AnchorWorker:
         with self._store.anchor_turn() as leader:
             if not leader:
                 raise AnchorTurnTaken("another replica is anchoring right now; submit again in a moment")
-            known = {a["txid"]: a for a in self._anchors()}
+            known = {a.txid: a for a in self._anchors()}
             anchor = known.get(parse_transaction(raw).txid) or self._insert(coin, request["tree_size"], root, raw,
                                                                             None)
-            if anchor["state"] == "built":
+            if anchor.state == "built":
                 self._send(anchor, self._backend.tip_height())
-            return anchor["txid"]
+            return anchor.txid

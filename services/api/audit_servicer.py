@@ -5,6 +5,7 @@ Errors are LedgerErrors, mapped to statuses by the interceptor.
 """
 
 from ledger import errors, limits, merkle
+from ledger.anchors import BUNDLE_FIELDS, Anchor
 from ledger.application import ReserveLedger
 from ledger.tree_heads import TreeHead
 from reserve_ledger.v1 import audit_pb2 as pb
@@ -21,10 +22,13 @@ def head_to_proto(head: TreeHead) -> pb.SignedTreeHead:
                              signature=head.signature, key_id=head.key_id)
 
 
-def anchor_to_proto(anchor: dict) -> pb.Anchor:
-    """An anchor row as a message: the columns the audit bundle carries; NULL columns stay unset."""
-    fields = {name: anchor[name] for name in pb.Anchor.DESCRIPTOR.fields_by_name if anchor.get(name) is not None}
-    return pb.Anchor(**fields)
+assert set(pb.Anchor.DESCRIPTOR.fields_by_name) == set(BUNDLE_FIELDS), "the Anchor message carries BUNDLE_FIELDS"
+
+
+def anchor_to_proto(anchor: Anchor) -> pb.Anchor:
+    """An anchor as a message: the fields the audit bundle carries; None (NULL columns) stays unset."""
+    fields = {name: getattr(anchor, name) for name in BUNDLE_FIELDS}
+    return pb.Anchor(**{name: value for name, value in fields.items() if value is not None})
 
 
 def _not_negative(**values: int) -> None:
@@ -150,4 +154,4 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         more = len(anchors) > page_size
         return pb.ListAnchorsResponse(
             anchors=[anchor_to_proto(anchor) for anchor in anchors[:page_size]],
-            next_page_token=token_of("anchors", anchors[page_size]["anchor_id"]) if more else "")
+            next_page_token=token_of("anchors", anchors[page_size].anchor_id) if more else "")

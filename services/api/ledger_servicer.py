@@ -9,7 +9,9 @@ from google.protobuf import timestamp_pb2
 from ledger import commands as cmd
 from ledger import errors, limits
 from ledger import state as views
+from ledger.accounts import CUSTODY_KINDS, NOMINAL_KIND, Account
 from ledger.application import Recorded, ReserveLedger
+from ledger.pending import Pending
 from reserve_ledger.v1 import ledger_pb2 as pb
 from reserve_ledger.v1 import ledger_pb2_grpc
 from services.api.auth import caller_of
@@ -17,8 +19,9 @@ from services.api.paging import offset_of, token_of
 from services.store.writer import CommandWriter
 
 KIND_TO_PROTO = {"cold": pb.ACCOUNT_KIND_COLD, "warm": pb.ACCOUNT_KIND_WARM, "hot": pb.ACCOUNT_KIND_HOT,
-                 "nominal": pb.ACCOUNT_KIND_NOMINAL}
-PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items() if k != "nominal"}
+                 NOMINAL_KIND: pb.ACCOUNT_KIND_NOMINAL}
+assert set(KIND_TO_PROTO) == {*CUSTODY_KINDS, NOMINAL_KIND}, KIND_TO_PROTO
+PROTO_TO_KIND = {KIND_TO_PROTO[kind]: kind for kind in CUSTODY_KINDS}
 STATUS_TO_PROTO = {"open": pb.ACCOUNT_STATUS_OPEN, "frozen": pb.ACCOUNT_STATUS_FROZEN,
                    "closed": pb.ACCOUNT_STATUS_CLOSED}
 STREAM_HEARTBEAT_S = 5.0
@@ -44,12 +47,19 @@ def event_to_proto(event: dict, event_bytes: bytes, leaf: bytes) -> pb.Event:
                     canonical_bytes=event_bytes, leaf_hash=leaf)
 
 
-def account_to_proto(account: dict) -> pb.Account:
-    return pb.Account(account_id=account["account_id"], kind=KIND_TO_PROTO[account["kind"]],
-                      status=STATUS_TO_PROTO[account["status"]], custodian=account["custodian"],
-                      wallet_label=account["wallet_label"],
-                      quorum=pb.Quorum(required=account["quorum"][0], total=account["quorum"][1]),
-                      addresses=account["addresses"], descriptor=account["descriptor"])
+def account_to_proto(account: Account) -> pb.Account:
+    return pb.Account(account_id=account.account_id, kind=KIND_TO_PROTO[account.kind],
+                      status=STATUS_TO_PROTO[account.status], custodian=account.custodian,
+                      wallet_label=account.wallet_label,
+                      quorum=pb.Quorum(required=account.quorum[0], total=account.quorum[1]),
+                      addresses=account.addresses, descriptor=account.descriptor)
+
+
+def pending_to_proto(pending: Pending) -> pb.Pending:
+    return pb.Pending(pending_id=pending.pending_id, pending_kind=pending.pending_kind,
+                      debit_account_id=pending.debit_account_id, credit_account_id=pending.credit_account_id,
+                      amount_sats=pending.amount_sats, proposer=pending.proposer, position=pending.position,
+                      expire_time=timestamp_of(pending.expire_time_us))
 
 
 def page_size_of(requested: int, field: str = "page_size") -> int:
@@ -187,7 +197,7 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
         size = page_size_of(request.page_size)
         offset = offset_of(request.page_token, "accounts")
         with self._ledger.reading() as state:
-            accounts = sorted(state.accounts.values(), key=lambda a: a["account_id"])
+            accounts = sorted(state.accounts.values(), key=lambda a: a.account_id)
             page = [account_to_proto(a) for a in accounts[offset:offset + size]]
             more = offset + size < len(accounts)
         return pb.ListAccountsResponse(accounts=page, next_page_token=token_of("accounts", offset + size) if more else "")
@@ -211,12 +221,9 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
 
     def ListPending(self, request, context):
         with self._ledger.reading() as state:
-            rows = sorted(state.pending.values(), key=lambda p: p["position"])
+            rows = sorted(state.pending.values(), key=lambda p: p.position)
             position = state.position
-        return pb.ListPendingResponse(position=position, pending=[pb.Pending(
-            pending_id=p["pending_id"], pending_kind=p["pending_kind"], debit_account_id=p["debit_account_id"],
-            credit_account_id=p["credit_account_id"], amount_sats=p["amount_sats"], proposer=p["proposer"],
-            position=p["position"], expire_time=timestamp_of(p["expire_time_us"])) for p in rows])
+        return pb.ListPendingResponse(position=position, pending=[pending_to_proto(p) for p in rows])
 
     def _events(self, start: int, limit: int) -> list[pb.Event]:
         return [event_to_proto(event, data, self._leaf_of(data)) for event, data in

@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Protocol
 
 from ledger import limits
 from ledger.anchor_policy import CONFIRMED_STATES
+from ledger.anchors import Anchor
 from ledger.application import ReserveLedger
 from ledger.audit import HEADERS_MAX, custody_accounts
 from ledger.state import ReserveState
@@ -19,9 +20,6 @@ from ledger.tree_heads import TreeHead
 from services.audit import bundle
 from services.errors import AlreadyExists, CheckFailed
 
-ANCHOR_FIELDS = ("anchor_id", "tree_size", "root_hash", "txid", "raw_tx", "state", "replaces", "fee_sats", "vsize",
-                 "prev_txid", "prev_vout", "prev_value_sats", "change_vout", "change_value_sats", "block_hash",
-                 "block_height", "confirmations", "block_header", "txout_proof")
 BUNDLE_FILES = (bundle.MANIFEST, bundle.EVENTS, bundle.TREE_HEADS, bundle.PUBLIC_KEY, bundle.ANCHORS, bundle.HEADERS,
                 bundle.CUSTODY)
 
@@ -45,7 +43,7 @@ class BundleSource(Protocol):
     def public_key_raw(self) -> bytes: ...
     def event_pages(self, size: int) -> Iterator[list[bytes]]: ...   # canonical bytes of positions 0..size-1
     def tree_heads(self, size: int) -> list[TreeHead]: ...           # heads of at most `size` events, by size
-    def anchors(self, size: int) -> list[dict]: ...                  # ANCHOR_FIELDS, by anchor_id, tree_size <= size
+    def anchors(self, size: int) -> list[Anchor]: ...                # by anchor_id, tree_size <= size
     def custody_accounts(self, size: int) -> list[dict]: ...         # after event_pages: as of position size - 1
 
 
@@ -88,7 +86,7 @@ class LedgerSource:
     def tree_heads(self, size: int) -> list[TreeHead]:
         return self._ledger.store.list_tree_heads(tree_size_max=size)
 
-    def anchors(self, size: int) -> list[dict]:
+    def anchors(self, size: int) -> list[Anchor]:
         return self._ledger.store.list_anchors(tree_size_max=size)
 
     def custody_accounts(self, size: int) -> list[dict]:
@@ -125,7 +123,7 @@ def _write(source: BundleSource, out: pathlib.Path, backend, progress: Callable[
         {"tree_size": h.tree_size, "root_hash": h.root_hash.hex(), "timestamp_us": h.timestamp_us,
          "signature": h.signature.hex(), "key_id": h.key_id} for h in heads])
     (out / bundle.PUBLIC_KEY).write_text(public_key_raw.hex() + "\n")
-    anchors = [_anchor_json(a) for a in source.anchors(size)]
+    anchors = [a.to_json() for a in source.anchors(size)]
     bundle.write_json(out, bundle.ANCHORS, anchors)
     custody = source.custody_accounts(size)
     bundle.write_json(out, bundle.CUSTODY, custody)
@@ -159,15 +157,6 @@ def _remove_partial_bundle(out: pathlib.Path, created: bool) -> None:
             out.rmdir()
         except OSError:
             pass  # someone put other files there meanwhile: leave them
-
-
-def _anchor_json(anchor: dict) -> dict:
-    """An anchor row as JSON: bytes as hex; columns an older schema lacks are null."""
-    row = {}
-    for field in ANCHOR_FIELDS:
-        value = anchor.get(field)
-        row[field] = value.hex() if isinstance(value, (bytes, bytearray, memoryview)) else value
-    return row
 
 
 def _write_headers(out: pathlib.Path, anchors: list[dict], backend) -> int:

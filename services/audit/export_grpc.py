@@ -10,13 +10,13 @@ of the very events written to the bundle, replayed here as they stream by, as `r
 from typing import Iterator
 
 from ledger import limits
+from ledger.anchors import BUNDLE_FIELDS, Anchor
 from ledger.audit import custody_accounts
 from ledger.events import parse_canonical_bytes
 from ledger.state import ReserveState
 from ledger.tree_heads import TreeHead
 from reserve_ledger.v1 import audit_pb2 as pb
 from reserve_ledger.v1 import audit_pb2_grpc
-from services.audit.export import ANCHOR_FIELDS
 
 CALL_TIMEOUT_S = 30.0
 STREAM_TIMEOUT_S = 300.0
@@ -27,11 +27,12 @@ class ServerAnswerInvalid(RuntimeError):
     """The server answered something no correct server sends (a leaf out of order, a short stream)."""
 
 
-def anchor_of_proto(anchor: pb.Anchor) -> dict:
-    """The row the local store would give: unset optional fields (a NULL column) are None."""
+def anchor_of_proto(anchor: pb.Anchor) -> Anchor:
+    """The anchor the local store would give (its local-only fields left at their defaults): unset optional
+    fields (a NULL column) are None."""
     fields = pb.Anchor.DESCRIPTOR.fields_by_name
-    return {name: None if fields[name].has_presence and not anchor.HasField(name) else getattr(anchor, name)
-            for name in ANCHOR_FIELDS}
+    return Anchor(**{name: None if fields[name].has_presence and not anchor.HasField(name) else getattr(anchor, name)
+                     for name in BUNDLE_FIELDS})
 
 
 class AuditServiceSource:
@@ -81,7 +82,7 @@ class AuditServiceSource:
         return [TreeHead(h.tree_size, h.root_hash, h.timestamp_us, h.signature, h.key_id) for h in
                 self._pages(self._stub.ListTreeHeads, pb.ListTreeHeadsRequest, "tree_heads", size)]
 
-    def anchors(self, size: int) -> list[dict]:
+    def anchors(self, size: int) -> list[Anchor]:
         return [anchor_of_proto(a) for a in self._pages(self._stub.ListAnchors, pb.ListAnchorsRequest, "anchors", size)]
 
     def custody_accounts(self, size: int) -> list[dict]:

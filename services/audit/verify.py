@@ -16,9 +16,9 @@ from typing import Callable
 
 from ledger import merkle
 from ledger.application import PROJECTION_NAME, ReserveLedger
-from ledger.events import parse_canonical_bytes
+from ledger.events import CanonicalEvent, parse_canonical_bytes
+from ledger.log_rebuild import LogRebuild
 from ledger.state import ReserveState
-from ledger.tree_heads import verify_tree_head
 
 SCAN_PAGE_SIZE = 5000
 STRAY_ROWS_REPORTED_MAX = 20
@@ -57,13 +57,12 @@ class _Scan:
         store = ledger.store
         self.report = report
         self.public_key_raw = public_key_raw
-        self.heads = {head.tree_size: head for head in store.list_tree_heads()}
+        # By size; a head of the empty log commits to nothing the rows could contradict.
+        self.heads = [head for head in store.list_tree_heads() if head.tree_size > 0]
         projection = store.load_projection(PROJECTION_NAME)
         self.saved_states = {position: None for position in store.checkpoint_positions()}
         self.projection = projection
-        self.compact = merkle.CompactRange()
-        self.state: ReserveState | None = ReserveState()
-        self.previous_head_size = 0
+        self.rebuild = LogRebuild(head.tree_size for head in self.heads)
 
     def event(self, position: int, row: dict, stored_leaf: bytes | None) -> None:
         if row["state"] is None:
@@ -89,35 +88,38 @@ class _Scan:
         self._replay(position, event)
         self.append_leaf(position, leaf)
 
-    def _replay(self, position: int, event: dict) -> None:
-        if self.state is None:
+    def _replay(self, position: int, event: CanonicalEvent) -> None:
+        """Fold the event read at log `position` (a copied-over row may claim another position)."""
+        if self.rebuild.state is None:
             return
-        try:
-            self.state.apply(event)
-        except Exception as error:  # noqa: BLE001 - any refusal of the fold is a finding, not a crash
+        error = self.rebuild.replay(event)
+        if error is not None:
             self.report.add(position, f"position {position}: replay refuses the event ({error})")
-            self.state = None
             return
-        self._compare_saved_state(position)
+        self._compare_saved_state(position, self.rebuild.state)
 
-    def _compare_saved_state(self, position: int) -> None:
-        if self.projection and self.projection[0] == position and self.projection[1] != self.state.to_bytes():
+    def _compare_saved_state(self, position: int, state: ReserveState) -> None:
+        if self.projection and self.projection[0] == position and self.projection[1] != state.to_bytes():
             self.report.add(None, f"the saved projection at position {position} differs from a replay")
         if position in self.saved_states:
-            self.saved_states[position] = self.state.to_bytes()
+            self.saved_states[position] = state.to_bytes()
 
     def append_leaf(self, position: int, leaf: bytes) -> None:
-        self.compact.append(leaf)
-        head = self.heads.get(self.compact.size)
-        if head is None:
-            return
-        self.report.tree_heads += 1
-        if head.root_hash != self.compact.root():
-            self.report.add(self.previous_head_size, f"tree head {head.tree_size}: its root does not match the "
-                            f"events (one in [{self.previous_head_size}, {head.tree_size}) changed)", exact=False)
-        if self.public_key_raw is not None and not verify_tree_head(self.public_key_raw, head):
-            self.report.add(None, f"tree head {head.tree_size}: its signature does not verify")
-        self.previous_head_size = head.tree_size
+        self.rebuild.append(leaf)
+
+    def check_heads(self) -> None:
+        size = self.rebuild.size
+        for check in self.rebuild.head_checks(self.heads, self.public_key_raw):
+            head = check.head
+            if check.root_matches is None:
+                self.report.add(size, f"tree head {head.tree_size} covers more events than the log holds ({size})")
+                continue
+            self.report.tree_heads += 1
+            if not check.root_matches:
+                self.report.add(check.previous_size, f"tree head {head.tree_size}: its root does not match the "
+                                f"events (one in [{check.previous_size}, {head.tree_size}) changed)", exact=False)
+            if check.signature_valid is False:
+                self.report.add(None, f"tree head {head.tree_size}: its signature does not verify")
 
 
 def verify_ledger(ledger: ReserveLedger, public_key_raw: bytes | None,
@@ -139,6 +141,7 @@ def verify_ledger(ledger: ReserveLedger, public_key_raw: bytes | None,
             expected += 1
         progress(expected)
     report.events = size
+    scan.check_heads()
     _check_after_scan(ledger, scan, size, report)
     return report
 
@@ -150,14 +153,12 @@ def _check_after_scan(ledger: ReserveLedger, scan: _Scan, size: int, report: Ver
     extra = store.scan_leaves(size, 1)
     if extra:
         report.add(size, f"a leaf is stored at index {extra[0][0]}, beyond the log's {size} events")
-    for tree_size in sorted(s for s in scan.heads if s > size):
-        report.add(size, f"tree head {tree_size} covers more events than the log holds ({size})")
     try:
         stored_root = merkle.root_hash(store, size)
     except merkle.ProofError as error:
         report.add(None, f"the stored subtree hashes cannot give a root: {error}")
     else:
-        if stored_root != scan.compact.root():
+        if stored_root != scan.rebuild.frontier.root():
             report.add(None, "the stored subtree hashes give a root that differs from the recomputed one")
     for position, state_bytes in scan.saved_states.items():
         saved = store.load_checkpoint(position)

@@ -19,6 +19,7 @@ import urllib.request
 from decimal import Decimal
 
 from ledger.anchoring import Utxo, display_hex, parse_transaction, sha256d
+from ledger.limits import SATS_PER_BTC
 from services.bitcoin.errors import BackendAuthFailed, BroadcastRejected
 
 RPC_TIMEOUT_S = 30.0
@@ -28,7 +29,6 @@ RPC_DESERIALIZATION_ERROR = -22
 RPC_VERIFY_ERROR = -25
 RPC_VERIFY_REJECTED = -26
 RPC_VERIFY_ALREADY_IN_CHAIN = -27
-SATS_PER_BTC = Decimal(100_000_000)
 COINBASE_MATURITY_BLOCKS = 100
 REPLY_SIZE_MAX_BYTES = 64_000_000     # a verbose block is the largest answer we ask for
 

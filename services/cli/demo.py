@@ -11,6 +11,7 @@ import grpc
 from ledger import merkle
 from ledger.anchor_policy import AnchorPolicy
 from ledger.event_proofs import verify_event_timestamp
+from ledger.limits import SATS_PER_BTC as BTC
 from ledger.tree_heads import TreeHead, verify_tree_head
 from reserve_ledger.v1 import audit_pb2 as apb
 from reserve_ledger.v1 import audit_pb2_grpc
@@ -30,7 +31,6 @@ from services.compose import ServerConfig, build_server
 from services.errors import AlreadyExists
 from services.cli.tables import anchors_table, balances_table, cost_table, holdings_table
 
-BTC = 100_000_000
 UNRECORDED_SATS = 50_000_000         # the demo's deliberate discrepancy: 0.5 BTC the ledger never recorded
 ANCHOR_FUNDING_SATS = 1_000_000      # fees for a few thousand anchors at 1 sat/vB
 DEMO_ANCHOR_INTERVAL_S = 3600.0      # the demo steps the worker itself, to show each state

@@ -1,5 +1,6 @@
 """Plain-text tables for the terminal (balances, holdings, cost basis)."""
 
+from ledger.anchors import Anchor
 from ledger.limits import SATS_PER_BTC
 
 
@@ -38,8 +39,8 @@ def cost_table(cost: dict) -> str:
                    btc(c["remaining_sats"]), c["remaining_cost_fifo"]] for c in cost["currencies"]])
 
 
-def anchors_table(anchors: list[dict]) -> str:
+def anchors_table(anchors: list[Anchor]) -> str:
     return table(["#", "tree size", "txid", "state", "confirmations", "block height", "fee sats", "vbytes"],
-                 [[str(a["anchor_id"]), str(a["tree_size"]), a["txid"][:16] + "…", a["state"], str(a["confirmations"]),
-                   "" if a["block_height"] is None else str(a["block_height"]), str(a["fee_sats"]), str(a["vsize"])]
+                 [[str(a.anchor_id), str(a.tree_size), a.txid[:16] + "…", a.state, str(a.confirmations),
+                   "" if a.block_height is None else str(a.block_height), str(a.fee_sats), str(a.vsize)]
                   for a in anchors])

@@ -11,6 +11,7 @@ The recorders also implement ledger.application.LogStore.
 """
 
 import contextlib
+import dataclasses
 import re
 import threading
 import zlib
@@ -22,6 +23,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from psycopg import sql
 
 from ledger import merkle
+from ledger.anchors import ANCHOR_BYTES_FIELDS, ANCHOR_FIELDS, ANCHOR_MUTABLE_FIELDS, Anchor
 from ledger.application import AppendConflict, LogRow
 from ledger.events import read_canonical_bytes
 from ledger.tree_heads import TreeHead
@@ -53,13 +55,8 @@ SIDE_TABLES = (
 )
 TABLES = ("ledger_log", "merkle_nodes", "projections", "checkpoints", "tree_heads", "anchors", "store_format")
 INDEXES = ("ledger_log_time_us",)
-ANCHOR_COLUMNS = ("anchor_id", "tree_size", "root_hash", "txid", "raw_tx", "vsize", "fee_sats", "prev_txid",
-                  "prev_vout", "prev_value_sats", "change_vout", "change_value_sats", "state", "replaces",
-                  "broadcast_height", "block_hash", "block_height", "confirmations", "created_us", "updated_us",
-                  "block_header", "txout_proof")
-ANCHOR_MUTABLE_COLUMNS = ("state", "broadcast_height", "block_hash", "block_height", "confirmations", "updated_us",
-                          "block_header", "txout_proof")
-ANCHOR_BYTES_COLUMNS = ("root_hash", "raw_tx", "block_header", "txout_proof")
+# One column per field of ledger.anchors.Anchor (the CREATE TABLE above must name the same columns).
+ANCHOR_COLUMNS = ANCHOR_FIELDS
 COMPILED_STATEMENTS_MAX = 1024
 SQLITE_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -287,28 +284,28 @@ class _LedgerTables:
 
     # --- Bitcoin anchors (written only by the one process holding the anchor turn) -------------------
 
-    def insert_anchor(self, anchor: dict) -> int:
+    def insert_anchor(self, anchor: Anchor) -> int:
         """Record a signed anchor transaction before it is broadcast; returns its anchor_id (1, 2, ...)."""
         row = self._read_one("SELECT COALESCE(MAX(anchor_id), 0) + 1 AS next_id FROM {anchors}")
-        anchor = {**anchor, "anchor_id": row["next_id"]}
+        anchor = dataclasses.replace(anchor, anchor_id=row["next_id"])
         self._write("INSERT INTO {anchors} ({columns}) VALUES (" + _marks(len(ANCHOR_COLUMNS)) + ")",
-                    tuple(anchor.get(c) for c in ANCHOR_COLUMNS), columns=ANCHOR_COLUMNS)
-        return anchor["anchor_id"]
+                    tuple(getattr(anchor, c) for c in ANCHOR_COLUMNS), columns=ANCHOR_COLUMNS)
+        return anchor.anchor_id
 
     def update_anchor(self, anchor_id: int, **changes) -> None:
-        assert changes and set(changes) <= set(ANCHOR_MUTABLE_COLUMNS), changes
+        assert changes and set(changes) <= set(ANCHOR_MUTABLE_FIELDS), changes
         names = tuple(changes)
         assignments = ", ".join(f"{{c{i}}} = ?" for i in range(len(names)))
         self._write("UPDATE {anchors} SET " + assignments + " WHERE anchor_id = ?", (*changes.values(), anchor_id),
                     **{f"c{i}": name for i, name in enumerate(names)})
 
     def list_anchors(self, anchor_id_min: int = 0, tree_size_max: int | None = None,
-                     limit: int | None = None) -> list[dict]:
+                     limit: int | None = None) -> list[Anchor]:
         """Anchors in order of anchor_id, from anchor_id_min, committing to at most tree_size_max events."""
         where, params = _range("anchor_id", anchor_id_min, "tree_size", tree_size_max, limit)
         rows = self._read_all("SELECT {columns} FROM {anchors} " + where, params, columns=ANCHOR_COLUMNS)
-        return [{c: (bytes(r[c]) if c in ANCHOR_BYTES_COLUMNS and r[c] is not None else r[c]) for c in ANCHOR_COLUMNS}
-                for r in rows]
+        return [Anchor(**{c: (bytes(r[c]) if c in ANCHOR_BYTES_FIELDS and r[c] is not None else r[c])
+                          for c in ANCHOR_COLUMNS}) for r in rows]
 
     @contextlib.contextmanager
     def anchor_turn(self) -> Iterator[bool]:

@@ -83,29 +83,29 @@ def test_an_anchor_is_consensus_valid_and_walks_its_states(service, certs_dir, c
     _record(service, certs_dir, "a", 3)
     report = service.anchor_worker.step()
     (anchor,) = _anchors(service)
-    assert report.built == [anchor["txid"]] and anchor["state"] == "broadcast"
-    assert anchor["txid"] in chain.mempool_txids()
-    output_index, (size, root) = find_anchor_output(parse_transaction(anchor["raw_tx"]))
-    assert output_index == 0 and anchor["change_vout"] == 1
-    assert (size, root) == (anchor["tree_size"], merkle.root_hash(service.ledger.store, anchor["tree_size"]))
+    assert report.built == [anchor.txid] and anchor.state == "broadcast"
+    assert anchor.txid in chain.mempool_txids()
+    output_index, (size, root) = find_anchor_output(parse_transaction(anchor.raw_tx))
+    assert output_index == 0 and anchor.change_vout == 1
+    assert (size, root) == (anchor.tree_size, merkle.root_hash(service.ledger.store, anchor.tree_size))
     assert size == service.ledger.store.log_size()
 
     (block_hash,) = chain.mine(1)
     service.anchor_worker.step()
     (anchor,) = _anchors(service)
-    assert anchor["state"] == "included" and anchor["block_hash"] == block_hash
+    assert anchor.state == "included" and anchor.block_hash == block_hash
     # libbitcoinkernel connected the block holding the anchor: it is on the kernel's best chain
-    assert chain.block_hash(anchor["block_height"]) == block_hash
-    proof = verify_txout_proof(anchor["txout_proof"])
-    assert proof.header == anchor["block_header"] == chain.block_header(block_hash)
-    assert [m[0] for m in proof.matched] == [parse_transaction(anchor["raw_tx"]).txid_internal]
+    assert chain.block_hash(anchor.block_height) == block_hash
+    proof = verify_txout_proof(anchor.txout_proof)
+    assert proof.header == anchor.block_header == chain.block_header(block_hash)
+    assert [m[0] for m in proof.matched] == [parse_transaction(anchor.raw_tx).txid_internal]
 
     chain.mine(5)
     service.anchor_worker.step()
-    assert _anchors(service)[0]["state"] == "anchored"
+    assert _anchors(service)[0].state == "anchored"
     chain.mine(94)
     service.anchor_worker.step()
-    assert _anchors(service)[0]["state"] == "final"
+    assert _anchors(service)[0].state == "final"
 
 
 def test_nothing_new_means_nothing_sent(service, certs_dir, chain):
@@ -125,10 +125,10 @@ def test_each_anchor_spends_the_previous_anchors_change(service, certs_dir, chai
     chain.mine(1)
     service.anchor_worker.step()
     first, second = _anchors(service)
-    (spent,) = parse_transaction(second["raw_tx"]).inputs
-    assert (spent.prev_txid_internal[::-1].hex(), spent.vout) == (first["txid"], first["change_vout"])
-    assert second["tree_size"] > first["tree_size"]
-    assert [a["state"] for a in _anchors(service)] == ["included", "included"]
+    (spent,) = parse_transaction(second.raw_tx).inputs
+    assert (spent.prev_txid_internal[::-1].hex(), spent.vout) == (first.txid, first.change_vout)
+    assert second.tree_size > first.tree_size
+    assert [a.state for a in _anchors(service)] == ["included", "included"]
 
 
 @pytest.mark.parametrize("depth", [1, 6])
@@ -141,19 +141,19 @@ def test_a_reorg_returns_anchors_to_pending_and_they_recover(sqlite_service, cer
     chain.mine(depth)
     service.anchor_worker.step()
     (before,) = _anchors(service)
-    assert before["confirmations"] == depth
+    assert before.confirmations == depth
 
     chain.reorg(depth, drop_transactions=drop_transactions)
     report = service.anchor_worker.step()
     (after,) = _anchors(service)
-    assert report.reorged == [before["txid"]]
-    assert after["state"] == "broadcast" and after["block_hash"] is None and after["txout_proof"] is None
-    assert before["txid"] in chain.mempool_txids()  # re-sent by the worker when the node had dropped it
+    assert report.reorged == [before.txid]
+    assert after.state == "broadcast" and after.block_hash is None and after.txout_proof is None
+    assert before.txid in chain.mempool_txids()  # re-sent by the worker when the node had dropped it
 
     (block_hash,) = chain.mine(1)
     service.anchor_worker.step()
     (recovered,) = _anchors(service)
-    assert recovered["state"] == "included" and recovered["block_hash"] == block_hash != before["block_hash"]
+    assert recovered.state == "included" and recovered.block_hash == block_hash != before.block_hash
 
 
 def test_a_stuck_anchor_is_replaced_at_a_higher_fee_committing_to_the_newest_head(sqlite_service, certs_dir,
@@ -165,17 +165,17 @@ def test_a_stuck_anchor_is_replaced_at_a_higher_fee_committing_to_the_newest_hea
     _record(service, certs_dir, "b")
     report = service.anchor_worker.step()
     stuck, replacement = _anchors(service)
-    assert report.replaced == [stuck["txid"]] and report.built == [replacement["txid"]]
-    assert replacement["replaces"] == stuck["anchor_id"]
-    assert (replacement["prev_txid"], replacement["prev_vout"]) == (stuck["prev_txid"], stuck["prev_vout"])
-    assert replacement["fee_sats"] > stuck["fee_sats"]
-    assert replacement["tree_size"] == service.ledger.store.log_size() > stuck["tree_size"]
-    assert chain.mempool_txids() == [replacement["txid"]]  # full RBF evicted the stuck one
+    assert report.replaced == [stuck.txid] and report.built == [replacement.txid]
+    assert replacement.replaces == stuck.anchor_id
+    assert (replacement.prev_txid, replacement.prev_vout) == (stuck.prev_txid, stuck.prev_vout)
+    assert replacement.fee_sats > stuck.fee_sats
+    assert replacement.tree_size == service.ledger.store.log_size() > stuck.tree_size
+    assert chain.mempool_txids() == [replacement.txid]  # full RBF evicted the stuck one
 
     chain.mine(1)
     service.anchor_worker.step()
     stuck, replacement = _anchors(service)
-    assert (stuck["state"], replacement["state"]) == ("replaced", "included")
+    assert (stuck.state, replacement.state) == ("replaced", "included")
 
 
 class SimulatedCrash(BaseException):
@@ -225,7 +225,7 @@ def test_a_crash_at_any_step_neither_loses_an_anchor_nor_makes_two(sqlite_servic
     worker.step()
     anchors = _anchors(service)
     assert len(anchors) == 1, where
-    assert anchors[0]["state"] == "included" and anchors[0]["tree_size"] == service.ledger.store.log_size()
+    assert anchors[0].state == "included" and anchors[0].tree_size == service.ledger.store.log_size()
     assert sum(1 for txid in _confirmed_anchor_txids(chain)) == 1
 
 
@@ -246,16 +246,16 @@ def test_an_event_proof_evaluates_to_the_block_header_with_the_opentimestamps_li
     chain.mine(6)
     service.anchor_worker.step()
     (anchor,) = _anchors(service)
-    header = chain.block_header(anchor["block_hash"])
+    header = chain.block_header(anchor.block_hash)
 
     proof = event_proof(service.ledger, service.chain, 2)
     ots = DetachedTimestampFile.deserialize(BytesDeserializationContext(proof.ots))
     assert ots.file_digest == hashlib.sha256(proof.event_bytes).digest()
     ((message, attestation),) = list(ots.timestamp.all_attestations())
     assert isinstance(attestation, BitcoinBlockHeaderAttestation)
-    assert attestation.height == anchor["block_height"]
+    assert attestation.height == anchor.block_height
     assert message == header[36:68]  # the library's own evaluation ends at the header's merkle root
-    assert verify_event_timestamp(proof.event_bytes, proof.ots, header) == anchor["block_height"]
+    assert verify_event_timestamp(proof.event_bytes, proof.ots, header) == anchor.block_height
     verify_event_proof_json(proof.event_bytes, proof.proof, header)
 
     tampered = bytearray(proof.event_bytes)
@@ -313,7 +313,7 @@ def test_the_audit_api_serves_event_proofs_once_anchored(sqlite_service, certs_d
     (block_hash,) = chain.mine(1)
     service.anchor_worker.step()
     reply = audit.GetEventProof(apb.GetEventProofRequest(position=1), timeout=10)
-    assert reply.block_hash == block_hash and reply.anchor_txid == _anchors(service)[0]["txid"]
+    assert reply.block_hash == block_hash and reply.anchor_txid == _anchors(service)[0].txid
     header = chain.block_header(block_hash)
     assert verify_event_timestamp(reply.event_bytes, reply.ots_file, header) == reply.block_height
     verify_event_proof_json(reply.event_bytes, json.loads(reply.proof_json), header)
@@ -407,14 +407,14 @@ def test_between_steps_each_new_block_refreshes_the_anchors_and_catches_a_reorg(
         _record(service, certs_dir, "a")
         (txid,) = service.anchor_worker.step().built
         (block_hash,) = chain.mine(1)
-        included = _wait_for(lambda: [a for a in _anchors(service) if a["state"] == "included"])
-        assert included[0]["txid"] == txid and included[0]["block_hash"] == block_hash
+        included = _wait_for(lambda: [a for a in _anchors(service) if a.state == "included"])
+        assert included[0].txid == txid and included[0].block_hash == block_hash
         chain.reorg(1, drop_transactions=True)
-        pending = _wait_for(lambda: [a for a in _anchors(service) if a["state"] == "broadcast"])
-        assert pending[0]["block_hash"] is None
+        pending = _wait_for(lambda: [a for a in _anchors(service) if a.state == "broadcast"])
+        assert pending[0].block_hash is None
         _wait_for(lambda: txid in chain.mempool_txids())  # re-sent after the node lost it
         (new_block,) = chain.mine(1)
-        recovered = _wait_for(lambda: [a for a in _anchors(service) if a["block_hash"] == new_block])
-        assert recovered[0]["state"] == "included" and len(_anchors(service)) == 1
+        recovered = _wait_for(lambda: [a for a in _anchors(service) if a.block_hash == new_block])
+        assert recovered[0].state == "included" and len(_anchors(service)) == 1
     finally:
         service.stop(grace_s=1)

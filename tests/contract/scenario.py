@@ -2,8 +2,8 @@
 
 from ledger import commands as cmd
 from ledger.application import Recorded
+from ledger.limits import SATS_PER_BTC as BTC
 
-BTC = 100_000_000
 T0_US = 1_790_000_000_000_000
 OPERATOR, APPROVER, ADMIN = cmd.Caller("alice", "operator"), cmd.Caller("bob", "approver"), cmd.Caller("erin", "admin")
 

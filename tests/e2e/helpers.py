@@ -2,9 +2,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from ledger.limits import SATS_PER_BTC as BTC
 from reserve_ledger.v1 import ledger_pb2 as pb
-
-BTC = 100_000_000
 
 
 def rpc_error(call, request):

@@ -12,12 +12,13 @@ import grpc
 import pytest
 
 from ledger import limits
+from ledger.anchors import BUNDLE_FIELDS, Anchor
 from reserve_ledger.v1 import audit_pb2 as apb
 from reserve_ledger.v1 import audit_pb2_grpc
 from reserve_ledger.v1 import ledger_pb2 as pb
 from services.audit import bundle
 from services.api.client import secure_channel
-from services.audit.export import ANCHOR_FIELDS, LedgerSource, write_bundle
+from services.audit.export import LedgerSource, write_bundle
 from services.audit.export_grpc import AuditServiceSource, anchor_of_proto
 from services.compose import ServerConfig, build_server
 from tests.e2e.helpers import BTC, open_account, purchase, rpc_error, violations
@@ -56,22 +57,24 @@ def record_history(clients, audit) -> None:
     audit.GetTreeHead(apb.GetTreeHeadRequest(), timeout=10)
 
 
+def bundle_fields(anchor: Anchor) -> dict:
+    return {field: getattr(anchor, field) for field in BUNDLE_FIELDS}
+
+
 def insert_anchors(store) -> None:
     """Anchor rows as the anchor worker records them: one confirmed, its replacement still unconfirmed (NULLs)."""
     heads = store.list_tree_heads()
-    common = {"txid": "", "raw_tx": b"\x02\x00", "vsize": 153, "fee_sats": 300, "prev_txid": "ab" * 32,
+    common = {"anchor_id": 0, "raw_tx": b"\x02\x00", "vsize": 153, "fee_sats": 300, "prev_txid": "ab" * 32,
               "prev_vout": 1, "prev_value_sats": 100_000, "change_vout": 1, "change_value_sats": 99_700,
               "broadcast_height": 101, "created_us": 1, "updated_us": 2}
-    store.insert_anchor({**common, "tree_size": heads[0].tree_size, "root_hash": heads[0].root_hash,
-                         "txid": "11" * 32, "state": "anchored", "replaces": None, "block_hash": "22" * 32,
-                         "block_height": 102, "confirmations": 6, "block_header": b"\x01" * 80,
-                         "txout_proof": b"\x03" * 90})
-    store.insert_anchor({**common, "tree_size": heads[1].tree_size, "root_hash": heads[1].root_hash,
-                         "txid": "33" * 32, "state": "replaced", "replaces": None, "block_hash": None,
-                         "block_height": None, "confirmations": 0, "block_header": None, "txout_proof": None})
-    store.insert_anchor({**common, "tree_size": heads[-1].tree_size, "root_hash": heads[-1].root_hash,
-                         "txid": "44" * 32, "state": "broadcast", "replaces": 2, "block_hash": None,
-                         "block_height": None, "confirmations": 0, "block_header": None, "txout_proof": None})
+    store.insert_anchor(Anchor(**common, tree_size=heads[0].tree_size, root_hash=heads[0].root_hash,
+                               txid="11" * 32, state="anchored", replaces=None, block_hash="22" * 32,
+                               block_height=102, confirmations=6, block_header=b"\x01" * 80,
+                               txout_proof=b"\x03" * 90))
+    store.insert_anchor(Anchor(**common, tree_size=heads[1].tree_size, root_hash=heads[1].root_hash,
+                               txid="33" * 32, state="replaced"))
+    store.insert_anchor(Anchor(**common, tree_size=heads[-1].tree_size, root_hash=heads[-1].root_hash,
+                               txid="44" * 32, state="broadcast", replaces=2))
 
 
 def test_export_over_grpc_equals_the_local_export_byte_for_byte(server, clients, certs_dir, tmp_path):
@@ -250,12 +253,12 @@ def test_anchors_listed_over_grpc_match_the_store(demo_server):
     """Every anchor row the exporter writes, one per page, equals the stored row; tree_size_max filters them."""
     server, data_dir = demo_server
     audit = audit_stub(f"127.0.0.1:{server.port}", data_dir / "certs")
-    stored = [{field: row[field] for field in ANCHOR_FIELDS} for row in server.ledger.store.list_anchors()]
+    stored = [bundle_fields(row) for row in server.ledger.store.list_anchors()]
     assert stored and stored[0]["block_header"] and stored[0]["state"] == "anchored"
     listed, token = [], ""
     while True:
         page = audit.ListAnchors(apb.ListAnchorsRequest(page_size=1, page_token=token), timeout=10)
-        listed += [anchor_of_proto(anchor) for anchor in page.anchors]
+        listed += [bundle_fields(anchor_of_proto(anchor)) for anchor in page.anchors]
         token = page.next_page_token
         if not token:
             break
