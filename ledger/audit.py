@@ -557,7 +557,7 @@ def reconcile(accounts: list[dict], onchain: dict[str, dict], height: int, findi
                        note=entry.get("note", ""))
             if difference:
                 findings.add("reserves", f"account {account['account_id']}",
-                             f"on chain at height {height}: {entry['sats']} sats; ledger: {account['balance_sats']} "
-                             f"sats; difference {difference:+d} sats")
+                             f"on chain at height {height}: {entry['sats']:,} sats; ledger: {account['balance_sats']:,} "
+                             f"sats; difference {difference:+,d} sats")
         rows.append(row)
     return rows

@@ -29,7 +29,7 @@ from services.audit.export_grpc import AuditServiceSource
 from services.api.server import LedgerServer
 from services.compose import ServerConfig, build_server
 from services.errors import AlreadyExists
-from services.cli.tables import anchors_table, balances_table, cost_table, holdings_table
+from services.cli.tables import anchors_table, balances_table, btc, cost_table, fiat, holdings_table
 
 UNRECORDED_SATS = 50_000_000         # the demo's deliberate discrepancy: 0.5 BTC the ledger never recorded
 ANCHOR_FUNDING_SATS = 1_000_000      # fees for a few thousand anchors at 1 sat/vB
@@ -66,7 +66,7 @@ def _purchases(alice, bob) -> None:
             currency_code=currency, fiat_total=total, counterparty=venue, trade_reference=f"T-{request_id}",
             trade_date=date), timeout=10)
         note = "waits for approval (above threshold)" if reply.pending_approval else "posted"
-        _say(f"alice recorded {sats // BTC} BTC at {price} {currency} from {venue}: {note}")
+        _say(f"alice recorded {btc(sats)} BTC at {fiat(price, currency)} {currency}/BTC from {venue}: {note}")
         if reply.pending_approval:
             bob.ApprovePurchase(pb.ApprovePurchaseRequest(request_id=f"approve-{request_id}",
                                                           purchase_id=reply.purchase_id), timeout=10)
@@ -77,7 +77,7 @@ def _transfers(alice, bob, carol) -> None:
     first = alice.ProposeTransfer(pb.ProposeTransferRequest(
         request_id="move-1", debit_account_id="bny-cold-1", credit_account_id="ops-warm-1",
         amount_sats=2 * BTC, memo="top up operations wallet"), timeout=10)
-    _say(f"alice proposed {first.transfer_id}: 2 BTC bny-cold-1 -> ops-warm-1 (held until approved)")
+    _say(f"alice proposed {first.transfer_id}: {btc(2 * BTC)} BTC bny-cold-1 -> ops-warm-1 (held until approved)")
     try:
         alice.ApproveTransfer(pb.ApproveTransferRequest(request_id="self-approve", transfer_id=first.transfer_id),
                               timeout=10)
@@ -91,7 +91,7 @@ def _transfers(alice, bob, carol) -> None:
         amount_sats=BTC, memo="unplanned top-up"), timeout=10)
     bob.RejectTransfer(pb.RejectTransferRequest(request_id="reject-move-2", transfer_id=second.transfer_id,
                                                 reason="not in the liquidity plan"), timeout=10)
-    _say(f"bob rejected {second.transfer_id} (1 BTC vault-cold-2 -> ops-warm-1): hold released")
+    _say(f"bob rejected {second.transfer_id} ({btc(BTC)} BTC vault-cold-2 -> ops-warm-1): hold released")
 
 
 def _four_eyes(frank_operator, frank_approver) -> None:
@@ -118,7 +118,8 @@ def _custody_change(alice, bob) -> None:
         network_fee_sats=2_500), timeout=10)
     bob.ApproveCustodyChange(pb.ApproveCustodyChangeRequest(request_id="approve-ceremony-2026",
                                                             custody_change_id=change.custody_change_id), timeout=10)
-    _say(f"custody change {change.custody_change_id}: 10 BTC BNY -> vault-cold-3 (5-of-7), fee 2,500 sats, "
+    _say(f"custody change {change.custody_change_id}: {btc(10 * BTC)} BTC BNY -> vault-cold-3 (5-of-7), "
+         f"fee {btc(2_500)} BTC, "
          "proposed by alice, approved by bob")
 
 
@@ -185,7 +186,7 @@ def _mirror_custody_on_chain(chain: RegtestChain, dave, addresses: dict[str, str
     chain.send(script_pubkey_of_address(addresses["ops-warm-1"]), UNRECORDED_SATS)
     chain.mine(1)
     print(f"\nOn chain (embedded regtest, blocks validated by libbitcoinkernel): each custody address now holds its "
-          f"ledger balance, and ops-warm-1 received {UNRECORDED_SATS:,} sats the ledger never recorded "
+          f"ledger balance, and ops-warm-1 received {btc(UNRECORDED_SATS)} BTC the ledger never recorded "
           "(a proof-of-reserves check must find it).")
 
 
@@ -220,7 +221,9 @@ def _proof(server: LedgerServer, chain: RegtestChain, directory: pathlib.Path) -
     height = verify_event_timestamp(proof.event_bytes, proof.ots, header)
     _say(f"event {position} proven to block {height} ({proof.block_hash[:16]}…): {out}/event.bin.ots, "
          f"{len(proof.ots)} bytes, checked against the block header")
-    _say(f"the stock client checks it against a node with: ots verify -f {out}/event.bin {out}/event.bin.ots")
+    _say("the stock client checks it against a node that has the block: serve the chain with `reserve-ledger "
+         f"regtest-node --dir {chain.directory}`, then `ots --btc-regtest --bitcoin-node URL verify -f "
+         f"{out}/event.bin {out}/event.bin.ots` with the RPC URL it prints")
 
 
 def _auditor_bundle(address: str, certs: pathlib.Path, chain: RegtestChain, directory: pathlib.Path) -> None:
@@ -237,7 +240,7 @@ def _auditor_bundle(address: str, certs: pathlib.Path, chain: RegtestChain, dire
     print_result(result)
     html_path, _ = report.write_report(result, directory / "audit-report.html")
     _say(f"verdict {result['verdict']}: the only failure is the deliberate unrecorded movement "
-         f"({UNRECORDED_SATS:,} sats to ops-warm-1)" if result["failures_total"] == 1 else
+         f"({btc(UNRECORDED_SATS)} BTC to ops-warm-1)" if result["failures_total"] == 1 else
          f"verdict {result['verdict']}")
     _say(f"report with charts: {html_path} (and its JSON twin)")
 
