@@ -262,6 +262,10 @@ class ReserveLedger(Application):
                 self.store.save_checkpoint(state.position, state.to_bytes())
             self._saved_position = state.position
 
+    def projection_position(self) -> int:
+        """The last position folded into the read projection (a lag gauge; no catching up)."""
+        return self._projection.position
+
     def persist_projection(self) -> None:
         with self._read_lock:
             self._catch_up(self._projection)

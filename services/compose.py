@@ -27,6 +27,7 @@ ANCHOR_KEY_FILE_NAME = "anchor-wallet.wif"
 NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 POSTGRES_PROBE_TIMEOUT_S = 5
 CERT_FILES = ("ca.pem", "server.pem", "server.key")
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 
 
 def clock_us() -> int:
@@ -228,6 +229,8 @@ class ServerConfig:
     anchor_key_path: str | None = None
     anchor_network: str = _setting("regtest", "network of the anchor key")
     anchor_policy: AnchorPolicy = dataclasses.field(default_factory=AnchorPolicy)
+    metrics_listen: str | None = _setting(DEFAULT_METRICS_LISTEN, "HOST:PORT of the Prometheus metrics endpoint "
+                                          "(GET /metrics; 'off' to disable)")
 
     @property
     def storage(self) -> StorageConfig:
@@ -279,6 +282,17 @@ def check_server_config(config: ServerConfig) -> None:
         check_spec(config.chain)
         anchor_key_path(config.storage, config.anchor_key_path, config.anchor_network)
     _check_port_free(config.listen)
+    if config.metrics_listen:
+        _check_metrics_listen(config)
+
+
+def _check_metrics_listen(config: ServerConfig) -> None:
+    host, port = listen_address(config.metrics_listen)
+    if not is_loopback(config.metrics_listen) and config.insecure_loopback:
+        raise ConfigurationInvalid("--metrics-listen must be a loopback address with --insecure-loopback")
+    if (host, port) == listen_address(config.listen) and port != 0:
+        raise ConfigurationInvalid(f"--metrics-listen {config.metrics_listen} is the gRPC --listen address")
+    _check_port_free(config.metrics_listen)
 
 
 def _check_port_free(listen: str) -> None:

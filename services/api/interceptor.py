@@ -1,65 +1,99 @@
-"""One server interceptor: authenticate, check the method -> roles table, map LedgerError -> status.
+"""One server interceptor: authenticate, check the method -> roles table, parse, map every failure to a status.
 
 handler_call_details carries no auth context, so the check wraps the handler itself and runs when
-the call arrives (grpc.md §3). Health and reflection are open to any authenticated TLS peer.
+the call arrives (grpc.md §3). The request arrives as raw bytes and is parsed only after the caller is
+authenticated and authorised: garbage from a caller who may not call the method is PERMISSION_DENIED,
+garbage from one who may is INVALID_ARGUMENT. LedgerError -> services/api/status.py's table; a storage
+failure or any other fault -> UNAVAILABLE with ErrorInfo and an incident id, never INTERNAL/UNKNOWN and
+never internal text. Health and reflection are open to any authenticated TLS peer.
 """
 
 import logging
+import time
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import code_pb2
 from grpc_status import rpc_status
 
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, RequestInvalid, Violation
 from services.api import auth
-from services.api.status import rich_status
+from services.api.faults import FaultLog
+from services.api.status import fault_status, rich_status
 
 log = logging.getLogger("reserve_ledger.calls")
 OWN_PREFIXES = (auth.SERVICE, auth.AUDIT_SERVICE)
 
 
-def _abort(context, error: LedgerError):
-    context.abort_with_status(rpc_status.to_status(rich_status(error)))
+def _parsed(parse, raw: bytes):
+    try:
+        return parse(raw)
+    except (DecodeError, ValueError, TypeError) as error:
+        raise RequestInvalid([Violation("request", "REQUEST_UNDECODABLE",
+                                        f"not a valid protobuf message of this method's request type ({error})")
+                              ]) from None
 
 
-def _guarded_unary(behavior, method: str, dev_mode: bool):
-    def handler(request, context):
+class _Guard:
+    """Authenticates, authorises and parses one call, and turns whatever it raises into a status."""
+
+    def __init__(self, handler, method: str, dev_mode: bool, faults: FaultLog, observe, streams):
+        self.handler, self.method, self.dev_mode, self.faults = handler, method, dev_mode, faults
+        self.observe, self.streams = observe, streams
+
+    def admit(self, raw: bytes, context):
+        caller = auth.caller_of(context, self.dev_mode)
+        auth.check_role(self.method, caller)
+        return _parsed(self.handler.request_deserializer, raw)
+
+    def status_of(self, error: Exception):
+        if isinstance(error, LedgerError):
+            log.info("%s refused: %s", self.method, error)
+            return rich_status(error)
+        return fault_status(error, self.faults.record(self.method, error))
+
+    def unary(self, raw: bytes, context):
+        outcome, started_s = "OK", time.perf_counter()
         try:
-            caller = auth.caller_of(context, dev_mode)
-            auth.check_role(method, caller)
-            return behavior(request, context)
-        except LedgerError as error:
-            log.info("%s refused: %s", method, error)
-            _abort(context, error)
-    return handler
+            return self.handler.unary_unary(self.admit(raw, context), context)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a documented status below
+            status = self.status_of(error)
+            outcome = code_pb2.Code.Name(status.code)
+        finally:
+            self.observe(self.method, outcome, time.perf_counter() - started_s)
+        context.abort_with_status(rpc_status.to_status(status))
 
-
-def _guarded_stream(behavior, method: str, dev_mode: bool):
-    def handler(request, context):
+    def stream(self, raw: bytes, context):
+        self.streams(+1)
         try:
-            caller = auth.caller_of(context, dev_mode)
-            auth.check_role(method, caller)
-            yield from behavior(request, context)
-        except LedgerError as error:
-            log.info("%s refused: %s", method, error)
-            _abort(context, error)
-    return handler
+            yield from self.handler.unary_stream(self.admit(raw, context), context)
+            return
+        except Exception as error:  # noqa: BLE001 - every failure becomes a documented status below
+            status = self.status_of(error)
+        finally:
+            self.streams(-1)
+        context.abort_with_status(rpc_status.to_status(status))
 
 
 class LedgerInterceptor(grpc.ServerInterceptor):
-    def __init__(self, dev_mode: bool):
+    def __init__(self, dev_mode: bool, faults: FaultLog | None = None,
+                 observe=lambda method, outcome, seconds: None, streams=lambda change: None):
+        """`observe(method, outcome, seconds)` hears how each unary call ended, `streams(±1)` of each stream
+        opening and closing (metrics)."""
         self._dev_mode = dev_mode
+        self.faults = faults or FaultLog()
+        self._observe, self._streams = observe, streams
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not method.startswith(OWN_PREFIXES):
             return handler
+        guard = _Guard(handler, method, self._dev_mode, self.faults, self._observe, self._streams)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _guarded_unary(handler.unary_unary, method, self._dev_mode),
-                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+                guard.unary, request_deserializer=None, response_serializer=handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _guarded_stream(handler.unary_stream, method, self._dev_mode),
-                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+                guard.stream, request_deserializer=None, response_serializer=handler.response_serializer)
         return handler

@@ -19,11 +19,16 @@ from ledger import merkle
 from ledger.anchoring import ChainBackend
 from ledger.application import ReserveLedger
 from ledger.commands import Caller, ExpirePending
+from ledger.errors import LedgerError
 from reserve_ledger.v1 import audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 from services.anchoring.worker import AnchorWorker
 from services.api.audit_servicer import AuditServicer
+from services.api.faults import FaultLog
 from services.api.interceptor import LedgerInterceptor
 from services.api.ledger_servicer import LedgerServicer
+from services.api.metrics import AnchorWatch, Metrics, seconds_since
+from services.api.status import STORE_FAILURES
+from services.api.workers import Supervisor, WorkerStatus
 from services.bitcoin.anchor_tx import AnchorKey
 from services.bitcoin.backends import close_backend
 from services.errors import ConfigurationInvalid
@@ -35,6 +40,9 @@ SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["ReserveLedgerService"].fu
 AUDIT_SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 WORKER_THREADS = 64
 SYSTEM_CALLER = Caller("system", "system")
+WRITES_HEALTH_NAME = "reserve_ledger.v1.ReserveLedgerService.writes"   # NOT_SERVING while the store refuses writes
+WORKER_HEALTH_PREFIX = "reserve_ledger.worker."                        # + expiry, tree-heads, anchors, store-probe
+STORE_PROBE_INTERVAL_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,28 +68,33 @@ class LedgerServer:
         """Built by services.compose.build_server, which checks `config` and opens `parts`."""
         self.config = config
         self.ledger, self.signer, self.chain = parts.ledger, parts.signer, parts.chain
-        self.writer = CommandWriter(self.ledger, parts.clock_us)
         self._clock_us = parts.clock_us
+        self.faults = FaultLog()
+        self.metrics = Metrics()
+        self.writer = CommandWriter(self.ledger, parts.clock_us, self._on_batch)
         self.health = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKER_THREADS),
-                                  interceptors=[LedgerInterceptor(config.insecure_loopback)],
+                                  interceptors=[LedgerInterceptor(config.insecure_loopback, self.faults,
+                                                                  self._on_call, self._on_stream)],
                                   options=[("grpc.so_reuseport", 0)])
         ledger_pb2_grpc.add_ReserveLedgerServiceServicer_to_server(
             LedgerServicer(self.ledger, self.writer, merkle.leaf_hash, config.insecure_loopback), self.server)
-
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, AUDIT_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = self._bind(config)
         self._stopping = threading.Event()
-        self._expiry = threading.Thread(target=self._expire_forever, name="expiry", daemon=True)
-        self._heads = threading.Thread(target=self._sign_heads_forever, name="tree-heads", daemon=True)
+        self.workers = Supervisor(self._stopping, self.faults, self._on_worker_change)
+        self.writes_serving = True
+        self.writes_problem = ""
         self.anchor_worker = None
         if self.chain is not None:
             self.anchor_worker = AnchorWorker(self.ledger.store, self.signer, self.chain, parts.anchor_key,
                                               config.anchor_policy, parts.clock_us)
-        self._anchors = threading.Thread(target=self._anchor_forever, name="anchors", daemon=True)
+        self._anchor_watch = AnchorWatch(self.ledger.store)
+        self.metrics.add_state_collector(self._state_for_metrics)
+        self.metrics_port = None
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.ledger, self.signer, self.chain),
                                                           self.server)
 
@@ -95,43 +108,98 @@ class LedgerServer:
                                        "not this machine's; choose another --listen") from None
 
     def start(self) -> "LedgerServer":
+        if self.config.metrics_listen:
+            self.metrics_port = self.metrics.serve(self.config.metrics_listen)
         self.server.start()
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        self._expiry.start()
-        self._heads.start()
+        self.health.set(AUDIT_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._probe_writes()
+        self._set_writes_health()
+        self.workers.start("expiry", self._expire_due, self.config.expiry_interval_s)
+        self.workers.start("tree-heads", self.signer.latest, self.config.tree_head_interval_s)
+        self.workers.start("store-probe", self._probe_writes_if_down, STORE_PROBE_INTERVAL_S)
         if self.anchor_worker is not None:
-            self._anchors.start()
+            schedule = AnchorSchedule(self.anchor_worker, self.config.anchor_policy)
+            self.workers.start("anchors", schedule.tick, self.config.anchor_policy.block_poll_interval_s)
         log.info("serving on port %s", self.port)
         return self
 
-    def _expire_forever(self) -> None:
-        """Runs until stop(): voids proposals whose expiry time has passed."""
-        while not self._stopping.wait(self.config.expiry_interval_s):
-            for pending_id in self.ledger.due_for_expiry(self._clock_us()):
-                self.writer.execute(ExpirePending(f"expire:{pending_id}", pending_id), SYSTEM_CALLER)
+    # --- supervised workers -------------------------------------------------------------------------
 
-    def _sign_heads_forever(self) -> None:
-        """Runs until stop(): signs a tree head for the current log whenever it has grown."""
-        while not self._stopping.wait(self.config.tree_head_interval_s):
-            try:
-                self.signer.latest()
-            except Exception:  # a database hiccup must not end the worker; the next period retries
-                log.exception("signing a tree head failed")
+    def _expire_due(self) -> None:
+        """Voids proposals whose expiry time has passed; a refusal or failure surfaces to the supervisor."""
+        for pending_id in self.ledger.due_for_expiry(self._clock_us()):
+            outcome = self.writer.execute(ExpirePending(f"expire:{pending_id}", pending_id), SYSTEM_CALLER)
+            if isinstance(outcome, Exception) and not isinstance(outcome, LedgerError):
+                raise outcome
 
-    def _anchor_forever(self) -> None:
-        """Runs until stop(): one anchor step per period (nothing new, nothing sent); between steps, the
-        anchors are refreshed whenever a new block arrives (polled every block_poll_interval_s)."""
-        policy = self.config.anchor_policy
-        next_step_s = time.monotonic() + policy.interval_s
-        while not self._stopping.wait(min(policy.block_poll_interval_s, max(0.0, next_step_s - time.monotonic()))):
-            try:
-                if time.monotonic() >= next_step_s:
-                    next_step_s = time.monotonic() + policy.interval_s
-                    self.anchor_worker.step()
-                else:
-                    self.anchor_worker.follow_chain()
-            except Exception:  # a node outage must not end the worker; the next poll or period retries
-                log.exception("anchor step failed")
+    def _probe_writes(self) -> None:
+        try:
+            self.ledger.store.probe_write(self._clock_us())
+        except Exception as error:  # noqa: BLE001 - the store's state is reported, not raised
+            self._writes_failed(error)
+        else:
+            self._writes_recovered()
+
+    def _probe_writes_if_down(self) -> None:
+        if not self.writes_serving:
+            self.ledger.store.probe_write(self._clock_us())
+            self._writes_recovered()
+
+    # --- health and metrics ---------------------------------------------------------------------------
+
+    def _on_batch(self, size: int, error: BaseException | None) -> None:
+        self.metrics.batch_size.observe(size)
+        if error is None:
+            self._writes_recovered()
+        elif isinstance(error, STORE_FAILURES):
+            self._writes_failed(error)
+
+    def _writes_failed(self, error: BaseException) -> None:
+        incident = self.faults.record("store writes", error)
+        self.writes_problem = f"the store refuses writes: {type(error).__name__} (incident {incident})"
+        if self.writes_serving:
+            self.writes_serving = False
+            log.warning("writes NOT_SERVING: %s", self.writes_problem)
+            self._set_writes_health()
+
+    def _writes_recovered(self) -> None:
+        if not self.writes_serving:
+            self.writes_serving, self.writes_problem = True, ""
+            log.warning("writes SERVING again: the store accepts writes")
+            self._set_writes_health()
+
+    def _set_writes_health(self) -> None:
+        self.health.set(WRITES_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING if self.writes_serving
+                        else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _on_worker_change(self, status: WorkerStatus) -> None:
+        self.health.set(WORKER_HEALTH_PREFIX + status.name, health_pb2.HealthCheckResponse.SERVING
+                        if status.healthy else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _on_call(self, method: str, outcome: str, seconds: float) -> None:
+        self.metrics.observe_call(method, outcome, seconds)
+
+    def _on_stream(self, change: int) -> None:
+        self.metrics.open_streams.inc(change)
+
+    def _state_for_metrics(self) -> dict:
+        store = self.ledger.store
+        size = store.log_size()
+        head = store.load_tree_head()
+        self._anchor_watch.refresh()
+        statuses = self.workers.statuses()
+        for kind, count in self.faults.counts().items():
+            self.metrics.faults.labels(kind)._value.set(count)
+        return {"log_size_events": size,
+                "projection_lag_events": max(0, size - 1 - self.ledger.projection_position()),
+                "tree_head_size_events": None if head is None else head.tree_size,
+                "tree_head_age_seconds": None if head is None else seconds_since(head.timestamp_us / 1e6),
+                "events_not_anchored": size - self._anchor_watch.confirmed_size if self.chain else None,
+                "seconds_since_last_anchor_confirmation": seconds_since(self._anchor_watch.confirmed_block_time_s),
+                "writes_serving": 1 if self.writes_serving else 0,
+                "worker_healthy": {s.name: 1 if s.healthy else 0 for s in statuses},
+                "worker_failures": {s.name: s.failures_total for s in statuses}}
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new calls, let running ones finish, commit what is queued, save the projection."""
@@ -139,16 +207,31 @@ class LedgerServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
         self.writer.stop()
-        self.ledger.persist_projection()
+        self.workers.join()
         try:
+            self.ledger.persist_projection()
             self.signer.latest()  # a head that covers every acknowledged command
-        except Exception:
-            log.exception("signing the final tree head failed")
-        if self._anchors.is_alive():
-            self._anchors.join()
+        except Exception as error:  # noqa: BLE001 - a failing store must not stop the shutdown
+            self.faults.record("shutdown", error)
         if self.chain is not None:
             close_backend(self.chain)
+        self.metrics.stop()
         self.ledger.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+
+class AnchorSchedule:
+    """One anchor step per anchor interval; between steps, anchors are refreshed when a block arrives."""
+
+    def __init__(self, worker: AnchorWorker, policy):
+        self._worker, self._interval_s = worker, policy.interval_s
+        self._next_step_s = time.monotonic() + policy.interval_s
+
+    def tick(self) -> None:
+        if time.monotonic() >= self._next_step_s:
+            self._next_step_s = time.monotonic() + self._interval_s
+            self._worker.step()
+        else:
+            self._worker.follow_chain()

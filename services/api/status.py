@@ -1,7 +1,11 @@
 """The ONE table from domain errors to gRPC status codes, and the rich error details sent with them."""
 
+import sqlite3
+
 import grpc
-from google.protobuf import any_pb2
+import psycopg
+from eventsourcing.persistence import PersistenceError
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from ledger import errors
@@ -57,3 +61,20 @@ def rich_status(error: errors.LedgerError) -> status_pb2.Status:
             error_details_pb2.BadRequest.FieldViolation(field=error.field, description=str(error),
                                                         reason=error.reason)])))
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=str(error), details=details)
+
+
+# Failures of the environment, not of the request: the caller may retry the same call (same request_id).
+STORE_FAILURES = (PersistenceError, sqlite3.Error, psycopg.Error, OSError)
+RETRY_DELAY_S = 1
+
+
+def fault_status(error: BaseException, incident: str) -> status_pb2.Status:
+    """UNAVAILABLE for any failure that is not the caller's: no internal text, an incident id to quote."""
+    store = isinstance(error, STORE_FAILURES)
+    reason = "STORE_UNAVAILABLE" if store else "SERVICE_FAULT"
+    message = (f"the ledger's storage cannot complete the call right now (incident {incident}); retry with the "
+               "same request_id (a command already recorded is answered from the log, never recorded twice)" if store else
+               f"the service could not complete the call (incident {incident}); retry with the same request_id")
+    details = [_packed(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata={"incident": incident})),
+               _packed(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=RETRY_DELAY_S)))]
+    return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=details)

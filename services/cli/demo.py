@@ -255,7 +255,7 @@ def run_demo(data_dir: str | None) -> int:
     chain = RegtestChain.create(chain_dir)  # the 'network' side: miners and the custodians' wallets
     try:
         server = build_server(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs),
-                                           create_store=True, chain=f"regtest:{chain_dir}",
+                                           create_store=True, metrics_listen=None, chain=f"regtest:{chain_dir}",
                                            anchor_policy=AnchorPolicy(interval_s=DEMO_ANCHOR_INTERVAL_S,
                                                                      block_poll_interval_s=DEMO_ANCHOR_INTERVAL_S))
                               ).start()

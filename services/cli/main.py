@@ -34,6 +34,7 @@ def _server_config(args) -> compose.ServerConfig:
         purchase_approval_threshold_sats=args.purchase_approval_threshold_sats,
         signing_key_path=args.signing_key, tree_head_interval_s=args.tree_head_interval_s,
         chain=args.chain, anchor_key_path=args.anchor_key, anchor_network=args.anchor_network,
+        metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
         anchor_policy=AnchorPolicy(interval_s=args.anchor_interval_s, fee_rate_max_sat_per_vb=args.fee_rate_max,
                                    fee_max_sats=args.fee_max_sats, block_poll_interval_s=args.block_poll_interval_s))
 
@@ -142,6 +143,7 @@ def _add_serve(commands) -> None:
     serve.add_argument("--signing-key", metavar="FILE", help="Ed25519 PEM key for tree heads (default "
                        "DATA_DIR/tree-head-signing.key, created on first start; required with --database)")
     add_setting(serve, "--tree-head-interval-s", config, "tree_head_interval_s", type=positive_number(float))
+    add_setting(serve, "--metrics-listen", config, "metrics_listen", metavar="HOST:PORT")
     serve.add_argument("--chain", metavar="SPEC", help=f"anchor tree heads in Bitcoin: {CHAIN_SPEC_HELP} "
                        "(default: no anchoring)")
     serve.add_argument("--anchor-key", metavar="FILE", help="WIF key of the fee-only anchor wallet "

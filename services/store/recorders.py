@@ -233,6 +233,11 @@ class _LedgerTables:
         row = self._read_one("SELECT position, state FROM {projections} WHERE name = ?", (name,))
         return None if row is None else (row["position"], bytes(row["state"]))
 
+    def probe_write(self, time_us: int) -> None:
+        """A small committed write: fails when the store cannot take writes (disk full, read-only, down)."""
+        self._write("INSERT INTO {store_format} (name, value) VALUES (?, ?) ON CONFLICT (name) "
+                    "DO UPDATE SET value = excluded.value", ("write_probe_us", str(time_us)))
+
     def save_projection(self, name: str, position: int, state: bytes) -> None:
         self._write("INSERT INTO {projections} (name, position, state) VALUES (?, ?, ?) ON CONFLICT (name) "
                     "DO UPDATE SET position = excluded.position, state = excluded.state "

@@ -25,9 +25,12 @@ class CallerGone(LedgerError):
 
 
 class CommandWriter:
-    def __init__(self, ledger: ReserveLedger, clock_us: Callable[[], int]):
+    def __init__(self, ledger: ReserveLedger, clock_us: Callable[[], int],
+                 on_batch: Callable[[int, BaseException | None], None] = lambda size, error: None):
+        """`on_batch(size, error)` hears of every group commit: its size and the failure, if any."""
         self._ledger = ledger
         self._clock_us = clock_us
+        self._on_batch = on_batch
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="command-writer", daemon=True)
         self._thread.start()
@@ -73,6 +76,8 @@ class CommandWriter:
         except BaseException as error:  # storage failure: every waiter learns it, nothing is acknowledged
             for _, _, future in live:
                 future.set_exception(error)
+            self._on_batch(len(live), error)
             return
+        self._on_batch(len(live), None)
         for (_, _, future), outcome in zip(live, outcomes, strict=True):
             future.set_result(outcome)

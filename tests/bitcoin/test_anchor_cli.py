@@ -24,7 +24,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def recorded(tmp_path, certs_dir):
     """A SQLite data dir holding a few events, the service stopped."""
     data_dir = tmp_path / "data"
-    server = build_server(ServerConfig(create_store=True, listen="127.0.0.1:0", data_dir=str(data_dir), certs_dir=str(certs_dir))).start()
+    server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0", data_dir=str(data_dir), certs_dir=str(certs_dir))).start()
     clients = Clients(f"127.0.0.1:{server.port}", certs_dir)
     open_account(clients.alice, "cold-a")
     purchase(clients.alice, "cold-a", 2, "buy-1")

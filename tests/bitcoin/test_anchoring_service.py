@@ -44,7 +44,7 @@ def _start(storage, certs_dir, tmp_path, chain, **policy) -> LedgerServer:
     key_path = tmp_path / "anchor.wif"
     if not key_path.exists():
         AnchorKey.generate("regtest").save(key_path)
-    return build_server(ServerConfig(create_store=True,
+    return build_server(ServerConfig(create_store=True, metrics_listen=None,
         listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url, certs_dir=str(certs_dir),
         signing_key_path=str(tmp_path / "signing.key"), chain=f"regtest:{chain.directory}",
         anchor_key_path=str(key_path), anchor_policy=AnchorPolicy(**{"interval_s": 3600, "block_poll_interval_s": 3600, **policy}))).start()
@@ -325,7 +325,7 @@ def test_a_service_without_a_chain_says_so(tmp_path, certs_dir):
     from reserve_ledger.v1 import audit_pb2_grpc
     from services.api.client import secure_channel
     from tests.e2e.helpers import error_reason, rpc_error
-    server = build_server(ServerConfig(create_store=True, listen="127.0.0.1:0", data_dir=str(tmp_path / "d"),
+    server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0", data_dir=str(tmp_path / "d"),
                                        certs_dir=str(certs_dir))).start()
     try:
         _record(server, certs_dir, "a")

@@ -16,7 +16,7 @@ class Clients:
 @pytest.fixture
 def server(storage, certs_dir, tmp_path):
     data_dir, database_url = storage
-    server = build_server(ServerConfig(create_store=True, listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url,
+    server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url,
                                        certs_dir=str(certs_dir), purchase_approval_threshold_sats=10 * 10**8,
                                        signing_key_path=str(tmp_path / "signing.key"))).start()
     yield server

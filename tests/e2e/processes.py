@@ -24,7 +24,7 @@ def start_server(certs_dir, data_dir=None, database_url=None, timeout_s=30.0, si
     storage = ["--database", database_url] if database_url else ["--data-dir", str(data_dir)]
     if signing_key:
         storage += ["--signing-key", str(signing_key)]
-    process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "serve", "--init", "--listen", f"127.0.0.1:{port}",
+    process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "serve", "--init", "--metrics-listen", "127.0.0.1:0", "--listen", f"127.0.0.1:{port}",
                                 "--certs", str(certs_dir), *storage],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     health = health_pb2_grpc.HealthStub(secure_channel(f"127.0.0.1:{port}", certs_dir, "dave"))

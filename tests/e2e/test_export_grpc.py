@@ -243,7 +243,7 @@ def demo_server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("export-grpc") / "demo"
     run = cli("demo", "--data-dir", str(data_dir), timeout_s=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    server = build_server(ServerConfig(create_store=True, listen="127.0.0.1:0", data_dir=str(data_dir),
+    server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0", data_dir=str(data_dir),
                                        certs_dir=str(data_dir / "certs"))).start()
     yield server, data_dir
     server.stop(grace_s=1)

@@ -27,7 +27,7 @@ def recorded(storage, certs_dir, tmp_path):
     """A store holding EVENTS events and a signed tree head over all of them; the server is stopped."""
     data_dir, database_url = storage
     key = tmp_path / "signing.key"
-    server = build_server(ServerConfig(create_store=True, listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url,
+    server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url,
                                        certs_dir=str(certs_dir), signing_key_path=str(key))).start()
     try:
         clients = Clients(f"127.0.0.1:{server.port}", certs_dir)
