@@ -13,7 +13,7 @@ from reserve_ledger.v1 import audit_pb2_grpc
 from ledger.anchoring import ChainBackend
 from ledger.event_proofs import dumps_proof
 from services.anchoring.event_proofs import event_proof
-from services.api.paging import offset_of, token_of
+from services.api.paging import offset_of, token_of, within_bytes
 from services.store.signing import TreeHeadSigner
 
 
@@ -101,10 +101,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         batch_size, position = request.batch_size or limits.LEAF_BATCH_DEFAULT, request.start_position
         while position < end and context.is_active():  # bounded: stops at the log's size when the call began
             rows = self._ledger.read_events(position, min(batch_size, end - position))
-            yield pb.StreamLeavesResponse(leaves=[
-                pb.Leaf(position=event["position"], canonical_bytes=data, leaf_hash=merkle.leaf_hash(data))
-                for event, data in rows])
-            position = rows[-1][0]["position"] + 1
+            leaves = within_bytes([pb.Leaf(position=event["position"], canonical_bytes=data,
+                                           leaf_hash=merkle.leaf_hash(data)) for event, data in rows])
+            yield pb.StreamLeavesResponse(leaves=leaves)
+            position = leaves[-1].position + 1
 
     def GetPublicKey(self, request, context):
         return pb.GetPublicKeyResponse(ed25519_public_key=self._signer.public_key_raw, key_id=self._signer.key_id)

@@ -20,6 +20,7 @@ from ledger.errors import LedgerError, RequestInvalid, Violation
 from services.api import auth
 from services.api.faults import FaultLog
 from services.api.status import fault_status, rich_status
+from services.api.streams import StreamSlots
 
 log = logging.getLogger("reserve_ledger.calls")
 OWN_PREFIXES = (auth.SERVICE, auth.AUDIT_SERVICE)
@@ -37,14 +38,17 @@ def _parsed(parse, raw: bytes):
 class _Guard:
     """Authenticates, authorises and parses one call, and turns whatever it raises into a status."""
 
-    def __init__(self, handler, method: str, dev_mode: bool, faults: FaultLog, observe, streams):
+    def __init__(self, handler, method: str, dev_mode: bool, faults: FaultLog, observe, streams, slots):
         self.handler, self.method, self.dev_mode, self.faults = handler, method, dev_mode, faults
-        self.observe, self.streams = observe, streams
+        self.observe, self.streams, self.slots = observe, streams, slots
 
     def admit(self, raw: bytes, context):
+        return self.admit_caller(raw, context)[1]
+
+    def admit_caller(self, raw: bytes, context):
         caller = auth.caller_of(context, self.dev_mode)
         auth.check_role(self.method, caller)
-        return _parsed(self.handler.request_deserializer, raw)
+        return caller, _parsed(self.handler.request_deserializer, raw)
 
     def status_of(self, error: Exception):
         if isinstance(error, LedgerError):
@@ -64,14 +68,19 @@ class _Guard:
         context.abort_with_status(rpc_status.to_status(status))
 
     def stream(self, raw: bytes, context):
-        self.streams(+1)
+        caller = None
         try:
-            yield from self.handler.unary_stream(self.admit(raw, context), context)
+            caller, request = self.admit_caller(raw, context)
+            self.slots.acquire(caller.identity)
+            self.streams(+1)
+            try:
+                yield from self.handler.unary_stream(request, context)
+            finally:
+                self.streams(-1)
+                self.slots.release(caller.identity)
             return
         except Exception as error:  # noqa: BLE001 - every failure becomes a documented status below
             status = self.status_of(error)
-        finally:
-            self.streams(-1)
         context.abort_with_status(rpc_status.to_status(status))
 
 
@@ -83,13 +92,14 @@ class LedgerInterceptor(grpc.ServerInterceptor):
         self._dev_mode = dev_mode
         self.faults = faults or FaultLog()
         self._observe, self._streams = observe, streams
+        self.slots = StreamSlots()
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not method.startswith(OWN_PREFIXES):
             return handler
-        guard = _Guard(handler, method, self._dev_mode, self.faults, self._observe, self._streams)
+        guard = _Guard(handler, method, self._dev_mode, self.faults, self._observe, self._streams, self.slots)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 guard.unary, request_deserializer=None, response_serializer=handler.response_serializer)

@@ -15,7 +15,7 @@ from ledger.pending import Pending
 from reserve_ledger.v1 import ledger_pb2 as pb
 from reserve_ledger.v1 import ledger_pb2_grpc
 from services.api.auth import caller_of
-from services.api.paging import offset_of, token_of
+from services.api.paging import offset_of, token_of, within_bytes
 from services.store.writer import CommandWriter
 
 KIND_TO_PROTO = {"cold": pb.ACCOUNT_KIND_COLD, "warm": pb.ACCOUNT_KIND_WARM, "hot": pb.ACCOUNT_KIND_HOT,
@@ -198,9 +198,10 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
         offset = offset_of(request.page_token, "accounts")
         with self._ledger.reading() as state:
             accounts = sorted(state.accounts.values(), key=lambda a: a.account_id)
-            page = [account_to_proto(a) for a in accounts[offset:offset + size]]
-            more = offset + size < len(accounts)
-        return pb.ListAccountsResponse(accounts=page, next_page_token=token_of("accounts", offset + size) if more else "")
+            page = within_bytes([account_to_proto(a) for a in accounts[offset:offset + size]])
+            more = offset + len(page) < len(accounts)
+        return pb.ListAccountsResponse(accounts=page,
+                                       next_page_token=token_of("accounts", offset + len(page)) if more else "")
 
     def GetBalances(self, request, context):
         state = self._state_at(request.as_of)
@@ -236,9 +237,10 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
                                                           "start_position must not be negative")])
         start = offset_of(request.page_token, "events") if request.page_token else request.start_position
         events = self._events(start, size + 1)
-        more = len(events) > size
-        return pb.ListEventsResponse(events=events[:size],
-                                     next_page_token=token_of("events", start + size) if more else "")
+        page = within_bytes(events[:size])
+        more = len(events) > len(page)
+        return pb.ListEventsResponse(events=page,
+                                     next_page_token=token_of("events", start + len(page)) if more else "")
 
     def StreamEvents(self, request, context):
         size = page_size_of(request.batch_size, "batch_size") if request.batch_size else limits.STREAM_BATCH_DEFAULT
@@ -247,7 +249,7 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
                                                           "start_position must not be negative")])
         position, idle_since = request.start_position, time.monotonic()
         while context.is_active():  # a follow stream runs until the client cancels or the server stops
-            events = self._events(position, min(size, limits.STREAM_BATCH_MAX))
+            events = within_bytes(self._events(position, min(size, limits.STREAM_BATCH_MAX)))
             if events:
                 position = events[-1].position + 1
                 idle_since = time.monotonic()

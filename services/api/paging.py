@@ -6,6 +6,22 @@ import base64
 from ledger import errors
 
 OFFSET_MAX = 2**63 - 1  # keys are int64 columns
+# Every page and stream batch is cut at this many bytes as well as at its count, so that a client with gRPC's
+# default 4 MiB receive limit can read any valid history (one item alone may exceed it only if the item is
+# itself bigger; no valid event or account is).
+RESPONSE_BYTES_MAX = 1 << 20
+
+
+def within_bytes(items: list, budget_bytes: int = RESPONSE_BYTES_MAX) -> list:
+    """The longest prefix of `items` (protobuf messages) whose encoded size fits the budget; never empty
+    when `items` is not."""
+    total, kept = 0, []
+    for item in items:
+        total += item.ByteSize() + 8  # a field tag and length prefix per repeated element, generously
+        if kept and total > budget_bytes:
+            break
+        kept.append(item)
+    return kept
 
 
 def offset_of(token: str, kind: str) -> int:

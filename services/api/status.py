@@ -9,6 +9,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from ledger import errors
+from services.api.streams import StreamLimitReached
 from services.store.writer import CallerGone
 
 DOMAIN = "reserve-ledger"
@@ -24,6 +25,7 @@ STATUS_BY_ERROR: dict[type, grpc.StatusCode] = {
     errors.IdentityMissing: grpc.StatusCode.UNAUTHENTICATED,
     errors.ConcurrencyRetriesExhausted: grpc.StatusCode.ABORTED,
     CallerGone: grpc.StatusCode.CANCELLED,
+    StreamLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

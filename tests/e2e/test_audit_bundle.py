@@ -144,7 +144,7 @@ def test_export_refuses_an_out_directory_that_is_not_empty(demo, tmp_path):
 
 def test_the_untampered_bundle_against_the_chain_names_only_the_unrecorded_demo_movement(demo):
     result = audit(demo.bundle, "--chain", demo.chain_spec)
-    line = assert_named(result, "reserves", "account ops-warm-1", f"difference {UNRECORDED_SATS:+d} sats")
+    line = assert_named(result, "reserves", "account ops-warm-1", f"difference {UNRECORDED_SATS:+,d} sats")
     assert fail_lines(result) == [line], result.stdout
 
 
@@ -307,8 +307,8 @@ def test_coins_moved_on_chain_without_a_ledger_event_name_the_account_and_the_di
         chain.mine(1)
     result = audit(demo.bundle, "--chain", f"regtest:{chain_dir}")
     moved = assert_named(result, "reserves", "account vault-cold-2",
-                         f"ledger: {custody['vault-cold-2']['balance_sats']} sats", f"difference {MOVED_SATS:+d} sats")
-    demo_line = assert_named(result, "reserves", "account ops-warm-1", f"difference {UNRECORDED_SATS:+d} sats")
+                         f"ledger: {custody['vault-cold-2']['balance_sats']:,} sats", f"difference {MOVED_SATS:+,d} sats")
+    demo_line = assert_named(result, "reserves", "account ops-warm-1", f"difference {UNRECORDED_SATS:+,d} sats")
     assert sorted(fail_lines(result)) == sorted([moved, demo_line]), result.stdout
 
 
@@ -374,7 +374,7 @@ def test_the_production_clients_give_the_same_chain_verdict_over_http(demo, tmp_
         spec = (f"core:{node.rpc_url}?cookie={node.cookie_file}" if kind == "core" else f"esplora:{node.esplora_url}")
         over_http = audit(demo.bundle, "--chain", spec)
     embedded = audit(demo.bundle, "--chain", f"regtest:{chain_dir}")
-    line = assert_named(over_http, "reserves", "account ops-warm-1", f"difference {UNRECORDED_SATS:+d} sats")
+    line = assert_named(over_http, "reserves", "account ops-warm-1", f"difference {UNRECORDED_SATS:+,d} sats")
     assert fail_lines(over_http) == [line] == fail_lines(embedded), over_http.stdout + over_http.stderr
     confirmations = [row for row in over_http.stdout.splitlines() if row.startswith(("anchor ", "reserves "))]
     assert confirmations == [row for row in embedded.stdout.splitlines() if row.startswith(("anchor ", "reserves "))]

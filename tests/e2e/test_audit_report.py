@@ -126,7 +126,7 @@ def test_a_failing_report_renders_a_red_verdict_and_names_the_account(reports):
     assert "Verdict: FAIL" in text and "Verdict: PASS" not in text
     assert "ops-warm-1" in text
     assert "0.50000000" in text            # the difference, in BTC, in the reserves table
-    assert re.search(r"reserves\s+account ops-warm-1\s+on chain at height \d+: 250000000 sats", text), text[-3000:]
+    assert re.search(r"reserves\s+account ops-warm-1\s+on chain at height \d+: 250,000,000 sats", text), text[-3000:]
 
 
 def test_a_passing_report_renders_a_green_verdict(reports):

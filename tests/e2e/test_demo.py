@@ -10,7 +10,7 @@ def test_demo_runs_and_its_history_verifies(tmp_path):
     assert demo.returncode == 0, demo.stderr[-3000:]
     for expected in ("Balances as of position", "Holdings per custodian", "Cost basis", "signature valid",
                      "proof valid", "| anchored |", "event.bin.ots", "checked against the block header",
-                     "FAIL reserves account ops-warm-1: on chain at height", "difference +50000000 sats",
+                     "FAIL reserves account ops-warm-1: on chain at height", "difference +50,000,000 sats",
                      "verdict FAIL: the only failure is the deliberate unrecorded movement"):
         assert expected in demo.stdout, expected
     verify = subprocess.run([sys.executable, "-m", "services.cli.main", "verify", "--data-dir", str(tmp_path)],

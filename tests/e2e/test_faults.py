@@ -190,3 +190,84 @@ def test_the_metrics_endpoint_shows_calls_batches_streams_lag_heads_and_workers(
         wait_for(lambda: scrape(server.metrics_port)["reserve_ledger_open_streams"] == 0, what="the stream to close")
     finally:
         server.stop(grace_s=1)
+
+
+def test_a_history_of_maximal_accounts_exports_over_grpc_with_default_client_limits(tmp_path, certs_dir):
+    """400 accounts with the documented maximum of addresses: 4.8 MB of events, more than gRPC's default 4 MiB
+    receive limit in one batch; every page and batch is cut by bytes, so default clients read it all."""
+    import hashlib
+    import subprocess as sp
+    import sys
+
+    from ledger import limits
+    from services.bitcoin.addresses import address_of_script_pubkey
+    server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0",
+                                       data_dir=str(tmp_path / "d"), certs_dir=str(certs_dir))).start()
+    try:
+        clients = Clients(f"127.0.0.1:{server.port}", certs_dir)
+        for n in range(400):
+            addresses = [address_of_script_pubkey(b"\x00\x20" + hashlib.sha256(f"{n}/{i}".encode()).digest(),
+                                                  "regtest") for i in range(limits.ADDRESSES_MAX)]
+            clients.alice.OpenAccount(pb.OpenAccountRequest(
+                request_id=f"open-{n}", account_id=f"cold-{n:04d}", kind=pb.ACCOUNT_KIND_COLD, custodian="Vault",
+                wallet_label="w" * 64, quorum=pb.Quorum(required=2, total=3), addresses=addresses), timeout=30)
+        events = clients.dave.ListEvents(pb.ListEventsRequest(page_size=1000), timeout=30)
+        assert events.next_page_token and len(events.events) < 400
+        accounts = clients.dave.ListAccounts(pb.ListAccountsRequest(page_size=1000), timeout=30)
+        assert accounts.next_page_token
+        stream = clients.dave.StreamEvents(pb.StreamEventsRequest(start_position=0, batch_size=1000))
+        first = next(stream)
+        stream.cancel()
+        assert 0 < len(first.events) < 400
+        server.signer.latest()
+        out = tmp_path / "bundle"
+        export = sp.run([sys.executable, "-m", "services.cli.main", "export", "--server", clients.address,
+                         "--certs", str(certs_dir), "--identity", "dave", "--out", str(out)],
+                        capture_output=True, text=True, timeout=300)
+        assert export.returncode == 0, export.stderr
+        audit = sp.run([sys.executable, "-m", "services.cli.main", "audit", str(out)], capture_output=True,
+                       text=True, timeout=300)
+        assert audit.returncode == 0, audit.stdout + audit.stderr
+        assert "400 events" in audit.stdout
+    finally:
+        server.stop(grace_s=1)
+
+
+def test_streams_are_capped_per_identity_and_unary_calls_keep_their_threads(clients, certs_dir):
+    """One auditor cannot take the server's worker threads with idle follow streams."""
+    from services.api.streams import STREAMS_PER_IDENTITY_MAX
+    funded(clients, "cold-a", 1)
+    streams = []
+    try:
+        for _ in range(STREAMS_PER_IDENTITY_MAX):
+            stream = clients.dave.StreamEvents(pb.StreamEventsRequest(start_position=0))
+            next(stream)
+            streams.append(stream)
+        refused = clients.dave.StreamEvents(pb.StreamEventsRequest(start_position=0))
+        with pytest.raises(grpc.RpcError) as caught:
+            next(refused)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_reason(caught.value) == "STREAM_LIMIT_REACHED"
+        other = clients.erin.StreamEvents(pb.StreamEventsRequest(start_position=0))
+        assert next(other).next_position >= 1   # another identity still gets a stream
+        other.cancel()
+        for _ in range(50):  # unary calls are served while the streams sit idle
+            assert clients.dave.ListAccounts(pb.ListAccountsRequest(), timeout=5).accounts
+        assert health_of(clients.address, certs_dir, "reserve_ledger.v1.ReserveLedgerService") == \
+            health_pb2.HealthCheckResponse.SERVING
+        streams.pop().cancel()
+        wait_for(lambda: _stream_opens(clients), what="a slot to free up after a stream closed")
+    finally:
+        for stream in streams:
+            stream.cancel()
+
+
+def _stream_opens(clients) -> bool:
+    stream = clients.dave.StreamEvents(pb.StreamEventsRequest(start_position=0))
+    try:
+        next(stream)
+        return True
+    except grpc.RpcError:
+        return False
+    finally:
+        stream.cancel()

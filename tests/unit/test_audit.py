@@ -250,8 +250,8 @@ def test_reconcile_reports_match_difference_and_not_reconciled():
     assert by_id["unknown"]["note"] == "descriptor not reconciled"
     assert all(row["height"] == 812 for row in rows)
     assert found == [
-        ("reserves", "account more", "on chain at height 812: 1250 sats; ledger: 1000 sats; difference +250 sats"),
-        ("reserves", "account less", "on chain at height 812: 1999 sats; ledger: 2000 sats; difference -1 sats")]
+        ("reserves", "account more", "on chain at height 812: 1,250 sats; ledger: 1,000 sats; difference +250 sats"),
+        ("reserves", "account less", "on chain at height 812: 1,999 sats; ledger: 2,000 sats; difference -1 sats")]
 
 
 # --- controls --------------------------------------------------------------------------------------------
