@@ -33,6 +33,9 @@ from services.store.writer import CommandWriter
 log = logging.getLogger("reserve_ledger.server")
 SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["ReserveLedgerService"].full_name
 AUDIT_SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+# Health entry for saved states: NOT_SERVING once a saved projection or checkpoint failed its proof since start
+# (the service still answers, from a replay; the WARNING log names the row). grpc.health carries no detail.
+SAVED_STATES_HEALTH_NAME = "reserve_ledger.v1.SavedStates"
 WORKER_THREADS = 64
 SYSTEM_CALLER = Caller("system", "system")
 
@@ -97,12 +100,18 @@ class LedgerServer:
     def start(self) -> "LedgerServer":
         self.server.start()
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._set_saved_states_health()
+        self.ledger.on_unproven = lambda row: self._set_saved_states_health()
         self._expiry.start()
         self._heads.start()
         if self.anchor_worker is not None:
             self._anchors.start()
         log.info("serving on port %s", self.port)
         return self
+
+    def _set_saved_states_health(self) -> None:
+        status = health_pb2.HealthCheckResponse
+        self.health.set(SAVED_STATES_HEALTH_NAME, status.NOT_SERVING if self.ledger.unproven_rows else status.SERVING)
 
     def _expire_forever(self) -> None:
         """Runs until stop(): voids proposals whose expiry time has passed."""
