@@ -10,12 +10,16 @@ Each event's canonical bytes are computed once, from the decided event, and stor
 store's mapper writes them as the row's state); reading the log parses them.
 Read path: a separate projection state, folded only from committed events, caught up before every
 query (read-your-writes) and saved with its position in one row (atomic) every PROJECTION_SAVE_EVERY.
+Saved states (the projection row, checkpoints) are evidence, never authority: one is used only once
+`SavedStateProofs` proves it equals the log it claims to summarise (ledger/saved_states.py); a row that
+fails is reported, set aside for inspection and replaced by a replay from the log.
 """
 
 import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import threading
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -26,9 +30,13 @@ from ledger import commands as cmd
 from ledger import errors, limits, rules
 from ledger import pending as kinds
 from ledger.events import BOOK_ID, CanonicalEvent, LoggedEvent, logged_event, read_canonical_bytes
-from ledger.state import InvariantBroken, ReserveState
+from ledger.saved_states import StateSeal
+from ledger.state import InvariantBroken, ReserveState, StateFormatUnknown
+
+log = logging.getLogger("reserve_ledger.projections")
 
 PROJECTION_NAME = "reserve_state"
+SET_ASIDE_PREFIX = "set-aside:"   # projections rows kept for inspection after failing their proof
 PROJECTION_SAVE_EVERY = 1000
 CHECKPOINT_EVERY = 10_000
 # Which events a command may have produced (for idempotent replays).
@@ -67,10 +75,39 @@ class LogStore(Protocol):
     def find_requests(self, request_ids: Sequence[str]) -> dict[str, int]: ...
     def position_at_time(self, time_us: int) -> int: ...
     def load_projection(self, name: str) -> tuple[int, bytes] | None: ...
-    def save_projection(self, name: str, position: int, state: bytes) -> None: ...
+    def save_projection(self, name: str, position: int, state: bytes, seal: StateSeal,
+                        replace: bool = False) -> None: ...
     def load_checkpoint(self, position_max: int) -> tuple[int, bytes] | None: ...
-    def save_checkpoint(self, position: int, state: bytes) -> None: ...
+    def save_checkpoint(self, position: int, state: bytes, seal: StateSeal, replace: bool = False) -> None: ...
+    def checkpoint_positions(self) -> list[int]: ...
+    def set_aside(self, name: str, position: int, state: bytes) -> None: ...
     def writer_turn(self) -> contextlib.AbstractContextManager: ...
+
+
+class SavedStateProofs(Protocol):
+    """Proves saved states and seals new ones (services/store/seals.py; the keys stay in services/)."""
+
+    can_seal: bool
+
+    def unproven_reason(self, position: int, state_bytes: bytes) -> str | None: ...
+    def seal(self, position: int, state_bytes: bytes) -> StateSeal | None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class UnprovenRow:
+    """A saved state that failed its proof: which row, at which position, and why."""
+
+    row: str            # "projection reserve_state" or "checkpoint"
+    position: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedComparison:
+    """A replay from zero against every saved state it passed (what `reserve-ledger rebuild` reports)."""
+
+    state: ReserveState
+    differing: tuple[tuple[str, int, bytes], ...]   # (row, position, replay's bytes there) per differing row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +138,11 @@ class ReserveLedger(Application):
         return Environment(name, dict(env or {}))
 
     def __init__(self, env: dict, policy: rules.Policy = rules.Policy(),
-                 backoff: Callable[[int], None] = lambda attempt: None):
-        """`backoff(attempt)` is called after a lost append race (the service sleeps with jitter)."""
+                 backoff: Callable[[int], None] = lambda attempt: None,
+                 proofs: Callable[[LogStore], SavedStateProofs] | None = None, repair: bool = False):
+        """`backoff(attempt)` is called after a lost append race (the service sleeps with jitter).
+        `proofs(store)` proves saved states; without it none is used and none saved. `repair`: replace an
+        unproven row at once (set aside, then a sealed replay); read-only commands leave rows as they are."""
         super().__init__(env)
         self.policy = policy
         self._backoff = backoff
@@ -111,6 +151,10 @@ class ReserveLedger(Application):
         self._write_lock = threading.Lock()
         self._read_lock = threading.RLock()
         self._decisions: ReserveState | None = None
+        self._proofs = None if proofs is None else proofs(self.store)
+        self._repair = repair
+        self.unproven_rows: list[UnprovenRow] = []   # every saved row that failed its proof since start
+        self.on_unproven: Callable[[UnprovenRow], None] = lambda row: None
         self._projection = self._load_projection()
         self._saved_position = self._projection.position
 
@@ -239,8 +283,75 @@ class ReserveLedger(Application):
     # --- projections ------------------------------------------------------------------------------
 
     def _load_projection(self) -> ReserveState:
+        """The saved projection if it is proven, else a replay (from the newest proven checkpoint)."""
         stored = self.store.load_projection(PROJECTION_NAME)
-        return ReserveState() if stored is None else ReserveState.from_bytes(stored[1])
+        if stored is not None:
+            proven = self._proven(f"projection {PROJECTION_NAME}", *stored)
+            if proven is not None:
+                return proven
+        state = self._catch_up(self._proven_checkpoint(self.store.log_size() - 1) or ReserveState())
+        if stored is not None and self._repair and self._can_seal:
+            self._replace_saved(PROJECTION_NAME, stored, state.position, state.to_bytes())
+        return state
+
+    @property
+    def _can_seal(self) -> bool:
+        return self._proofs is not None and self._proofs.can_seal
+
+    def _proven(self, row: str, position: int, state_bytes: bytes) -> ReserveState | None:
+        """The saved state if proven; otherwise None, after a WARNING naming the row (and a health report)."""
+        reason = "no key to prove it with" if self._proofs is None else self._proofs.unproven_reason(
+            position, state_bytes)
+        if reason is None:
+            try:
+                return ReserveState.from_bytes(state_bytes)
+            except (StateFormatUnknown, ValueError) as error:
+                reason = f"sealed but unreadable ({error})"
+        if self._proofs is not None:  # a ledger without keys proves nothing: not a finding
+            self._report(UnprovenRow(row, position, reason))
+        return None
+
+    def _report(self, unproven: UnprovenRow) -> None:
+        log.warning("saved %s at position %d is unproven: %s; not used, replaced by a replay from the log",
+                    unproven.row, unproven.position, unproven.reason)
+        self.unproven_rows.append(unproven)
+        self.on_unproven(unproven)
+
+    def _proven_checkpoint(self, position_max: int) -> ReserveState | None:
+        """The newest proven checkpoint at or before `position_max`; unproven ones on the way are reported
+        and, when repairing, replaced by the replay."""
+        if self._proofs is None:
+            return None
+        failed = []
+        while position_max >= 0 and (stored := self.store.load_checkpoint(position_max)) is not None:
+            proven = self._proven("checkpoint", *stored)
+            if proven is not None:
+                break
+            failed.append(stored)
+            position_max = stored[0] - 1
+        else:
+            proven = None
+        if failed and self._repair and self._can_seal:
+            state = proven.copy() if proven is not None else ReserveState()
+            for stored in reversed(failed):
+                self._replace_saved(None, stored, stored[0], self._catch_up(state, stop_position=stored[0]).to_bytes())
+        return proven
+
+    def _replace_saved(self, name: str | None, stored: tuple[int, bytes], position: int, state_bytes: bytes) -> str:
+        """Keep the old row for inspection (a projections row named set-aside:...), then save the replay's
+        `state_bytes` at `position` sealed in its place (`name` None: a checkpoint). Returns the kept name."""
+        old_position, old_bytes = stored
+        kept = f"{SET_ASIDE_PREFIX}{name or 'checkpoint'}@{old_position}:{hashlib.sha256(old_bytes).hexdigest()[:16]}"
+        self.store.set_aside(kept, old_position, old_bytes)
+        seal = self._proofs.seal(position, state_bytes)
+        if seal is not None:
+            if name is None:
+                self.store.save_checkpoint(position, state_bytes, seal, replace=True)
+            else:
+                self.store.save_projection(name, position, state_bytes, seal, replace=True)
+        log.warning("the saved %s at position %d was kept for inspection as projections row %r and replaced "
+                    "by a replay at position %d", name or "checkpoint", old_position, kept, position)
+        return kept
 
     def _caught_up_copy(self) -> ReserveState:
         with self.reading() as state:
@@ -255,11 +366,16 @@ class ReserveLedger(Application):
             yield self._projection
 
     def _persist_projection_if_due(self, force: bool = False) -> None:
+        """Save the projection (and a checkpoint when one is due), sealed; unsealed states are never saved."""
         state = self._projection
         if state.position >= 0 and (force or state.position - self._saved_position >= PROJECTION_SAVE_EVERY):
-            self.store.save_projection(PROJECTION_NAME, state.position, state.to_bytes())
+            state_bytes = state.to_bytes()
+            seal = self._proofs.seal(state.position, state_bytes) if self._can_seal else None
+            if seal is None:
+                return
+            self.store.save_projection(PROJECTION_NAME, state.position, state_bytes, seal)
             if state.position // CHECKPOINT_EVERY > self._saved_position // CHECKPOINT_EVERY:
-                self.store.save_checkpoint(state.position, state.to_bytes())
+                self.store.save_checkpoint(state.position, state_bytes, seal)
             self._saved_position = state.position
 
     def projection_position(self) -> int:
@@ -272,33 +388,64 @@ class ReserveLedger(Application):
             self._persist_projection_if_due(force=True)
 
     def state_as_of(self, position: int) -> ReserveState:
-        """A fresh fold of the log up to and including `position` (from the nearest checkpoint)."""
+        """A fresh fold of the log up to and including `position` (from the nearest proven checkpoint)."""
         with self.reading() as live:
             if position > live.position:
                 raise errors.PositionBeyondLog(
                     f"position {position} is beyond the last event ({live.position})", field="as_of.position")
             if position == live.position:
                 return live.copy()
-        checkpoint = self.store.load_checkpoint(position)
-        state = ReserveState() if checkpoint is None else ReserveState.from_bytes(checkpoint[1])
-        return self._catch_up(state, stop_position=position)
+        return self._catch_up(self._proven_checkpoint(position) or ReserveState(), stop_position=position)
 
     def position_at_time(self, time_us: int) -> int:
         return self.store.position_at_time(time_us)
 
-    def rebuild(self, progress: Callable[[int], None] = lambda n: None) -> ReserveState:
-        """Replay every event from zero into a fresh state (what `reserve-ledger rebuild` compares)."""
-        state = ReserveState()
+    def rebuild(self, progress: Callable[[int], None] = lambda n: None,
+                saved: dict[int, list] | None = None) -> ReserveState:
+        """Replay every event from zero into a fresh state (what `reserve-ledger rebuild` compares).
+        `saved` maps positions to [row, saved bytes]; the replay's bytes are appended where they differ."""
+        state, saved = ReserveState(), saved or {}
         for event in self.iter_events(0):
             state.apply(event)
+            for entry in saved.get(event["position"], ()):
+                if entry[1] != (state_bytes := state.to_bytes()):
+                    entry.append(state_bytes)
             if event["position"] % limits.REPLAY_PAGE_SIZE == 0:
                 progress(event["position"])
         return state
 
-    def replace_projection(self, state: ReserveState) -> None:
+    def compare_saved(self, progress: Callable[[int], None] = lambda n: None) -> SavedComparison:
+        """Replay from zero and compare the saved projection and every checkpoint within the log with it
+        (a checkpoint beyond the log is never read before the log reaches it, and then proven first)."""
+        saved: dict[int, list] = {}
+        for position in self.store.checkpoint_positions():
+            saved.setdefault(position, []).append(["checkpoint", self.store.load_checkpoint(position)[1]])
+        stored = self.store.load_projection(PROJECTION_NAME)
+        if stored is not None:
+            saved.setdefault(stored[0], []).append([PROJECTION_NAME, stored[1]])
+        state = self.rebuild(progress, saved)
+        differing = [(entry[0], position, entry[2]) for position, entries in saved.items() for entry in entries
+                     if len(entry) == 3]
+        if stored is not None and stored[0] > state.position:
+            differing.append((PROJECTION_NAME, stored[0], state.to_bytes()))
+        return SavedComparison(state, tuple(sorted(differing, key=lambda item: item[1])))
+
+    def replace_saved(self, comparison: SavedComparison) -> list[str]:
+        """Set aside every differing saved state and save the replay in its place, sealed (needs the signing
+        key); returns the names the old rows were kept under."""
+        if not self._can_seal:
+            raise ValueError("replacing saved states needs the tree-head signing key to seal the replay")
+        kept = []
         with self._read_lock:
-            self._projection = state
-            self._persist_projection_if_due(force=True)
+            for row, position, replay_bytes in comparison.differing:
+                if row == "checkpoint":
+                    kept.append(self._replace_saved(None, self.store.load_checkpoint(position), position, replay_bytes))
+                else:
+                    kept.append(self._replace_saved(row, self.store.load_projection(row),
+                                                    comparison.state.position, comparison.state.to_bytes()))
+            self._projection = comparison.state.copy()
+            self._saved_position = self._projection.position
+        return kept
 
     def live_state_bytes(self) -> bytes:
         with self.reading() as state:

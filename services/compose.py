@@ -17,9 +17,11 @@ from urllib.parse import urlparse
 from ledger.anchor_policy import AnchorPolicy
 from ledger.application import ReserveLedger
 from ledger.rules import Policy
+from ledger.tree_heads import raw_public_key
 from services.bitcoin.backends import check_spec, open_backend
 from services.errors import ConfigurationInvalid, NothingStoredHere
 from services.store.config import SQLITE_FILE_NAME, postgres_env, sqlite_env
+from services.store.seals import StateProofs
 from services.store.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key
 
 DEFAULT_DATA_DIR = "./reserve-data"
@@ -108,8 +110,9 @@ def _postgres_holds_ledger(env: dict) -> bool:
 
 
 def open_ledger(storage: StorageConfig, *, create: bool = False, policy: Policy = Policy(),
-                backoff=lambda attempt: None) -> ReserveLedger:
-    """The ledger on this storage; an existing one unless `create`."""
+                backoff=lambda attempt: None, proofs=None, repair: bool = False) -> ReserveLedger:
+    """The ledger on this storage; an existing one unless `create`. `proofs` (sealing_proofs or
+    checking_proofs) decides which saved states it may use; `repair` replaces the unproven ones."""
     if create:
         env = storage.env()
         if storage.database_url:
@@ -119,7 +122,7 @@ def open_ledger(storage: StorageConfig, *, create: bool = False, policy: Policy 
     else:
         check_store_exists(storage)
         env = storage.env()
-    return ReserveLedger(env, policy, backoff)
+    return ReserveLedger(env, policy, backoff, proofs, repair)
 
 
 # --- keys -------------------------------------------------------------------------------------------------
@@ -172,6 +175,25 @@ def public_key_of(storage: StorageConfig, public_key_hex: str | None, signing_ke
         return None
     key = load_signing_key(path, create=False)
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def sealing_proofs(key_path: pathlib.Path, *, create: bool = False):
+    """ReserveLedger's `proofs`: prove saved states and seal new ones with the tree-head key (docs/ARCHITECTURE.md)."""
+    def proofs(store) -> StateProofs:
+        key = load_signing_key(key_path, create=create)  # after the store exists: a new data dir holds the key
+        return StateProofs(store, raw_public_key(key.public_key()), key)
+    return proofs
+
+
+def checking_proofs(public_key_raw: bytes | None):
+    """ReserveLedger's `proofs` for a reader: prove with the public key, seal nothing; None without a key
+    (then no saved state is used: every start replays the log)."""
+    return None if public_key_raw is None else (lambda store: StateProofs(store, public_key_raw))
+
+
+def reader_proofs(storage: StorageConfig, public_key_hex: str | None = None, signing_key: str | None = None):
+    """checking_proofs with the public key at hand (--public-key, --signing-key, or the data dir's key)."""
+    return checking_proofs(public_key_of(storage, public_key_hex, signing_key))
 
 
 def tree_head_signer(ledger: ReserveLedger, key_path: pathlib.Path, *, create: bool = False) -> TreeHeadSigner:
@@ -331,9 +353,10 @@ def build_server(config: ServerConfig):
     chain = open_chain(config.chain) if config.chain else None
     ledger = None
     try:
-        ledger = open_ledger(storage, create=config.create_store,
-                             policy=Policy(config.purchase_approval_threshold_sats), backoff=jittered_backoff)
-        signer = tree_head_signer(ledger, key_path, create=config.create_store or storage.database_url is None)
+        create_key = config.create_store or storage.database_url is None
+        ledger = open_ledger(storage, create=config.create_store, policy=Policy(config.purchase_approval_threshold_sats),
+                             backoff=jittered_backoff, proofs=sealing_proofs(key_path, create=create_key), repair=True)
+        signer = tree_head_signer(ledger, key_path, create=create_key)
         anchor_key = open_anchor_key(storage, config.anchor_key_path, config.anchor_network) if chain else None
         return LedgerServer(config, ServerParts(ledger, signer, chain, anchor_key, clock_us))
     except BaseException:

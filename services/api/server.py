@@ -38,6 +38,9 @@ from services.store.writer import CommandWriter
 log = logging.getLogger("reserve_ledger.server")
 SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["ReserveLedgerService"].full_name
 AUDIT_SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+# Health entry for saved states: NOT_SERVING once a saved projection or checkpoint failed its proof since start
+# (the service still answers, from a replay; the WARNING log names the row). grpc.health carries no detail.
+SAVED_STATES_HEALTH_NAME = "reserve_ledger.v1.SavedStates"
 WORKER_THREADS = 64
 SYSTEM_CALLER = Caller("system", "system")
 WRITES_HEALTH_NAME = "reserve_ledger.v1.ReserveLedgerService.writes"   # NOT_SERVING while the store refuses writes
@@ -113,6 +116,8 @@ class LedgerServer:
         self.server.start()
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.health.set(AUDIT_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._set_saved_states_health()
+        self.ledger.on_unproven = lambda row: self._set_saved_states_health()
         self._probe_writes()
         self._set_writes_health()
         self.workers.start("expiry", self._expire_due, self.config.expiry_interval_s)
@@ -123,6 +128,10 @@ class LedgerServer:
             self.workers.start("anchors", schedule.tick, self.config.anchor_policy.block_poll_interval_s)
         log.info("serving on port %s", self.port)
         return self
+
+    def _set_saved_states_health(self) -> None:
+        status = health_pb2.HealthCheckResponse
+        self.health.set(SAVED_STATES_HEALTH_NAME, status.NOT_SERVING if self.ledger.unproven_rows else status.SERVING)
 
     # --- supervised workers -------------------------------------------------------------------------
 

@@ -15,10 +15,11 @@ import dataclasses
 from typing import Callable
 
 from ledger import merkle
-from ledger.application import PROJECTION_NAME, ReserveLedger
+from ledger.application import PROJECTION_NAME, SET_ASIDE_PREFIX, ReserveLedger
 from ledger.events import CanonicalEvent, parse_canonical_bytes
 from ledger.log_rebuild import LogRebuild
 from ledger.state import ReserveState
+from services.store.seals import StateProofs
 
 SCAN_PAGE_SIZE = 5000
 STRAY_ROWS_REPORTED_MAX = 20
@@ -36,6 +37,7 @@ class VerifyReport:
     events: int = 0
     tree_heads: int = 0
     problems: list[Problem] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def first_bad_position(self) -> int | None:
@@ -100,7 +102,8 @@ class _Scan:
 
     def _compare_saved_state(self, position: int, state: ReserveState) -> None:
         if self.projection and self.projection[0] == position and self.projection[1] != state.to_bytes():
-            self.report.add(None, f"the saved projection at position {position} differs from a replay")
+            self.report.add(None, f"the saved projection {PROJECTION_NAME!r} at position {position} differs from a "
+                                  "replay")
         if position in self.saved_states:
             self.saved_states[position] = state.to_bytes()
 
@@ -164,3 +167,20 @@ def _check_after_scan(ledger: ReserveLedger, scan: _Scan, size: int, report: Ver
         saved = store.load_checkpoint(position)
         if state_bytes is not None and saved is not None and saved[1] != state_bytes:
             report.add(None, f"the checkpoint at position {position} differs from a replay")
+    _check_saved_states(store, scan, size, report)
+
+
+def _check_saved_states(store, scan: _Scan, size: int, report: VerifyReport) -> None:
+    """Each saved state's proof (with the public key), saved states beyond the log, rows kept for inspection."""
+    rows = [(f"projection {PROJECTION_NAME!r}", *scan.projection)] if scan.projection else []
+    rows += [("checkpoint", position, store.load_checkpoint(position)[1]) for position in scan.saved_states]
+    proofs = None if scan.public_key_raw is None else StateProofs(store, scan.public_key_raw)
+    for row, position, state_bytes in rows:
+        if position >= size:
+            report.add(None, f"the saved {row} at position {position} is beyond the log ({size} events)")
+        elif proofs is not None and (reason := proofs.unproven_reason(position, state_bytes)) is not None:
+            report.add(None, f"the saved {row} at position {position} is unproven: {reason}")
+    for name in store.projection_names():
+        if name.startswith(SET_ASIDE_PREFIX):
+            report.notes.append(f"projections row {name!r} holds a saved state that failed its proof, kept for "
+                                "inspection (delete it once inspected)")

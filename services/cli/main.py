@@ -64,28 +64,38 @@ def cmd_demo(args) -> int:
 
 
 def cmd_rebuild(args) -> int:
-    ledger = compose.open_ledger(storage_from(args))
+    storage = storage_from(args)
+    key_path = compose.existing_signing_key_path(storage, args.signing_key) if args.replace else None
+    if args.replace and key_path is None:
+        raise ConfigurationInvalid("rebuild --replace seals the replay with the tree-head key: pass --signing-key FILE")
+    proofs = compose.sealing_proofs(key_path) if args.replace else compose.reader_proofs(storage, None, args.signing_key)
+    ledger = compose.open_ledger(storage, proofs=proofs)
     try:
         size = ledger.store.log_size()
         with tqdm(total=size, unit="event", desc="replaying", disable=not sys.stderr.isatty()) as bar:
-            rebuilt = ledger.rebuild(lambda position: bar.update(position - bar.n))
+            comparison = ledger.compare_saved(lambda position: bar.update(position - bar.n))
             bar.update(size - bar.n)
-        live = ledger.live_state_bytes()
-        same = rebuilt.to_bytes() == live
-        print(f"replayed {size} events; rebuilt projection {'equals' if same else 'DIFFERS FROM'} the live view")
-        ledger.replace_projection(rebuilt)
+        for row, position, _ in comparison.differing:
+            print(f"the saved {row} at position {position} DIFFERS FROM the replay")
+        print(f"replayed {size} events; " + (f"{len(comparison.differing)} saved state(s) differ" if comparison.differing
+                                            else "every saved state equals the replay"))
+        if comparison.differing and not args.replace:
+            print("left as they are (evidence); `reserve-ledger rebuild --replace` replaces them and keeps the old "
+                  "ones for inspection")
+        for kept in ledger.replace_saved(comparison) if comparison.differing and args.replace else ():
+            print(f"replaced by the replay; the old one is kept for inspection as projections row {kept!r}")
     except InvariantBroken as broken:
         raise CheckFailed(f"the replay refuses the log: {broken}; run `reserve-ledger verify` for details") from None
     finally:
         ledger.close()
-    return 0 if same else 1
+    return 1 if comparison.differing else 0
 
 
 def cmd_verify(args) -> int:
     from services.audit.verify import verify_ledger
     storage = storage_from(args)
     public_key = compose.public_key_of(storage, args.public_key, args.signing_key)
-    ledger = compose.open_ledger(storage)
+    ledger = compose.open_ledger(storage, proofs=compose.checking_proofs(public_key))
     try:
         size = ledger.store.log_size()
         with tqdm(total=size, unit="event", desc="verifying", disable=not sys.stderr.isatty()) as bar:
@@ -94,20 +104,24 @@ def cmd_verify(args) -> int:
         ledger.close()
     for problem in report.problems:
         print(f"FAIL {problem.description}")
+    for note in report.notes:
+        print(f"note: {note}")
     if public_key is None:
-        print("note: no public key given (--public-key HEX or --signing-key FILE): signatures were not checked")
+        print("note: no public key given (--public-key HEX or --signing-key FILE): signatures and the seals of saved "
+              "states were not checked")
     if report.problems:
         where = report.first_bad_position
         print(f"{len(report.problems)} problem(s); " + (
             f"first bad position: {where}" if where is not None else
-            "no event position is at fault (tree heads or keys: see the lines above)"))
+            "no event position is at fault (tree heads, keys or saved states: see the lines above)"))
         return 1
     print(f"OK: {report.events} events, {report.tree_heads} signed tree heads, projections equal a replay")
     return 0
 
 
 def cmd_balances(args) -> int:
-    ledger = compose.open_ledger(storage_from(args))
+    storage = storage_from(args)
+    ledger = compose.open_ledger(storage, proofs=compose.reader_proofs(storage))
     try:
         if args.as_of_position is None:
             with ledger.reading() as live:
@@ -187,8 +201,13 @@ def _add_local_commands(commands) -> None:
     verify.add_argument("--public-key", metavar="HEX", help="raw Ed25519 public key of the tree heads (64 hex)")
     verify.add_argument("--signing-key", metavar="FILE", help="take the public key from this key file")
     verify.set_defaults(run=cmd_verify)
-    rebuild = commands.add_parser("rebuild", help="replay every event into fresh projections")
+    rebuild = commands.add_parser("rebuild", help="replay every event and compare the saved projection and "
+                                  "checkpoints with it")
     add_storage_options(rebuild)
+    rebuild.add_argument("--replace", action="store_true", help="replace each saved state that differs by the replay "
+                         "(sealed); the old one is kept for inspection as a projections row named set-aside:...")
+    rebuild.add_argument("--signing-key", metavar="FILE", help="tree-head key that seals the replay (default "
+                         "DATA_DIR/tree-head-signing.key; required with --database and --replace)")
     rebuild.set_defaults(run=cmd_rebuild)
     balances = commands.add_parser("balances", help="print balances and holdings")
     add_storage_options(balances)

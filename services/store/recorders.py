@@ -6,6 +6,7 @@ library's EXCLUSIVE lock on the events table, so commit order = position order):
   merkle_nodes(level, idx, hash)    complete perfect subtrees of the RFC 9162 log (level 0 = leaves)
   projections(name, position, state)  the saved read model, its position in the same row (atomic)
   checkpoints(position, state)        saved folds for point-in-time queries
+  state_seals(position, ...)          each saved state's seal (ledger/saved_states.py): used only once proven
   tree_heads(tree_size, ...)          signed tree heads
 The recorders also implement ledger.application.LogStore.
 """
@@ -26,6 +27,7 @@ from ledger import merkle
 from ledger.anchors import ANCHOR_BYTES_FIELDS, ANCHOR_FIELDS, ANCHOR_MUTABLE_FIELDS, Anchor
 from ledger.application import AppendConflict, LogRow
 from ledger.events import read_canonical_bytes
+from ledger.saved_states import StateSeal
 from ledger.tree_heads import TreeHead
 from services.errors import StoreFormatUnsupported
 from services.store.mapper import LOGGED_EVENT_TOPIC
@@ -43,6 +45,8 @@ SIDE_TABLES = (
     "PRIMARY KEY (level, idx))",
     "CREATE TABLE IF NOT EXISTS {projections} (name TEXT PRIMARY KEY, position BIGINT NOT NULL, state {blob} NOT NULL)",
     "CREATE TABLE IF NOT EXISTS {checkpoints} (position BIGINT PRIMARY KEY, state {blob} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {state_seals} (position BIGINT PRIMARY KEY, root_hash {blob} NOT NULL, "
+    "signature {blob} NOT NULL, key_id TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS {tree_heads} (tree_size BIGINT PRIMARY KEY, root_hash {blob} NOT NULL, "
     "timestamp_us BIGINT NOT NULL, signature {blob} NOT NULL, key_id TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS {anchors} (anchor_id BIGINT PRIMARY KEY, tree_size BIGINT NOT NULL, "
@@ -53,7 +57,8 @@ SIDE_TABLES = (
     "created_us BIGINT NOT NULL, updated_us BIGINT NOT NULL, block_header {blob}, txout_proof {blob})",
     "CREATE TABLE IF NOT EXISTS {store_format} (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
-TABLES = ("ledger_log", "merkle_nodes", "projections", "checkpoints", "tree_heads", "anchors", "store_format")
+TABLES = ("ledger_log", "merkle_nodes", "projections", "checkpoints", "state_seals", "tree_heads", "anchors",
+          "store_format")
 INDEXES = ("ledger_log_time_us",)
 # One column per field of ledger.anchors.Anchor (the CREATE TABLE above must name the same columns).
 ANCHOR_COLUMNS = ANCHOR_FIELDS
@@ -238,19 +243,46 @@ class _LedgerTables:
         self._write("INSERT INTO {store_format} (name, value) VALUES (?, ?) ON CONFLICT (name) "
                     "DO UPDATE SET value = excluded.value", ("write_probe_us", str(time_us)))
 
-    def save_projection(self, name: str, position: int, state: bytes) -> None:
-        self._write("INSERT INTO {projections} (name, position, state) VALUES (?, ?, ?) ON CONFLICT (name) "
-                    "DO UPDATE SET position = excluded.position, state = excluded.state "
-                    "WHERE excluded.position >= {projections}.position", (name, position, state))
+    def save_projection(self, name: str, position: int, state: bytes, seal: StateSeal, replace: bool = False) -> None:
+        """The row and its seal in one transaction; a row at a later position stays unless `replace`."""
+        guard = "" if replace else " WHERE excluded.position >= {projections}.position"
+        with self.datastore.transaction(commit=True) as cursor:
+            self._execute(cursor, "INSERT INTO {projections} (name, position, state) VALUES (?, ?, ?) ON CONFLICT "
+                                  "(name) DO UPDATE SET position = excluded.position, state = excluded.state" + guard,
+                          (name, position, state))
+            self._save_seal(cursor, seal)
 
     def load_checkpoint(self, position_max: int) -> tuple[int, bytes] | None:
         row = self._read_one("SELECT position, state FROM {checkpoints} WHERE position <= ? "
                              "ORDER BY position DESC LIMIT 1", (position_max,))
         return None if row is None else (row["position"], bytes(row["state"]))
 
-    def save_checkpoint(self, position: int, state: bytes) -> None:
-        self._write("INSERT INTO {checkpoints} (position, state) VALUES (?, ?) ON CONFLICT (position) DO NOTHING",
-                    (position, state))
+    def save_checkpoint(self, position: int, state: bytes, seal: StateSeal, replace: bool = False) -> None:
+        conflict = "DO UPDATE SET state = excluded.state" if replace else "DO NOTHING"
+        with self.datastore.transaction(commit=True) as cursor:
+            self._execute(cursor, "INSERT INTO {checkpoints} (position, state) VALUES (?, ?) ON CONFLICT (position) "
+                                  + conflict, (position, state))
+            self._save_seal(cursor, seal)
+
+    def _save_seal(self, cursor, seal: StateSeal) -> None:
+        self._execute(cursor, "INSERT INTO {state_seals} (position, root_hash, signature, key_id) VALUES (?, ?, ?, ?) "
+                              "ON CONFLICT (position) DO UPDATE SET root_hash = excluded.root_hash, "
+                              "signature = excluded.signature, key_id = excluded.key_id",
+                      (seal.position, seal.root_hash, seal.signature, seal.key_id))
+
+    def load_seal(self, position: int) -> StateSeal | None:
+        row = self._read_one("SELECT position, root_hash, signature, key_id FROM {state_seals} WHERE position = ?",
+                             (position,))
+        return None if row is None else StateSeal(row["position"], bytes(row["root_hash"]), bytes(row["signature"]),
+                                                  row["key_id"])
+
+    def set_aside(self, name: str, position: int, state: bytes) -> None:
+        """Keep a saved state that failed its proof, for inspection, as a projections row named `name`."""
+        self._write("INSERT INTO {projections} (name, position, state) VALUES (?, ?, ?) ON CONFLICT (name) "
+                    "DO NOTHING", (name, position, state))
+
+    def projection_names(self) -> list[str]:
+        return [r["name"] for r in self._read_all("SELECT name FROM {projections} ORDER BY name")]
 
     def checkpoint_positions(self) -> list[int]:
         return [r["position"] for r in self._read_all("SELECT position FROM {checkpoints} ORDER BY position")]
