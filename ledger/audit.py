@@ -3,7 +3,7 @@
 No file IO, no clock, no network, no storage code: services/audit/bundle.py reads the files and feeds them here.
 The caller creates an :class:`Audit` from the bundle's small files, feeds every event's bytes in log order
 to :meth:`Audit.feed`, then calls :meth:`Audit.finish`. Every finding names its place: ``event N``,
-``tree size N``, ``anchor TXID``, ``header HEIGHT``, ``file NAME`` or ``account ID``.
+``tree size N``, ``anchor TXID``, ``anchor genesis``, ``header HEIGHT``, ``file NAME`` or ``account ID``.
 docs/FORMATS.md ("Audit bundle") lists the checks in the order an auditor re-implements them.
 """
 
