@@ -65,9 +65,6 @@ def _print_summary(result: dict) -> None:
         if anchor.get("confirmations") is not None:
             print(f"anchor {anchor['txid']}: tree size {anchor['tree_size']}, block {anchor['block_height']}, "
                   f"{anchor['confirmations']} confirmations on the best chain")
-    if result.get("anchor_genesis"):
-        print(f"anchor genesis {result['anchor_genesis']} (pin it in later audits: --anchor-genesis "
-              f"{result['anchor_genesis']})")
     followed = (result.get("chain") or {}).get("anchor_chain") or {}
     if followed.get("anchors") is not None:
         print(f"anchors on chain from the genesis {followed['genesis']}: {len(followed['anchors'])}")
@@ -75,6 +72,8 @@ def _print_summary(result: dict) -> None:
         print(f"anchors on chain: {followed['note']}")
     summary = (f"{result['events']} events, {len(result['tree_heads'])} signed tree heads, "
                f"{len(result['anchors'])} anchors, replay to position {result['as_of_position']}")
+    if result.get("anchor_genesis"):
+        summary += f"; anchor genesis {result['anchor_genesis']} (pin it in later audits with --anchor-genesis)"
     if result["verdict"] == "PASS":
         print(f"OK: {summary}")
     else:
