@@ -12,7 +12,7 @@ import math
 import struct
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import NamedTuple, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 # --- limits -----------------------------------------------------------------------------------------------
 
@@ -385,6 +385,132 @@ class Utxo:
     value_sats: int
 
 
+class OutpointInvalid(AnchoringError):
+    """Not `TXID:VOUT` (64 hex digits, a colon, an output index)."""
+
+
+@dataclass(frozen=True, order=True)
+class Outpoint:
+    """One transaction output, as `TXID:VOUT` (txid in display order)."""
+
+    txid: str
+    vout: int
+
+    def __str__(self) -> str:
+        return f"{self.txid}:{self.vout}"
+
+    def to_json(self) -> dict:
+        return {"txid": self.txid, "vout": self.vout}
+
+
+def parse_outpoint(text: str) -> Outpoint:
+    """`TXID:VOUT` -> Outpoint; OutpointInvalid for anything else (the txid is lower-cased)."""
+    txid, colon, vout = text.strip().partition(":") if isinstance(text, str) else ("", "", "")
+    if not colon or len(txid) != 64 or not all(c in "0123456789abcdefABCDEF" for c in txid) or \
+            not vout.isdigit() or len(vout) > 10 or int(vout) > 0xFFFFFFFF:
+        raise OutpointInvalid(f"{text!r} is not an outpoint TXID:VOUT (64 hex digits, a colon, an output index)")
+    return Outpoint(txid.lower(), int(vout))
+
+
+def outpoint_of_json(value) -> Outpoint | None:
+    """The bundle's and the report's `{"txid": ..., "vout": ...}` (or null) -> Outpoint | None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("vout"), int) or isinstance(value.get("vout"), bool):
+        raise OutpointInvalid(f"{value!r} is not an outpoint object {{txid, vout}}")
+    return parse_outpoint(f"{value.get('txid')}:{value['vout']}")
+
+
+# --- the chain of anchor transactions on chain (docs/FORMATS-anchoring.md §6) ------------------------------
+
+ANCHOR_CHAIN_LENGTH_MAX = 100_000   # transactions followed from the genesis (= ledger.audit.ANCHORS_MAX)
+
+
+class AnchorChainBroken(AnchoringError):
+    """The chain of anchor transactions from the genesis cannot be followed to an unspent output."""
+
+
+def spent_outpoints(tx: ParsedTx) -> list[Outpoint]:
+    """The outputs ``tx`` spends, in input order."""
+    return [Outpoint(display_hex(i.prev_txid_internal), i.vout) for i in tx.inputs]
+
+
+def _link(raw: bytes, txid: str, script_pubkey: bytes) -> tuple[ParsedTx, int | None]:
+    """The transaction (checked against the txid asked for) and its one output back to the anchor address."""
+    tx = parse_transaction(raw)
+    if tx.txid != txid:
+        raise AnchorChainBroken(f"asked for transaction {txid}, the node sent {tx.txid}")
+    paying = [vout for vout, out in enumerate(tx.outputs) if out.script_pubkey == script_pubkey]
+    if len(paying) > 1:
+        raise AnchorChainBroken(f"transaction {txid} pays the anchor address {len(paying)} times: which output "
+                                "continues the chain is ambiguous")
+    return tx, paying[0] if paying else None
+
+
+def follow_anchor_chain(genesis: Outpoint, script_pubkey: bytes, spender: Callable[[Outpoint], str | None],
+                        raw_transaction: Callable[[str], bytes],
+                        length_max: int = ANCHOR_CHAIN_LENGTH_MAX) -> list[bytes]:
+    """Forward from the genesis: each confirmed spender of the output paying the anchor address, until that
+    output is unspent. Returns the raw transactions in chain order ([] while the genesis is unspent)."""
+    chain, at = [], genesis
+    while (txid := spender(at)) is not None:
+        if len(chain) >= length_max:
+            raise AnchorChainBroken(f"more than {length_max} transactions descend from the genesis {genesis}")
+        raw = raw_transaction(txid)
+        tx, vout = _link(raw, txid, script_pubkey)
+        if at not in spent_outpoints(tx):
+            raise AnchorChainBroken(f"the node says {txid} spends {at}, but it does not")
+        chain.append(raw)
+        if vout is None:
+            raise AnchorChainBroken(f"the chain from the genesis {genesis} ends at {txid}: it spends the anchor "
+                                    "wallet without paying it back (no anchor can follow)")
+        at = Outpoint(txid, vout)
+    return chain
+
+
+def trace_anchor_chain(genesis: Outpoint, script_pubkey: bytes, unspent: list[Outpoint],
+                       raw_transaction: Callable[[str], bytes],
+                       length_max: int = ANCHOR_CHAIN_LENGTH_MAX) -> list[bytes]:
+    """Backward, for a node that can only list unspent outputs: from each unspent output at the anchor address,
+    through each transaction's input from that address, until one reaches the genesis. Returns the same
+    transactions as `follow_anchor_chain`, in chain order."""
+    if genesis in unspent:
+        return []
+    for tip in unspent:
+        chain, at = [], tip
+        while len(chain) < length_max:
+            raw = raw_transaction(at.txid)
+            tx, vout = _link(raw, at.txid, script_pubkey)
+            if vout != at.vout:
+                break
+            chain.append(raw)
+            inputs = spent_outpoints(tx)
+            if genesis in inputs:
+                return chain[::-1]
+            previous = [i for i in inputs if _pays(raw_transaction(i.txid), i.vout, script_pubkey)]
+            if len(previous) != 1:
+                break
+            at = previous[0]
+    raise AnchorChainBroken(f"the genesis {genesis} is spent, but no unspent output at the anchor address "
+                            "descends from it: its chain ends (or leaves the anchor address)")
+
+
+def script_of_outpoint(outpoint: Outpoint, raw: bytes) -> bytes:
+    """The output script of ``outpoint``, from its transaction's raw bytes (checked against its txid): the
+    genesis's script is the anchor address the chain keeps paying."""
+    tx = parse_transaction(raw)
+    if tx.txid != outpoint.txid:
+        raise AnchorChainBroken(f"asked for transaction {outpoint.txid}, the node sent {tx.txid}")
+    if outpoint.vout >= len(tx.outputs):
+        raise LookupError(f"transaction {outpoint.txid} has no output {outpoint.vout}")
+    return tx.outputs[outpoint.vout].script_pubkey
+
+
+def _pays(raw: bytes, vout: int, script_pubkey: bytes) -> bool:
+    outputs = parse_transaction(raw).outputs
+    return vout < len(outputs) and outputs[vout].script_pubkey == script_pubkey
+
+
 class ChainBackend(Protocol):
     """What the anchor worker needs from a chain: Core RPC, Esplora, or the embedded regtest chain.
 
@@ -421,6 +547,13 @@ class ChainBackend(Protocol):
 
     def utxos(self, script_pubkey: bytes) -> list[Utxo]:
         """Confirmed unspent outputs paying ``script_pubkey``."""
+
+    def anchor_chain(self, genesis: Outpoint) -> list[bytes]:
+        """The confirmed chain of transactions from the anchor wallet's first funding coin: the one spending
+        ``genesis``, then the one spending its output back to the same address, ... up to the one whose such
+        output is unspent now; raw, in chain order ([] while the genesis is unspent). Each backend walks it its
+        own way (``follow_anchor_chain`` forward, ``trace_anchor_chain`` backward); AnchorChainBroken when the
+        chain cannot be followed, LookupError when the genesis is unknown."""
 
 
 # --- merkleblock (Core gettxoutproof) ---------------------------------------------------------------------

@@ -3,7 +3,7 @@
 No file IO, no clock, no network, no storage code: services/audit/bundle.py reads the files and feeds them here.
 The caller creates an :class:`Audit` from the bundle's small files, feeds every event's bytes in log order
 to :meth:`Audit.feed`, then calls :meth:`Audit.finish`. Every finding names its place: ``event N``,
-``tree size N``, ``anchor TXID``, ``header HEIGHT``, ``file NAME`` or ``account ID``.
+``tree size N``, ``anchor TXID``, ``anchor genesis``, ``header HEIGHT``, ``file NAME`` or ``account ID``.
 docs/FORMATS.md ("Audit bundle") lists the checks in the order an auditor re-implements them.
 """
 
@@ -15,8 +15,8 @@ from ledger import merkle
 from ledger import pending as pending_kinds
 from ledger.anchor_policy import CONFIRMED_STATES
 from ledger.anchoring import (
-    HEADER_SIZE_BYTES, AnchoringError, display_hex, find_anchor_output, internal_from_display, parse_transaction,
-    sha256d, verify_txout_proof,
+    HEADER_SIZE_BYTES, AnchoringError, Outpoint, display_hex, find_anchor_output, internal_from_display,
+    parse_transaction, sha256d, spent_outpoints, verify_txout_proof,
 )
 from ledger.events import CanonicalEvent, parse_canonical_bytes
 from ledger.log_rebuild import LogRebuild
@@ -136,8 +136,10 @@ def _decoded_heads(entries: list, findings: Findings) -> list[TreeHead]:
 class Audit:
     """Feed it every event in log order, then ``finish``; it never raises for what it finds."""
 
-    def __init__(self, tree_heads: list, public_key_hex: str, anchors: list, events_expected: int) -> None:
+    def __init__(self, tree_heads: list, public_key_hex: str, anchors: list, events_expected: int,
+                 anchor_genesis: Outpoint | None = None) -> None:
         self.findings = Findings()
+        self.anchor_genesis = anchor_genesis
         self.public_key = self._public_key(public_key_hex)
         self.heads = _decoded_heads(tree_heads, self.findings)
         self.anchors = list(anchors[:ANCHORS_MAX])
@@ -222,7 +224,8 @@ class Audit:
             self.samples.append(_holdings_sample(self.state))
         self._check_heads()
         self._check_consistency()
-        anchor_rows = check_anchors(self.anchors, self.rebuild.roots, self.frontier.size, self.findings)
+        anchor_rows = check_anchors(self.anchors, self.rebuild.roots, self.frontier.size, self.findings,
+                                    self.anchor_genesis)
         return {"events": self.frontier.size, "root_hash": self.frontier.root().hex(),
                 "tree_heads": [_head_row(head) for head in self.heads], "anchors": anchor_rows}
 
@@ -356,8 +359,13 @@ class Controls:
 
 # --- anchors -------------------------------------------------------------------------------------------
 
-def check_anchors(anchors: list, roots: dict[int, bytes], events: int, findings: Findings) -> list[dict]:
-    """Each anchor's payload, transaction and merkleblock; then the chain of anchors. Returns report rows."""
+GENESIS_WHERE = "anchor genesis"
+
+
+def check_anchors(anchors: list, roots: dict[int, bytes], events: int, findings: Findings,
+                  genesis: Outpoint | None = None) -> list[dict]:
+    """Each anchor's payload, transaction and merkleblock; then the chain of anchors and where it starts (the
+    anchor wallet's genesis coin). Returns report rows."""
     rows, parsed = [], {}
     for number, anchor in enumerate(anchors):
         txid = str(anchor.get("txid", f"#{number}")) if isinstance(anchor, dict) else f"#{number}"
@@ -369,7 +377,24 @@ def check_anchors(anchors: list, roots: dict[int, bytes], events: int, findings:
         rows.append(row)
         parsed[row["txid"]] = tx
     _check_anchor_chain([r for r in rows if r["state"] not in SUPERSEDED_STATES], parsed, findings)
+    _check_genesis(rows, parsed, genesis, findings)
     return rows
+
+
+def _check_genesis(rows: list[dict], parsed: dict, genesis: Outpoint | None, findings: Findings) -> None:
+    """Every anchor spends either another listed anchor's change or the genesis, and a genesis means anchors."""
+    if not rows:
+        return  # a genesis without anchors: the first may have been made after the snapshot; --chain decides
+    if genesis is None:
+        findings.add("anchors", GENESIS_WHERE, "the anchors' genesis coin is not named, but anchors are listed")
+        return
+    changes = {Outpoint(r["txid"], r["change_vout"]) for r in rows}
+    for row in rows:
+        tx = parsed.get(row["txid"])
+        spent = set(spent_outpoints(tx)) if tx is not None else set()
+        if tx is not None and not spent & changes and genesis not in spent:
+            findings.add("anchors", f"anchor {row['txid']}", f"spends neither the anchor genesis {genesis} nor a "
+                                                             "listed anchor's change: anchors before it are missing")
 
 
 def _check_anchor(anchor: dict, roots: dict[int, bytes], events: int, findings: Findings):
@@ -462,6 +487,73 @@ def _check_anchor_chain(rows: list[dict], parsed: dict, findings: Findings) -> N
         if current["tree_size"] <= previous["tree_size"]:
             findings.add("anchors", where, f"commits to tree size {current['tree_size']}, not more than the "
                                            f"{previous['tree_size']} before it")
+
+
+# --- the chain of anchors found on chain (audit --chain) ------------------------------------------------
+
+def check_pinned_genesis(named: str | None, pinned: Outpoint, findings: Findings) -> None:
+    """The bundle names the genesis the auditor pinned from an earlier report; another one means the chain of
+    anchors was started again from another coin (a rewritten history re-anchored)."""
+    if named != str(pinned):
+        findings.add("anchors", GENESIS_WHERE, f"the bundle names {named or 'no genesis'}, not the pinned {pinned}: "
+                                               "its anchors start from another coin")
+
+
+def payload_sizes(chain_raws: list[bytes]) -> set[int]:
+    """The tree sizes the transactions' payloads commit to (those that carry one)."""
+    sizes = set()
+    for raw in chain_raws:
+        try:
+            found = find_anchor_output(parse_transaction(raw))
+        except AnchoringError:
+            continue
+        if found is not None:
+            sizes.add(found[1].tree_size)
+    return sizes
+
+
+def check_anchors_on_chain(chain_raws: list[bytes], rows: list[dict], roots: dict[int, bytes], events: int,
+                           findings: Findings) -> list[dict]:
+    """The bundle against the chain of anchor transactions the auditor's node found from the genesis: every one
+    is a listed, live anchor (else it was left out, and what it commits to says why), and every anchor the
+    bundle calls confirmed is one of them. ``roots`` holds the rebuilt root at each committed size the bundle
+    has events for. Returns one row per transaction on chain."""
+    listed = {row["txid"]: row for row in rows}
+    found_rows = []
+    for raw in chain_raws:
+        tx = parse_transaction(raw)   # the backend parsed it to follow the chain
+        where = f"anchor {tx.txid}"
+        try:
+            found = find_anchor_output(tx)
+        except AnchoringError as error:
+            found, problem = None, f" ({error})"
+        else:
+            problem = ""
+        if found is None:
+            findings.add("chain", where, "on the chain of anchors from the genesis but no anchor: it spends the "
+                                         f"anchor wallet without a readable payload{problem}")
+            continue
+        payload, row = found[1], listed.get(tx.txid)
+        found_rows.append({"txid": tx.txid, "tree_size": payload.tree_size, "in_bundle": row is not None})
+        if row is None:
+            findings.add("chain", where, "anchor on chain missing from the bundle: it commits to tree size "
+                                         f"{payload.tree_size}{_against_bundle(payload, roots, events)}")
+        elif row["state"] in SUPERSEDED_STATES:
+            findings.add("chain", where, f"on chain, but the bundle says it was {row['state']}")
+    on_chain = {row["txid"] for row in found_rows}
+    for row in rows:
+        if row["state"] in CONFIRMED_STATES and row["txid"] not in on_chain:
+            findings.add("chain", f"anchor {row['txid']}", "the bundle says it is confirmed, but it is not on the "
+                                                           "chain of anchor transactions from the genesis")
+    return found_rows
+
+
+def _against_bundle(payload, roots: dict[int, bytes], events: int) -> str:
+    if payload.tree_size > events:
+        return f", beyond the bundle's {events} events (the log was cut short)"
+    if roots.get(payload.tree_size) != payload.root:
+        return ", and its root is not the bundle's root at that size (history was rewritten)"
+    return "; its root is the bundle's root at that size"
 
 
 # --- block headers -------------------------------------------------------------------------------------

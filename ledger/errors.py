@@ -164,6 +164,10 @@ class TreeHeadNotFound(NotFound):
     """No signed tree head exists for that size."""
 
 
+class AnchorGenesisNotRecorded(NotFound):
+    """No anchor has been made yet, so the anchor wallet's genesis coin is not recorded."""
+
+
 class EventNotAnchoredYet(RuleViolated):
     """No confirmed Bitcoin anchor covers this position yet."""
 

@@ -8,8 +8,8 @@ Each step (run every `interval_s` by `serve`, or once by `reserve-ledger anchor`
   4. if an anchor is still unconfirmed `replace_after_blocks` after its broadcast, replace it (full RBF:
      same coin, higher fee, committing to the newest tree head);
   5. otherwise, if no anchor is in flight and the newest tree head is larger than the last anchored one,
-     build one transaction spending the previous anchor's change (or a funding coin), record it, then
-     broadcast it.
+     build one transaction spending the previous anchor's change (or, for the first, the anchor wallet's
+     genesis coin, recorded once in the store), record it, then broadcast it.
 Recording before broadcasting means a crash can neither lose an anchor nor make two for one head.
 Between steps, `follow_chain` (every `block_poll_interval_s`) runs step 3 alone whenever the tip changed, so a
 new block's confirmations and a reorg are seen within seconds, not at the next period.
@@ -23,7 +23,7 @@ from typing import Callable
 from ledger import anchor_policy as policy_rules
 from ledger.anchor_policy import AnchorPolicy
 from ledger.anchors import Anchor
-from ledger.anchoring import ChainBackend, Utxo, encode_payload, fee_rate_for_anchor, parse_transaction
+from ledger.anchoring import ChainBackend, Outpoint, Utxo, encode_payload, fee_rate_for_anchor, parse_transaction
 from services.bitcoin.anchor_tx import AnchorKey, build_anchor_psbt, build_anchor_tx, finalize_signed_psbt
 from services.bitcoin.errors import BroadcastRejected
 from services.store.signing import TreeHeadSigner
@@ -194,11 +194,27 @@ class AnchorWorker:
         return Utxo(anchor.txid, anchor.change_vout, anchor.change_value_sats)
 
     def _funding_coin(self) -> Utxo:
+        """The coin the chain of anchors starts from: the recorded genesis once there is one (a first anchor that
+        was refused leaves it unspent), else the largest confirmed coin of the anchor key."""
+        genesis = self._store.load_anchor_genesis()
+        coins = self._backend.utxos(self._key.script_pubkey)
+        if genesis is not None:
+            found = [c for c in coins if Outpoint(c.txid, c.vout) == genesis]
+            if not found:
+                raise NoFundingCoin(f"the anchor genesis {genesis} is not an unspent coin of {self._key.address}, "
+                                    "and no anchor spends it")
+            return found[0]
         spent = {(a.prev_txid, a.prev_vout) for a in self._anchors()}
-        coins = [c for c in self._backend.utxos(self._key.script_pubkey) if (c.txid, c.vout) not in spent]
+        coins = [c for c in coins if (c.txid, c.vout) not in spent]
         if not coins:
             raise NoFundingCoin(f"no confirmed coin pays the anchor address {self._key.address}")
         return max(coins, key=lambda c: c.value_sats)
+
+    def _record_genesis_if_first(self, coin: Utxo) -> None:
+        """A coin that is no anchor's change starts the chain: record it once, before the first anchor spending it
+        (the store refuses a different one later)."""
+        if not any(a.txid == coin.txid and a.change_vout == coin.vout for a in self._anchors()):
+            self._store.record_anchor_genesis(Outpoint(coin.txid, coin.vout), self._clock_us())
 
     def _record(self, coin: Utxo, head, fee_rate: Decimal, tip: int, replaces: int | None) -> Anchor:
         tx = build_anchor_tx(coin, self._key, encode_payload(head.tree_size, head.root_hash), fee_rate,
@@ -214,6 +230,7 @@ class AnchorWorker:
 
     def _insert(self, coin: Utxo, tree_size: int, root_hash: bytes, raw: bytes, replaces: int | None) -> Anchor:
         tx = parse_transaction(raw)
+        self._record_genesis_if_first(coin)
         change_vout = 1
         fee = coin.value_sats - sum(out.value_sats for out in tx.outputs)
         now = self._clock_us()

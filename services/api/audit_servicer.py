@@ -155,3 +155,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         return pb.ListAnchorsResponse(
             anchors=[anchor_to_proto(anchor) for anchor in anchors[:page_size]],
             next_page_token=token_of("anchors", anchors[page_size].anchor_id) if more else "")
+
+    def GetAnchorGenesis(self, request, context):
+        genesis = self._store.load_anchor_genesis()
+        if genesis is None:
+            raise errors.AnchorGenesisNotRecorded("no anchor has been made yet, so no anchor genesis is recorded")
+        return pb.GetAnchorGenesisResponse(txid=genesis.txid, vout=genesis.vout)

@@ -51,6 +51,7 @@ ALLOWED_ROLES: dict[str, frozenset[str]] = {
     AUDIT_SERVICE + "GetEventProof": frozenset({"auditor", "admin"}),
     AUDIT_SERVICE + "ListTreeHeads": frozenset({"auditor", "admin"}),
     AUDIT_SERVICE + "ListAnchors": frozenset({"auditor", "admin"}),
+    AUDIT_SERVICE + "GetAnchorGenesis": frozenset({"auditor", "admin"}),
 }
 
 

@@ -12,6 +12,7 @@ import struct
 from typing import Callable, Iterator
 
 from ledger import audit
+from ledger.anchoring import Outpoint, OutpointInvalid, outpoint_of_json
 
 MANIFEST = "manifest.json"
 EVENTS = "events.bin"
@@ -20,7 +21,8 @@ PUBLIC_KEY = "public_key.hex"
 ANCHORS = "anchors.json"
 HEADERS = "headers.json"
 CUSTODY = "custody.json"
-REQUIRED_FILES = (EVENTS, TREE_HEADS, PUBLIC_KEY, ANCHORS, CUSTODY)
+ANCHOR_GENESIS = "anchor_genesis.json"
+REQUIRED_FILES = (EVENTS, TREE_HEADS, PUBLIC_KEY, ANCHORS, CUSTODY, ANCHOR_GENESIS)
 FRAME_HEADER = struct.Struct(">I")   # every event: 4-byte big-endian length, then its canonical bytes
 READ_BUFFER_BYTES = 1 << 20
 JSON_FILE_SIZE_MAX_BYTES = 512 << 20
@@ -126,6 +128,7 @@ def read_small_files(directory: pathlib.Path) -> dict:
     return {"manifest": manifest, "tree_heads": read_json(directory, TREE_HEADS),
             "public_key_hex": (directory / PUBLIC_KEY).read_text(errors="replace"),
             "anchors": read_json(directory, ANCHORS), "custody": read_json(directory, CUSTODY),
+            "anchor_genesis": read_json(directory, ANCHOR_GENESIS),
             "headers": read_json(directory, HEADERS, default={}) if (directory / HEADERS).exists() else None}
 
 
@@ -139,10 +142,14 @@ def audit_bundle(directory: str | pathlib.Path, progress: Callable[[int], None] 
     directory = pathlib.Path(directory)
     files = read_small_files(directory)
     expected = files["manifest"].get("counts", {}).get("events", 0)
+    genesis, genesis_error = anchor_genesis_of(files["anchor_genesis"])
     run = audit.Audit(_as_list(files["tree_heads"]), files["public_key_hex"], _as_list(files["anchors"]),
-                      expected if isinstance(expected, int) else 0)
+                      expected if isinstance(expected, int) else 0, anchor_genesis=genesis)
+    if genesis_error:
+        run.findings.add("anchors", f"file {ANCHOR_GENESIS}", genesis_error)
     _feed_events(run, directory / EVENTS, progress)
     facts = run.finish()
+    facts["anchor_genesis"] = None if genesis is None else str(genesis)
     headers = files["headers"] if isinstance(files["headers"], dict) or files["headers"] is None else {}
     listed_headers = _as_list((headers or {}).get("headers"))
     if headers is not None:
@@ -162,6 +169,14 @@ def audit_bundle(directory: str | pathlib.Path, progress: Callable[[int], None] 
     audit.check_manifest(files["manifest"], bundle_digests(directory), counts, run.findings)
     return {**facts, **views, "holdings_over_time": run.samples, "controls": run.controls.to_dict(),
             "counts": counts, "findings": run.findings}
+
+
+def anchor_genesis_of(value) -> tuple[Outpoint | None, str]:
+    """anchor_genesis.json's outpoint (None when it says null) and what is wrong with it ("" when nothing)."""
+    try:
+        return outpoint_of_json(value), ""
+    except OutpointInvalid as error:
+        return None, str(error)
 
 
 def _feed_events(run: audit.Audit, path: pathlib.Path, progress: Callable[[int], None]) -> None:

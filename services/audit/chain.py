@@ -1,21 +1,29 @@
 """`reserve-ledger audit --chain SPEC`: what only the auditor's own Bitcoin node can say.
 
   1. each confirmed anchor's block is the best-chain block at its height (with its confirmations);
-  2. the last anchor's change output is still unspent, so no later anchor exists that the bundle omits;
+  2. the anchors are found on chain, not in the bundle: from the anchor genesis (pinned by the auditor, else the
+     bundle's) the node follows the chain of anchor transactions to the output unspent now; every one of them
+     must be a live anchor of the bundle (a removed anchor, a cut-short log or a rewritten history each leave
+     one out), and every anchor the bundle calls confirmed must be one of them. Without any genesis, only the
+     last listed anchor's change is checked to be unspent;
   3. proof of reserves: each custody account's ledger balance against the confirmed coins paying its
      registered addresses (and a fixed-key descriptor) at a stated height.
 The comparisons themselves are pure (ledger/audit.py); this module only asks the backend.
 """
 
-from ledger import audit
-from ledger.anchoring import ChainBackend, parse_transaction
+import pathlib
+
+from ledger import audit, merkle
+from ledger.anchoring import AnchoringError, ChainBackend, Outpoint, parse_transaction
+from ledger.log_rebuild import LogRebuild
+from services.audit import bundle
 from services.bitcoin.addresses import AddressInvalid, script_pubkey_of_address
 
 SNAPSHOT_ATTEMPTS_MAX = 3
 
 
 def check_best_chain(anchor_rows: list[dict], anchors_json: list, backend: ChainBackend,
-                     findings: audit.Findings) -> dict:
+                     findings: audit.Findings, last_change_unspent: bool = True) -> dict:
     tip = backend.tip_height()
     for row in anchor_rows:
         if not row["block_hash"]:
@@ -31,8 +39,44 @@ def check_best_chain(anchor_rows: list[dict], anchors_json: list, backend: Chain
             row["confirmations"] = 0
             findings.add("chain", where, f"block {row['block_hash']} is not the best-chain block at height "
                                          f"{row['block_height']} (the node has {best})")
-    _check_last_change_unspent(anchor_rows, anchors_json, backend, findings)
+    if last_change_unspent:
+        _check_last_change_unspent(anchor_rows, anchors_json, backend, findings)
     return {"tip_height": tip, "tip_hash": backend.block_hash(tip)}
+
+
+def check_anchor_chain(directory: pathlib.Path, facts: dict, backend: ChainBackend, genesis: Outpoint | None,
+                       findings: audit.Findings) -> dict:
+    """The chain of anchor transactions on chain from `genesis`, against the bundle's anchors (see above)."""
+    if genesis is None:
+        return {"genesis": None, "anchors": None,
+                "note": "no anchor genesis (none in the bundle, none pinned): the anchors on chain were not looked "
+                        "for; pin the genesis of an earlier report with --anchor-genesis TXID:VOUT"}
+    try:
+        raws = backend.anchor_chain(genesis)
+    except LookupError as error:
+        findings.add("chain", audit.GENESIS_WHERE, f"the node does not know the genesis {genesis} ({error}); a "
+                                                   "Bitcoin Core node needs -txindex to look transactions up")
+        return {"genesis": str(genesis), "anchors": None, "note": "not followed"}
+    except AnchoringError as error:
+        findings.add("chain", audit.GENESIS_WHERE, f"the chain of anchors from {genesis} cannot be followed: {error}")
+        return {"genesis": str(genesis), "anchors": None, "note": "not followed"}
+    listed = {row["txid"] for row in facts["anchors"]}
+    left_out = [raw for raw in raws if parse_transaction(raw).txid not in listed]
+    sizes = {size for size in audit.payload_sizes(left_out) if size <= facts["events"]}
+    rows = audit.check_anchors_on_chain(raws, facts["anchors"], _roots_at(directory, sizes) if sizes else {},
+                                        facts["events"], findings)
+    return {"genesis": str(genesis), "anchors": rows, "note": ""}
+
+
+def _roots_at(directory: pathlib.Path, sizes: set[int]) -> dict[int, bytes]:
+    """The bundle's roots at these sizes: a second pass over events.bin, needed only for anchors it left out."""
+    rebuild = LogRebuild(sizes)
+    try:
+        for event_bytes in bundle.iter_events(directory / bundle.EVENTS):
+            rebuild.append(merkle.leaf_hash(event_bytes))
+    except bundle.BundleInvalid:
+        pass  # already a finding of the offline checks; the roots up to the break stand
+    return rebuild.roots
 
 
 def _check_last_change_unspent(anchor_rows: list[dict], anchors_json: list, backend: ChainBackend,

@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Protocol
 
 from ledger import limits
 from ledger.anchor_policy import CONFIRMED_STATES
+from ledger.anchoring import Outpoint
 from ledger.anchors import Anchor
 from ledger.application import ReserveLedger
 from ledger.audit import HEADERS_MAX, custody_accounts
@@ -21,7 +22,7 @@ from services.audit import bundle
 from services.errors import AlreadyExists, CheckFailed
 
 BUNDLE_FILES = (bundle.MANIFEST, bundle.EVENTS, bundle.TREE_HEADS, bundle.PUBLIC_KEY, bundle.ANCHORS, bundle.HEADERS,
-                bundle.CUSTODY)
+                bundle.CUSTODY, bundle.ANCHOR_GENESIS)
 
 
 class BundleDirectoryNotEmpty(AlreadyExists):
@@ -44,6 +45,7 @@ class BundleSource(Protocol):
     def event_pages(self, size: int) -> Iterator[list[bytes]]: ...   # canonical bytes of positions 0..size-1
     def tree_heads(self, size: int) -> list[TreeHead]: ...           # heads of at most `size` events, by size
     def anchors(self, size: int) -> list[Anchor]: ...                # by anchor_id, tree_size <= size
+    def anchor_genesis(self) -> Outpoint | None: ...                 # after anchors(): the first anchor's coin
     def custody_accounts(self, size: int) -> list[dict]: ...         # after event_pages: as of position size - 1
 
 
@@ -89,6 +91,9 @@ class LedgerSource:
     def anchors(self, size: int) -> list[Anchor]:
         return self._ledger.store.list_anchors(tree_size_max=size)
 
+    def anchor_genesis(self) -> Outpoint | None:
+        return self._ledger.store.load_anchor_genesis()
+
     def custody_accounts(self, size: int) -> list[dict]:
         return custody_accounts(self._ledger.state_as_of(size - 1) if size else ReserveState())
 
@@ -125,6 +130,8 @@ def _write(source: BundleSource, out: pathlib.Path, backend, progress: Callable[
     (out / bundle.PUBLIC_KEY).write_text(public_key_raw.hex() + "\n")
     anchors = [a.to_json() for a in source.anchors(size)]
     bundle.write_json(out, bundle.ANCHORS, anchors)
+    genesis = source.anchor_genesis()  # read after the anchors: any anchor listed has its genesis recorded
+    bundle.write_json(out, bundle.ANCHOR_GENESIS, None if genesis is None else genesis.to_json())
     custody = source.custody_accounts(size)
     bundle.write_json(out, bundle.CUSTODY, custody)
     counts = {"events": size, "tree_heads": len(heads), "anchors": len(anchors), "custody_accounts": len(custody),

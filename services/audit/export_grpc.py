@@ -3,13 +3,17 @@
 The snapshot is the latest signed tree head (GetTreeHead signs one for the current log first), so the bundle's
 events are covered by a head of exactly their number. Events come from StreamLeaves in streams of at most
 STREAM_EVENTS_MAX events, each with its own deadline; tree heads and anchors from the paged ListTreeHeads and
-ListAnchors up to the snapshot size. Custody accounts are not asked for: they are the fold (ledger/state.py)
-of the very events written to the bundle, replayed here as they stream by, as `reserve-ledger audit` will.
+ListAnchors up to the snapshot size; the anchor genesis from GetAnchorGenesis. Custody accounts are not asked
+for: they are the fold (ledger/state.py) of the very events written to the bundle, replayed here as they stream
+by, as `reserve-ledger audit` will.
 """
 
 from typing import Iterator
 
+import grpc
+
 from ledger import limits
+from ledger.anchoring import Outpoint, OutpointInvalid, parse_outpoint
 from ledger.anchors import BUNDLE_FIELDS, Anchor
 from ledger.audit import custody_accounts
 from ledger.events import parse_canonical_bytes
@@ -84,6 +88,18 @@ class AuditServiceSource:
 
     def anchors(self, size: int) -> list[Anchor]:
         return [anchor_of_proto(a) for a in self._pages(self._stub.ListAnchors, pb.ListAnchorsRequest, "anchors", size)]
+
+    def anchor_genesis(self) -> Outpoint | None:
+        try:
+            answer = self._stub.GetAnchorGenesis(pb.GetAnchorGenesisRequest(), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:  # ANCHOR_GENESIS_NOT_RECORDED: no anchor yet
+                return None
+            raise
+        try:
+            return parse_outpoint(f"{answer.txid}:{answer.vout}")
+        except OutpointInvalid as error:
+            raise ServerAnswerInvalid(f"GetAnchorGenesis: {error}") from None
 
     def custody_accounts(self, size: int) -> list[dict]:
         assert self._state.position == size - 1, (self._state.position, size)  # event_pages replayed them all

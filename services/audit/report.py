@@ -24,7 +24,7 @@ CHECKS = (
     ("replay", "Replay of every event into balances, holdings and cost basis"),
     ("controls", "Every approval made by someone other than its proposer"),
     ("custody", "custody.json equals the custody accounts of the replay"),
-    ("chain", "Anchor blocks on the auditor's best chain; no later anchor left out"),
+    ("chain", "Anchor blocks on the auditor's best chain; every anchor on chain from the genesis is in the bundle"),
     ("reserves", "Ledger balance of each custody account = confirmed coins at its registered addresses"),
 )
 FAILURES_SHOWN_MAX = 1000
@@ -45,7 +45,9 @@ def audit_result(facts: dict) -> dict:
             "events": facts["events"], "root_hash": facts["root_hash"], "counts": facts["counts"],
             "as_of_position": facts["as_of_position"], "as_of_time_us": facts.get("as_of_time_us"),
             "replay_stopped_at": facts["replay_stopped_at"], "tree_heads": facts["tree_heads"],
-            "anchors": facts["anchors"], "headers": facts.get("headers"), "chain": facts.get("chain"),
+            "anchors": facts["anchors"], "anchor_genesis": facts.get("anchor_genesis"),
+            "anchor_genesis_pinned": facts.get("anchor_genesis_pinned"),
+            "headers": facts.get("headers"), "chain": facts.get("chain"),
             "reserves": facts.get("reserves"), "balances": facts["balances"], "holdings": facts["holdings"],
             "cost_basis": facts["cost_basis"], "custody_accounts": facts["accounts"],
             "holdings_over_time": facts["holdings_over_time"], "controls": facts["controls"]}
@@ -251,9 +253,27 @@ def _anchors(result: dict) -> str:
              "yes" if a["proven_in_block"] else "no"] for a in result["anchors"]]
     note = "" if result.get("chain") else ("<p class='note'>Confirmations need --chain; the blocks' headers and "
                                            "merkle proofs were checked offline.</p>")
-    return ("<h2>Bitcoin anchors</h2>" + chart_anchors(result["anchors"]) + note +
+    return ("<h2>Bitcoin anchors</h2>" + _genesis(result) + chart_anchors(result["anchors"]) + note +
             _table(["txid", "tree size", "state", "block height", "block hash", "confirmations",
                     "proven in block"], rows, {1, 3, 5}))
+
+
+def _genesis(result: dict) -> str:
+    """The anchor wallet's genesis, to pin in the next audit, and what was found on chain from it."""
+    genesis, pinned = result.get("anchor_genesis"), result.get("anchor_genesis_pinned")
+    text = (f"Anchor genesis (the coin the first anchor spent): <code>{_e(genesis)}</code>. Pin it in later audits: "
+            f"<code>reserve-ledger audit BUNDLE --chain SPEC --anchor-genesis {_e(genesis)}</code>."
+            if genesis else "The bundle names no anchor genesis (no anchor was made before the snapshot).")
+    if pinned:
+        text += f" This audit pinned <code>{_e(pinned)}</code>."
+    followed = ((result.get("chain") or {}).get("anchor_chain") or {})
+    if followed.get("anchors") is not None:
+        left_out = sum(1 for a in followed["anchors"] if not a["in_bundle"])
+        text += (f" On the auditor's node, {len(followed['anchors'])} anchor transaction(s) descend from "
+                 f"<code>{_e(followed['genesis'])}</code>; {left_out} of them missing from the bundle.")
+    elif followed.get("note"):
+        text += f" {_e(followed['note'])}."
+    return f"<p>{text}</p>"
 
 
 def _reserves(result: dict) -> str:

@@ -3,6 +3,8 @@
 import pathlib
 from typing import Callable
 
+from ledger import audit
+from ledger.anchoring import Outpoint
 from services.audit import bundle
 from services.audit import chain as audit_chain
 
@@ -10,11 +12,16 @@ FINDINGS_PRINTED_MAX = 50
 
 
 def audit_directory(directory: pathlib.Path, backend=None, chain_label: str | None = None,
-                    progress: Callable[[int], None] = lambda n: None) -> dict:
-    """The facts of one bundle: the offline checks, then, with a backend (the auditor's node), the chain's."""
+                    progress: Callable[[int], None] = lambda n: None, anchor_genesis: Outpoint | None = None) -> dict:
+    """The facts of one bundle: the offline checks, then, with a backend (the auditor's node), the chain's.
+    `anchor_genesis` is the auditor's pin (from an earlier report): the bundle must name it, and the chain of
+    anchors is followed from it rather than from the bundle's."""
     facts = bundle.audit_bundle(directory, progress)
+    facts["anchor_genesis_pinned"] = None if anchor_genesis is None else str(anchor_genesis)
+    if anchor_genesis is not None:
+        audit.check_pinned_genesis(facts["anchor_genesis"], anchor_genesis, facts["findings"])
     if backend is not None:
-        facts.update(_chain_checks(backend, chain_label, directory, facts))
+        facts.update(_chain_checks(backend, chain_label, directory, facts, anchor_genesis))
     return facts
 
 
@@ -24,9 +31,13 @@ def bundle_event_count(directory: pathlib.Path) -> int | None:
     return total if isinstance(total, int) else None
 
 
-def _chain_checks(backend, chain_label: str | None, directory: pathlib.Path, facts: dict) -> dict:
+def _chain_checks(backend, chain_label: str | None, directory: pathlib.Path, facts: dict,
+                  pinned: Outpoint | None) -> dict:
     anchors_json = bundle.read_json(directory, bundle.ANCHORS)
-    chain = audit_chain.check_best_chain(facts["anchors"], anchors_json, backend, facts["findings"])
+    genesis = pinned or bundle.anchor_genesis_of(bundle.read_json(directory, bundle.ANCHOR_GENESIS))[0]
+    chain = audit_chain.check_best_chain(facts["anchors"], anchors_json, backend, facts["findings"],
+                                         last_change_unspent=genesis is None)
+    chain["anchor_chain"] = audit_chain.check_anchor_chain(directory, facts, backend, genesis, facts["findings"])
     reserves = None
     if facts["replay_stopped_at"] is None:
         reserves = audit_chain.reconcile_reserves(facts["accounts"], backend, facts["findings"])
@@ -54,8 +65,15 @@ def _print_summary(result: dict) -> None:
         if anchor.get("confirmations") is not None:
             print(f"anchor {anchor['txid']}: tree size {anchor['tree_size']}, block {anchor['block_height']}, "
                   f"{anchor['confirmations']} confirmations on the best chain")
+    followed = (result.get("chain") or {}).get("anchor_chain") or {}
+    if followed.get("anchors") is not None:
+        print(f"anchors on chain from the genesis {followed['genesis']}: {len(followed['anchors'])}")
+    elif followed.get("note"):
+        print(f"anchors on chain: {followed['note']}")
     summary = (f"{result['events']} events, {len(result['tree_heads'])} signed tree heads, "
                f"{len(result['anchors'])} anchors, replay to position {result['as_of_position']}")
+    if result.get("anchor_genesis"):
+        summary += f"; anchor genesis {result['anchor_genesis']} (pin it in later audits with --anchor-genesis)"
     if result["verdict"] == "PASS":
         print(f"OK: {summary}")
     else:

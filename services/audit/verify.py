@@ -9,12 +9,18 @@ log position it concerns. What it catches, and how:
   reordered rows                  -> a row holds another version, or its bytes miss the stored leaf
   inserted event row              -> an event row no log position refers to
   edited leaves and subtrees too  -> a signed tree head's root no longer matches (its signature does)
+  deleted / edited anchor rows    -> a gap in anchor_ids, a chain of anchors that starts elsewhere than the
+                                     recorded genesis, a payload root that is not the recomputed root at its size,
+                                     an anchor beyond the log's size (the log was truncated)
+Anchor rows deleted from the end leave a consistent prefix: only the chain shows them (`audit --chain`).
 """
 
 import dataclasses
 from typing import Callable
 
-from ledger import merkle
+from ledger import audit, merkle
+from ledger.anchoring import AnchoringError, Outpoint, parse_transaction, spent_outpoints
+from ledger.anchors import Anchor
 from ledger.application import PROJECTION_NAME, SET_ASIDE_PREFIX, ReserveLedger
 from ledger.events import CanonicalEvent, parse_canonical_bytes
 from ledger.log_rebuild import LogRebuild
@@ -64,7 +70,8 @@ class _Scan:
         projection = store.load_projection(PROJECTION_NAME)
         self.saved_states = {position: None for position in store.checkpoint_positions()}
         self.projection = projection
-        self.rebuild = LogRebuild(head.tree_size for head in self.heads)
+        self.anchors = store.list_anchors()
+        self.rebuild = LogRebuild([head.tree_size for head in self.heads] + [a.tree_size for a in self.anchors])
 
     def event(self, position: int, row: dict, stored_leaf: bytes | None) -> None:
         if row["state"] is None:
@@ -146,6 +153,7 @@ def verify_ledger(ledger: ReserveLedger, public_key_raw: bytes | None,
     report.events = size
     scan.check_heads()
     _check_after_scan(ledger, scan, size, report)
+    check_stored_anchors(scan.anchors, ledger.store.load_anchor_genesis(), scan.rebuild.roots, size, report)
     return report
 
 
@@ -184,3 +192,53 @@ def _check_saved_states(store, scan: _Scan, size: int, report: VerifyReport) -> 
         if name.startswith(SET_ASIDE_PREFIX):
             report.notes.append(f"projections row {name!r} holds a saved state that failed its proof, kept for "
                                 "inspection (delete it once inspected)")
+
+
+def check_stored_anchors(anchors: list[Anchor], genesis: Outpoint | None, roots: dict[int, bytes], size: int,
+                         report: VerifyReport) -> None:
+    """Every anchor row against the log and its own transaction, with the bundle audit's checks (ledger/audit.py:
+    txid, payload = the root recomputed here at its size, merkleblock, chain of anchors, genesis), plus what
+    only the store shows: rows missing from the dense anchor_ids, a row that disagrees with its transaction,
+    an anchor beyond the log (truncation), a genesis no anchor spends."""
+    findings = audit.Findings()
+    audit.check_anchors([a.to_json() for a in anchors], roots, size, findings, genesis)
+    beyond = {f"anchor {a.txid}" for a in anchors if a.tree_size > size}
+    for finding in findings.kept:
+        if finding.where in beyond and "events were removed" in finding.message:
+            continue  # said below in the store's words
+        report.add(size if finding.where in beyond else None, f"{finding.where}: {finding.message}")
+    for anchor in anchors:
+        if anchor.tree_size > size:
+            report.add(size, f"anchor {anchor.anchor_id} ({anchor.txid}) commits to tree size {anchor.tree_size}, "
+                             f"beyond the log's {size} events: the log was truncated")
+        _check_anchor_row(anchor, report)
+    ids = [a.anchor_id for a in anchors]
+    for before, after in zip([0, *ids], ids):
+        if after != before + 1:
+            report.add(None, f"anchor rows {before + 1}..{after - 1} are missing (deleted?)")
+    if genesis is not None and not any(genesis in _spent(a) for a in anchors):
+        report.add(None, f"the anchor genesis {genesis} is recorded but no anchor row spends it (anchor rows deleted, "
+                         "or the worker stopped between recording it and its first anchor)")
+
+
+def _spent(anchor: Anchor) -> list[Outpoint]:
+    try:
+        return spent_outpoints(parse_transaction(anchor.raw_tx))
+    except AnchoringError:
+        return []
+
+
+def _check_anchor_row(anchor: Anchor, report: VerifyReport) -> None:
+    """The row's own columns say what its transaction says (the coin spent, the change)."""
+    try:
+        tx = parse_transaction(anchor.raw_tx)
+    except AnchoringError:
+        return  # named by check_anchors
+    where = f"anchor {anchor.anchor_id} ({anchor.txid})"
+    if Outpoint(anchor.prev_txid, anchor.prev_vout) not in spent_outpoints(tx):
+        report.add(None, f"{where}: its row says it spends {anchor.prev_txid}:{anchor.prev_vout}, its transaction "
+                         "does not")
+    if not 0 <= anchor.change_vout < len(tx.outputs) or \
+            tx.outputs[anchor.change_vout].value_sats != anchor.change_value_sats:
+        report.add(None, f"{where}: its row's change ({anchor.change_vout}, {anchor.change_value_sats} sats) is not "
+                         "its transaction's")

@@ -18,7 +18,8 @@ import urllib.error
 import urllib.request
 from decimal import Decimal
 
-from ledger.anchoring import Utxo, display_hex, parse_transaction, sha256d
+from ledger.anchoring import (Outpoint, Utxo, display_hex, parse_transaction, script_of_outpoint, sha256d,
+                              trace_anchor_chain)
 from ledger.limits import SATS_PER_BTC
 from services.bitcoin.errors import BackendAuthFailed, BroadcastRejected
 
@@ -146,6 +147,13 @@ class CoreRpcClient:
         scan = self.call("scantxoutset", "start", [f"raw({script_pubkey.hex()})"])
         return [Utxo(u["txid"], u["vout"], int(u["amount"] * SATS_PER_BTC)) for u in scan["unspents"]
                 if not u.get("coinbase") or scan["height"] - u["height"] + 1 >= COINBASE_MATURITY_BLOCKS]
+
+    def anchor_chain(self, genesis: Outpoint) -> list[bytes]:
+        """Core lists no spenders: from the coins unspent now at the genesis's address (scantxoutset) back through
+        each transaction's input (getrawtransaction; a node with -txindex) to the genesis."""
+        script = script_of_outpoint(genesis, self.raw_transaction(genesis.txid))
+        unspent = [Outpoint(coin.txid, coin.vout) for coin in self.utxos(script)]
+        return trace_anchor_chain(genesis, script, unspent, self.raw_transaction)
 
 
 def _json_reply(body: bytes, method: str) -> dict:

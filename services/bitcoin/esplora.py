@@ -15,7 +15,8 @@ import urllib.error
 import urllib.request
 from decimal import Decimal
 
-from ledger.anchoring import Utxo, display_hex, parse_transaction, sha256d
+from ledger.anchoring import (Outpoint, Utxo, display_hex, follow_anchor_chain, parse_transaction, script_of_outpoint,
+                              sha256d)
 from services.bitcoin.errors import BroadcastRejected
 
 HTTP_TIMEOUT_S = 30.0
@@ -131,6 +132,22 @@ class EsploraClient:
         scripthash = hashlib.sha256(script_pubkey).digest()[::-1].hex()
         return [Utxo(u["txid"], u["vout"], int(u["value"])) for u in self._json(f"/scripthash/{scripthash}/utxo")
                 if u.get("status", {}).get("confirmed")]
+
+    def outspend(self, outpoint: Outpoint) -> str | None:
+        """The txid of the confirmed transaction spending `outpoint` (`GET /tx/:txid/outspend/:vout`); None while
+        it is unspent or spent only in the mempool."""
+        answer = self._json(f"/tx/{outpoint.txid}/outspend/{outpoint.vout}")
+        if not isinstance(answer, dict) or not answer.get("spent") or not answer.get("status", {}).get("confirmed"):
+            return None
+        txid = answer.get("txid")
+        if not isinstance(txid, str) or not HASH_HEX.fullmatch(txid):
+            raise OSError(f"Esplora's outspend of {outpoint} names no txid: {answer!r:.100}")
+        return txid
+
+    def anchor_chain(self, genesis: Outpoint) -> list[bytes]:
+        """Forward from the genesis through each output's confirmed spender (outspend)."""
+        script = script_of_outpoint(genesis, self.raw_transaction(genesis.txid))
+        return follow_anchor_chain(genesis, script, self.outspend, self.raw_transaction)
 
 
 def _rejection(text: str) -> BroadcastRejected:

@@ -6,6 +6,7 @@ import sys
 import grpc
 from tqdm import tqdm
 
+from ledger.anchoring import OutpointInvalid, parse_outpoint
 from services import compose
 from services.api.client import secure_channel
 from services.audit import bundle, report
@@ -39,6 +40,9 @@ def add_audit_commands(commands) -> None:
     audit.add_argument("bundle", metavar="BUNDLE", help="the bundle directory")
     audit.add_argument("--chain", metavar="SPEC", help="also check anchors against this node's best chain and "
                                                        f"reconcile custody balances on chain: {CHAIN_SPEC_HELP}")
+    audit.add_argument("--anchor-genesis", metavar="TXID:VOUT",
+                       help="the anchor genesis an earlier report printed: the bundle must name it, and with --chain "
+                            "the anchors on chain are followed from it (a history re-anchored from another coin fails)")
     audit.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report and FILE.json")
     audit.set_defaults(run=cmd_audit)
 
@@ -120,13 +124,19 @@ def _export(source, args) -> int:
 def cmd_audit(args) -> int:
     if args.chain:
         check_spec(args.chain)
+    pinned = None
+    if args.anchor_genesis is not None:
+        try:
+            pinned = parse_outpoint(args.anchor_genesis)
+        except OutpointInvalid as error:
+            raise ConfigurationInvalid(f"--anchor-genesis: {error}") from None
     directory = pathlib.Path(args.bundle)
     if not directory.is_dir():
         raise NothingStoredHere(f"{directory}: no such bundle directory (write one with `reserve-ledger export`)")
     backend = compose.open_chain(args.chain) if args.chain else None
     try:
         with _progress_bar(bundle_event_count(directory), "auditing") as bar:
-            facts = audit_directory(directory, backend, args.chain, lambda n: bar.update(n - bar.n))
+            facts = audit_directory(directory, backend, args.chain, lambda n: bar.update(n - bar.n), pinned)
     except bundle.BundleInvalid as error:
         print(f"FAIL bundle: {error}")
         return 1

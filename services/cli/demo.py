@@ -10,6 +10,7 @@ import grpc
 
 from ledger import merkle
 from ledger.anchor_policy import AnchorPolicy
+from ledger.anchoring import Outpoint
 from ledger.event_proofs import verify_event_timestamp
 from ledger.limits import SATS_PER_BTC as BTC
 from ledger.tree_heads import TreeHead, verify_tree_head
@@ -190,7 +191,8 @@ def _mirror_custody_on_chain(chain: RegtestChain, dave, addresses: dict[str, str
           "(a proof-of-reserves check must find it).")
 
 
-def _anchors(server: LedgerServer, chain: RegtestChain, directory: pathlib.Path) -> None:
+def _anchors(server: LedgerServer, chain: RegtestChain, address: str, certs: pathlib.Path,
+             directory: pathlib.Path) -> None:
     """The service's anchor worker, stepped now instead of waiting for its period; the 'network' mines blocks."""
     worker = server.anchor_worker
     if not chain.utxos(worker.key.script_pubkey):
@@ -206,10 +208,18 @@ def _anchors(server: LedgerServer, chain: RegtestChain, directory: pathlib.Path)
     worker.step()
     anchors = server.ledger.store.list_anchors()
     print(anchors_table(anchors))
+    print(f"  anchor genesis (the coin the first anchor spent; auditors pin it): {_anchor_genesis(address, certs)}")
     if built:
         _say(f"tree head -> anchor broadcast -> first confirmation took {first_confirmation_ms:.0f} ms on the embedded "
              "chain (blocks mined on demand; on mainnet expect ~10 minutes per block)")
     _proof(server, chain, directory)
+
+
+def _anchor_genesis(address: str, certs: pathlib.Path) -> Outpoint:
+    """What an auditor (dave) asks the service for once, and pins in every later audit."""
+    with secure_channel(address, certs, "dave") as channel:
+        answer = audit_pb2_grpc.AuditServiceStub(channel).GetAnchorGenesis(apb.GetAnchorGenesisRequest(), timeout=10)
+    return Outpoint(answer.txid, answer.vout)
 
 
 def _proof(server: LedgerServer, chain: RegtestChain, directory: pathlib.Path) -> None:
@@ -226,17 +236,19 @@ def _proof(server: LedgerServer, chain: RegtestChain, directory: pathlib.Path) -
          f"{out}/event.bin {out}/event.bin.ots` with the RPC URL it prints")
 
 
-def _auditor_bundle(address: str, certs: pathlib.Path, chain: RegtestChain, directory: pathlib.Path) -> None:
-    """An auditor exports the bundle over gRPC, then audits it against their own node: the reconciliation
-    finds the 0.5 BTC the ledger never recorded."""
+def _auditor_bundle(address: str, certs: pathlib.Path, chain: RegtestChain, directory: pathlib.Path,
+                    genesis: Outpoint) -> None:
+    """An auditor exports the bundle over gRPC, then audits it against their own node, pinning the anchor genesis
+    printed earlier: the reconciliation finds the 0.5 BTC the ledger never recorded."""
     out = directory / "audit-bundle"
     shutil.rmtree(out, ignore_errors=True)  # a re-run on the same data directory exports afresh
     with secure_channel(address, certs, "dave") as channel:
         counts = write_bundle(AuditServiceSource(channel), out, chain)["counts"]
     print(f"\nAuditor (dave) exports a bundle over gRPC: {counts['events']} events, {counts['anchors']} anchor(s), "
           f"{counts['headers']} block headers -> {out}")
-    print(f"  and audits it against the chain (reserve-ledger audit {out} --chain regtest:{chain.directory}):")
-    result = report.audit_result(audit_directory(out, chain, f"regtest:{chain.directory}"))
+    print(f"  and audits it against the chain (reserve-ledger audit {out} --chain regtest:{chain.directory} "
+          f"--anchor-genesis {genesis}):")
+    result = report.audit_result(audit_directory(out, chain, f"regtest:{chain.directory}", anchor_genesis=genesis))
     print_result(result)
     html_path, _ = report.write_report(result, directory / "audit-report.html")
     _say(f"verdict {result['verdict']}: the only failure is the deliberate unrecorded movement "
@@ -276,8 +288,8 @@ def run_demo(data_dir: str | None) -> int:
         _report(dave)
         _audit(address, certs)
         _mirror_custody_on_chain(chain, dave, addresses)
-        _anchors(server, chain, directory)
-        _auditor_bundle(address, certs, chain, directory)
+        _anchors(server, chain, address, certs, directory)
+        _auditor_bundle(address, certs, chain, directory, _anchor_genesis(address, certs))
     finally:
         server.stop()
         chain.close()

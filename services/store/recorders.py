@@ -8,6 +8,8 @@ library's EXCLUSIVE lock on the events table, so commit order = position order):
   checkpoints(position, state)        saved folds for point-in-time queries
   state_seals(position, ...)          each saved state's seal (ledger/saved_states.py): used only once proven
   tree_heads(tree_size, ...)          signed tree heads
+  anchors(anchor_id, ...)             Bitcoin anchor transactions (written by the anchor worker)
+  anchor_genesis(txid, vout)          the anchor wallet's first funding coin, recorded once
 The recorders also implement ledger.application.LogStore.
 """
 
@@ -24,12 +26,13 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from psycopg import sql
 
 from ledger import merkle
+from ledger.anchoring import Outpoint
 from ledger.anchors import ANCHOR_BYTES_FIELDS, ANCHOR_FIELDS, ANCHOR_MUTABLE_FIELDS, Anchor
 from ledger.application import AppendConflict, LogRow
 from ledger.events import read_canonical_bytes
 from ledger.saved_states import StateSeal
 from ledger.tree_heads import TreeHead
-from services.errors import StoreFormatUnsupported
+from services.errors import CheckFailed, StoreFormatUnsupported
 from services.store.mapper import LOGGED_EVENT_TOPIC
 
 # What an events row's state holds. Stores written before this format kept eventsourcing's JSON encoding
@@ -56,9 +59,11 @@ SIDE_TABLES = (
     "broadcast_height BIGINT, block_hash TEXT, block_height BIGINT, confirmations BIGINT NOT NULL, "
     "created_us BIGINT NOT NULL, updated_us BIGINT NOT NULL, block_header {blob}, txout_proof {blob})",
     "CREATE TABLE IF NOT EXISTS {store_format} (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {anchor_genesis} (id INTEGER PRIMARY KEY CHECK (id = 1), txid TEXT NOT NULL, "
+    "vout BIGINT NOT NULL, recorded_us BIGINT NOT NULL)",
 )
 TABLES = ("ledger_log", "merkle_nodes", "projections", "checkpoints", "state_seals", "tree_heads", "anchors",
-          "store_format")
+          "store_format", "anchor_genesis")
 INDEXES = ("ledger_log_time_us",)
 # One column per field of ledger.anchors.Anchor (the CREATE TABLE above must name the same columns).
 ANCHOR_COLUMNS = ANCHOR_FIELDS
@@ -68,6 +73,10 @@ SQLITE_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 class MerkleNodeMissing(RuntimeError):
     """A stored subtree the next append needs is gone: the store is damaged (run `reserve-ledger verify`)."""
+
+
+class AnchorGenesisChanged(CheckFailed):
+    """A second, different anchor genesis: the stored one was edited, or the worker was pointed at another chain."""
 
 
 class LogHookNotCalled(RuntimeError):
@@ -348,6 +357,22 @@ class _LedgerTables:
     def anchor_turn(self) -> Iterator[bool]:
         """True when this process may anchor now (SQLite: one process owns the data dir)."""
         yield True
+
+    # --- the anchor wallet's genesis: its first funding coin, recorded once ------------------------------
+
+    def record_anchor_genesis(self, genesis: Outpoint, recorded_us: int) -> None:
+        """Record the coin the first anchor spends; the first record stays. Recording another one is refused
+        (AnchorGenesisChanged): the chain of anchors an auditor follows starts at this coin, always."""
+        self._write("INSERT INTO {anchor_genesis} (id, txid, vout, recorded_us) VALUES (1, ?, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING", (genesis.txid, genesis.vout, recorded_us))
+        stored = self.load_anchor_genesis()
+        if stored != genesis:
+            raise AnchorGenesisChanged(f"the anchor genesis is recorded as {stored}; refusing to start a second chain "
+                                       f"of anchors at {genesis} (run `reserve-ledger verify`)")
+
+    def load_anchor_genesis(self) -> Outpoint | None:
+        row = self._read_one("SELECT txid, vout FROM {anchor_genesis} WHERE id = 1")
+        return None if row is None else Outpoint(row["txid"], row["vout"])
 
     # --- raw reads for `reserve-ledger verify` (no trust in any derived table) --------------------------
 

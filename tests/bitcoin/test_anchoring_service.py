@@ -418,3 +418,46 @@ def test_between_steps_each_new_block_refreshes_the_anchors_and_catches_a_reorg(
         assert recovered[0].state == "included" and len(_anchors(service)) == 1
     finally:
         service.stop(grace_s=1)
+
+
+def test_the_first_anchor_records_its_coin_as_the_genesis_once(service, certs_dir, chain):
+    """On SQLite and PostgreSQL: the genesis is the coin the first anchor spends; later anchors (which spend
+    change) leave it alone, and recording another one is refused."""
+    from ledger.anchoring import Outpoint
+    from services.store.recorders import AnchorGenesisChanged
+    store = service.ledger.store
+    assert store.load_anchor_genesis() is None
+    _record(service, certs_dir, "a")
+    service.anchor_worker.step()
+    chain.mine(1)
+    _record(service, certs_dir, "b")
+    service.anchor_worker.step()
+    first, second = _anchors(service)
+    genesis = Outpoint(first.prev_txid, first.prev_vout)
+    assert store.load_anchor_genesis() == genesis
+    store.record_anchor_genesis(genesis, 1)   # the same again: nothing changes
+    with pytest.raises(AnchorGenesisChanged, match=str(genesis)):
+        store.record_anchor_genesis(Outpoint(second.txid, second.change_vout), 2)
+    assert store.load_anchor_genesis() == genesis
+
+
+def test_verify_names_a_deleted_middle_anchor_and_an_edited_genesis(sqlite_service, certs_dir, chain, tmp_path):
+    """Three chained anchors; the second row is deleted, then the genesis row is pointed at another coin."""
+    import sqlite3
+    from services.audit.verify import verify_ledger
+    for tag in "abc":
+        _record(sqlite_service, certs_dir, tag)
+        sqlite_service.anchor_worker.step()
+        chain.mine(1)
+    first, second, third = _anchors(sqlite_service)
+    ledger, key = sqlite_service.ledger, sqlite_service.signer.public_key_raw
+    assert verify_ledger(ledger, key).problems == []
+    with sqlite3.connect(tmp_path / "data" / "ledger.sqlite") as db:
+        db.execute("DELETE FROM anchors WHERE anchor_id = 2")
+    problems = [p.description for p in verify_ledger(ledger, key).problems]
+    assert "anchor rows 2..2 are missing (deleted?)" in problems
+    assert any(p.startswith(f"anchor {third.txid}: does not spend the change {first.txid}") for p in problems), problems
+    with sqlite3.connect(tmp_path / "data" / "ledger.sqlite") as db:
+        db.execute("UPDATE anchor_genesis SET vout = vout + 1")
+    problems = [p.description for p in verify_ledger(ledger, key).problems]
+    assert any(p.startswith(f"anchor {first.txid}: spends neither the anchor genesis") for p in problems), problems

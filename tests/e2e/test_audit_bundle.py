@@ -2,6 +2,7 @@
 each kind of tampering (events, tree heads, anchors, custody, coins moved on chain) fails with exit 1 and a
 FAIL line that names the check and the place. One demo per module; every test tampers with its own copy."""
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -408,3 +409,137 @@ def test_a_local_export_covers_exactly_the_events_under_a_signed_tree_head(demo,
     reseal(unsigned_tail)
     assert_named(audit(unsigned_tail), "tree_heads", f"event {size - 1}",
                  f"events {size - 1} to {size - 1} are covered by no signed tree head")
+
+
+# --- anchors are found on chain, not in the bundle (the anchor genesis) ----------------------------------
+
+def genesis_of(directory: pathlib.Path) -> str:
+    """The bundle's anchor genesis as TXID:VOUT, as a report prints it for the next audit to pin."""
+    genesis = json.loads((directory / bundle.ANCHOR_GENESIS).read_bytes())
+    return f"{genesis['txid']}:{genesis['vout']}"
+
+
+def run_sql(data_dir: pathlib.Path, *statements: str) -> None:
+    """What an insider with write access to the data dir does behind the service's back."""
+    import sqlite3
+    with sqlite3.connect(data_dir / "ledger.sqlite") as db:
+        for statement in statements:
+            db.execute(statement)
+
+
+@pytest.fixture
+def insider(demo, tmp_path) -> pathlib.Path:
+    """A private copy of the demo's data dir, keys and chain included, to tamper with."""
+    return pathlib.Path(shutil.copytree(demo.data_dir, tmp_path / "data",
+                                        ignore=shutil.ignore_patterns("audit-bundle", "proofs", "*.html", "*.json")))
+
+
+def export_with_headers(data_dir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    export = cli("export", "--data-dir", str(data_dir), "--out", str(out), "--chain", f"regtest:{data_dir / 'regtest'}")
+    assert export.returncode == 0, export.stdout + export.stderr
+    return out
+
+
+@contextlib.contextmanager
+def chain_spec(kind: str, chain_dir: pathlib.Path):
+    """The auditor's node: the embedded chain, or the regtest node over HTTP through the Core or Esplora client."""
+    from services.bitcoin.regtest.node import RegtestNode
+    if kind == "regtest":
+        yield f"regtest:{chain_dir}"
+        return
+    with RegtestChain.open(chain_dir) as chain, RegtestNode(chain) as node:
+        yield f"core:{node.rpc_url}?cookie={node.cookie_file}" if kind == "core" else f"esplora:{node.esplora_url}"
+
+
+@pytest.mark.parametrize("kind", ["regtest", "core", "esplora"])
+def test_the_clean_bundle_passes_with_its_genesis_pinned_on_every_backend(demo, tmp_path, kind):
+    chain_dir = pathlib.Path(shutil.copytree(demo.chain_dir, tmp_path / "regtest"))
+    genesis = genesis_of(demo.bundle)
+    with chain_spec(kind, chain_dir) as spec:
+        result = audit(demo.bundle, "--chain", spec, "--anchor-genesis", genesis)
+    line = assert_named(result, "reserves", "account ops-warm-1", f"difference {UNRECORDED_SATS:+,d} sats")
+    assert fail_lines(result) == [line], result.stdout
+    assert f"anchors on chain from the genesis {genesis}: 1" in result.stdout
+
+
+def test_deleted_anchor_rows_are_named_by_verify_and_found_on_chain_by_the_audit(demo, insider, tmp_path):
+    genesis = genesis_of(demo.bundle)
+    run_sql(insider, "DELETE FROM anchors")
+    verify = cli("verify", "--data-dir", str(insider))
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert f"FAIL the anchor genesis {genesis} is recorded but no anchor row spends it" in verify.stdout
+    out = export_with_headers(insider, tmp_path / "bundle")
+    assert json.loads((out / bundle.ANCHORS).read_bytes()) == []
+    result = audit(out, "--chain", f"regtest:{insider / 'regtest'}")
+    assert_named(result, "chain", f"anchor {demo.anchor_txid}", "anchor on chain missing from the bundle",
+                 "commits to tree size 16")
+
+
+def test_a_log_cut_short_with_its_later_heads_deleted_is_caught(demo, insider, tmp_path):
+    """The last 4 events, their log rows, leaves and subtrees and every head above 12 are gone; the saved
+    projections too. Only the anchor, committed to 16 events on chain, remembers."""
+    keep = 12
+    run_sql(insider, f"DELETE FROM stored_events WHERE originator_version > {keep}",
+            f"DELETE FROM ledger_log WHERE position >= {keep}",
+            f"DELETE FROM merkle_nodes WHERE ((idx + 1) << level) > {keep}",
+            f"DELETE FROM tree_heads WHERE tree_size > {keep}", "DELETE FROM projections", "DELETE FROM checkpoints")
+    verify = cli("verify", "--data-dir", str(insider))
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert f"commits to tree size 16, beyond the log's {keep} events: the log was truncated" in verify.stdout
+    out = export_with_headers(insider, tmp_path / "bundle")   # the data dir's key signs a head of the 12 events
+    assert len(read_frames(out)) == keep and json.loads((out / bundle.ANCHORS).read_bytes()) == []
+    result = audit(out, "--chain", f"regtest:{insider / 'regtest'}")
+    assert_named(result, "chain", f"anchor {demo.anchor_txid}", "anchor on chain missing from the bundle",
+                 f"beyond the bundle's {keep} events")
+
+
+@pytest.mark.parametrize("kind", ["regtest", "core", "esplora"])
+def test_a_bundle_without_anchors_fails_against_a_chain_that_has_them(demo, copy, tmp_path, kind):
+    """The anchors are dropped from the bundle; then the genesis too, which the auditor's pin still knows."""
+    chain_dir = pathlib.Path(shutil.copytree(demo.chain_dir, tmp_path / "regtest"))
+    genesis = genesis_of(demo.bundle)
+    edit_json(copy, bundle.ANCHORS, lambda anchors: anchors.clear())
+    reseal(copy)
+    assert audit(copy).returncode == 0   # offline, nothing contradicts an empty list
+    with chain_spec(kind, chain_dir) as spec:
+        without_anchors = audit(copy, "--chain", spec)
+        (copy / bundle.ANCHOR_GENESIS).write_text("null\n")
+        reseal(copy)
+        without_genesis = audit(copy, "--chain", spec, "--anchor-genesis", genesis)
+    for result in (without_anchors, without_genesis):
+        assert_named(result, "chain", f"anchor {demo.anchor_txid}", "anchor on chain missing from the bundle",
+                     "its root is the bundle's root at that size")
+    assert_named(without_genesis, "anchors", "anchor genesis", f"the bundle names no genesis, not the pinned {genesis}")
+
+
+def test_a_rewritten_history_re_anchored_from_the_same_wallet_fails_against_the_pinned_genesis(demo, tmp_path):
+    """An insider with the data dir's keys starts the ledger over with other events, signs its heads with the same
+    key and anchors them from the same fee wallet (its next coin is the old anchor's change). Its bundle is
+    consistent in itself; the earlier anchor, on chain from the genesis an earlier report printed, is not in it."""
+    from ledger.anchor_policy import AnchorPolicy
+    from services.compose import ServerConfig, build_server
+    from services.api.client import ledger_stub
+    data_dir = tmp_path / "rewritten"
+    chain_dir = pathlib.Path(shutil.copytree(demo.chain_dir, data_dir / "regtest"))
+    for key in ("tree-head-signing.key", "anchor-wallet.wif"):
+        shutil.copy2(demo.data_dir / key, data_dir / key)
+    server = build_server(ServerConfig(
+        create_store=True, listen="127.0.0.1:0", data_dir=str(data_dir), certs_dir=str(demo.data_dir / "certs"),
+        chain=f"regtest:{chain_dir}", anchor_policy=AnchorPolicy(interval_s=3600, block_poll_interval_s=3600))).start()
+    try:
+        alice = ledger_stub(f"127.0.0.1:{server.port}", demo.data_dir / "certs", "alice")
+        open_account(alice, "bny-cold-1")
+        for number in range(16):   # a longer history than the demo's 16 events, none of them the same
+            purchase(alice, "bny-cold-1", 1, f"rewritten-buy-{number}")
+        assert server.anchor_worker.step().built
+        with RegtestChain.open(chain_dir) as chain:
+            chain.mine(6)
+        server.anchor_worker.step()
+    finally:
+        server.stop(grace_s=1)
+    out = export_with_headers(data_dir, tmp_path / "bundle")
+    assert genesis_of(out) != genesis_of(demo.bundle)
+    result = audit(out, "--chain", f"regtest:{chain_dir}", "--anchor-genesis", genesis_of(demo.bundle))
+    assert_named(result, "anchors", "anchor genesis", f"not the pinned {genesis_of(demo.bundle)}")
+    assert_named(result, "chain", f"anchor {demo.anchor_txid}", "anchor on chain missing from the bundle",
+                 "its root is not the bundle's root at that size (history was rewritten)")

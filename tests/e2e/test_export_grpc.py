@@ -19,6 +19,7 @@ from reserve_ledger.v1 import ledger_pb2 as pb
 from services.audit import bundle
 from services.api.client import secure_channel
 from services.audit.export import LedgerSource, write_bundle
+from ledger.anchoring import Outpoint
 from services.audit.export_grpc import AuditServiceSource, anchor_of_proto
 from services.compose import ServerConfig, build_server
 from tests.e2e.helpers import BTC, open_account, purchase, rpc_error, violations
@@ -129,11 +130,24 @@ def test_an_operator_is_refused_and_no_bundle_is_left_behind(clients, certs_dir,
     assert "12 events" in allowed.stdout
 
 
-@pytest.mark.parametrize("method", ["ListTreeHeads", "ListAnchors"])
+@pytest.mark.parametrize("method", ["ListTreeHeads", "ListAnchors", "GetAnchorGenesis"])
 def test_operators_may_not_list_heads_or_anchors(clients, certs_dir, method):
-    request = getattr(apb, f"{method}Request")(page_size=10)
+    request = getattr(apb, f"{method}Request")(**({} if method == "GetAnchorGenesis" else {"page_size": 10}))
     error = rpc_error(getattr(audit_stub(clients.address, certs_dir, "alice"), method), request)
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_before_the_first_anchor_there_is_no_genesis_and_the_bundle_says_null(clients, certs_dir, tmp_path):
+    """GetAnchorGenesis answers NOT_FOUND (ANCHOR_GENESIS_NOT_RECORDED); the export writes null, not an error."""
+    record_history(clients, audit_stub(clients.address, certs_dir))
+    for identity in ("dave", "erin"):
+        error = rpc_error(audit_stub(clients.address, certs_dir, identity).GetAnchorGenesis,
+                          apb.GetAnchorGenesisRequest())
+        assert error.code() == grpc.StatusCode.NOT_FOUND and "no anchor has been made yet" in error.details()
+    result = cli("export", "--server", clients.address, "--certs", str(certs_dir), "--identity", "dave",
+                 "--out", str(tmp_path / "bundle"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert bundle.read_json(tmp_path / "bundle", bundle.ANCHOR_GENESIS, default="absent") is None
 
 
 class FailingSource(LedgerSource):
@@ -263,6 +277,10 @@ def test_anchors_listed_over_grpc_match_the_store(demo_server):
         if not token:
             break
     assert listed == stored
+    genesis = audit.GetAnchorGenesis(apb.GetAnchorGenesisRequest(), timeout=10)
+    first = server.ledger.store.list_anchors()[0]
+    assert (genesis.txid, genesis.vout) == (first.prev_txid, first.prev_vout)
+    assert server.ledger.store.load_anchor_genesis() == Outpoint(first.prev_txid, first.prev_vout)
     smallest = min(row["tree_size"] for row in stored)
     below = audit.ListAnchors(apb.ListAnchorsRequest(page_size=10, tree_size_max=smallest - 1), timeout=10)
     assert list(below.anchors) == []
@@ -279,6 +297,7 @@ def test_the_cli_export_over_grpc_with_headers_equals_the_local_one(demo_server,
     assert local.returncode == 0, local.stdout + local.stderr
     assert remote.stdout.partition(": ")[2] == local.stdout.partition(": ")[2]
     assert "1 anchors" in local.stdout and files_of(tmp_path / "grpc") == files_of(tmp_path / "local")
+    assert bundle.read_json(tmp_path / "grpc", bundle.ANCHOR_GENESIS)["txid"]   # a genesis, the same on both
     audited = cli("audit", str(tmp_path / "grpc"))
     assert audited.returncode == 0, audited.stdout
 

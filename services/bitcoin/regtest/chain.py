@@ -29,7 +29,8 @@ from typing import Callable, Iterator
 
 import pbk
 
-from ledger.anchoring import Utxo, build_txout_proof, internal_from_display
+from ledger.anchoring import (Outpoint, Utxo, build_txout_proof, follow_anchor_chain, internal_from_display,
+                              script_of_outpoint)
 from services.bitcoin.errors import BroadcastRejected
 from services.bitcoin.regtest.blocks import (ANYONE_CAN_SPEND, BOOTSTRAP_BLOCKS, block_transactions, build_block,
                                              parsed, serialize_tx)
@@ -414,6 +415,19 @@ class RegtestChain:
         with self._locked():
             return [Utxo(txid, vout, coin.value_sats) for (txid, vout), coin in self._view.coins.items()
                     if coin.script_pubkey == script_pubkey and self._view.mature(coin)]
+
+    def outspend(self, outpoint: Outpoint) -> str | None:
+        """The txid of the best-chain transaction spending `outpoint`; None while it is unspent there (or spent
+        only in the mempool). LookupError when no best-chain transaction created it."""
+        with self._locked():
+            if outpoint.txid not in self._view.txs:
+                raise LookupError(f"No such blockchain transaction: {outpoint.txid}")
+            return self._view.spenders.get((outpoint.txid, outpoint.vout))
+
+    def anchor_chain(self, genesis: Outpoint) -> list[bytes]:
+        with self._locked():
+            script = script_of_outpoint(genesis, self.raw_transaction(genesis.txid))
+            return follow_anchor_chain(genesis, script, self.outspend, self.raw_transaction)
 
 
 def _check_directory(directory: pathlib.Path, create: bool) -> None:

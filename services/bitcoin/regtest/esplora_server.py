@@ -7,7 +7,8 @@ import json
 import logging
 import struct
 
-from ledger.anchoring import block_merkle_levels, display_hex, internal_from_display, parse_transaction
+from ledger.anchoring import (Outpoint, block_merkle_levels, display_hex, internal_from_display, parse_transaction,
+                              spent_outpoints)
 from services.bitcoin.addresses import AddressInvalid
 from services.bitcoin.regtest.blocks import block_transactions
 from services.bitcoin.regtest.chain_view import ChainView, coinbase_height
@@ -55,6 +56,8 @@ class EsploraRoutes:
                 return self._block(_esplora_hash(block_hash), rest[0] if rest else "")
             case ["tx", txid, ("hex" | "raw" | "status" | "merkleblock-proof" | "merkle-proof") as what]:
                 return self._tx(_esplora_hash(txid), what)
+            case ["tx", txid, "outspend", vout]:
+                return "json", self._outspend(_esplora_hash(txid), vout)
             case [("scripthash" | "address") as kind, key, "utxo"]:
                 return "json", self._utxos(self._script(kind, key))
             case ["fee-estimates"]:
@@ -139,6 +142,25 @@ class EsploraRoutes:
             merkle.append(display_hex(level[min(index ^ 1, len(level) - 1)]))
             index >>= 1
         return "json", {"block_height": self._view.best_height(block_hash), "merkle": merkle, "pos": position}
+
+    def _outspend(self, txid: str, vout: str) -> dict:
+        """electrs' answer: {"spent": false}, or the spender's txid, input index and status (mempool too)."""
+        if not vout.isdigit() or len(vout) > 10:
+            raise EsploraError(400, "Invalid number")
+        outpoint = Outpoint(txid, int(vout))
+        try:
+            spender = self._chain.outspend(outpoint)
+        except LookupError:
+            spender = None  # electrs answers an unknown or unconfirmed output as unspent (or spent in the mempool)
+        if spender is not None:
+            status = self._status(self._chain.transaction_status(spender)[0])
+            spending = parse_transaction(self._chain.raw_transaction(spender))
+        else:
+            found = [tx for tx in self._view.mempool() if outpoint in spent_outpoints(tx)]
+            if not found:
+                return {"spent": False}
+            spending, status = found[0], {"confirmed": False}
+        return {"spent": True, "txid": spending.txid, "vin": spent_outpoints(spending).index(outpoint), "status": status}
 
     def _script(self, kind: str, key: str) -> bytes | None:
         if kind == "address":

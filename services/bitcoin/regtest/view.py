@@ -1,4 +1,5 @@
-"""The best chain as one process last saw it: block hashes by height, confirmed transactions, unspent coins."""
+"""The best chain as one process last saw it: block hashes by height, confirmed transactions, unspent coins and
+who spent the others."""
 
 import dataclasses
 
@@ -19,6 +20,7 @@ class View:
     hashes: list[str]
     txs: dict[str, tuple[int, bytes]]            # txid -> (height, raw)
     coins: dict[tuple[str, int], Coin]
+    spenders: dict[tuple[str, int], str] = dataclasses.field(default_factory=dict)  # outpoint -> spending txid
 
     @property
     def height(self) -> int:
@@ -34,7 +36,9 @@ class View:
             tx = parsed(tx_raw)
             if index > 0:
                 for txin in tx.inputs:
-                    del self.coins[(display_hex(txin.prev_txid_internal), txin.vout)]
+                    outpoint = (display_hex(txin.prev_txid_internal), txin.vout)
+                    del self.coins[outpoint]
+                    self.spenders[outpoint] = tx.txid
             self.txs[tx.txid] = (height, tx_raw)
             for vout, out in enumerate(tx.outputs):
                 if out.script_pubkey[:1] != b"\x6a":
