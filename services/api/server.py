@@ -60,7 +60,7 @@ class LedgerServer:
         """Built by services.compose.build_server, which checks `config` and opens `parts`."""
         self.config = config
         self.ledger, self.signer, self.chain = parts.ledger, parts.signer, parts.chain
-        self.writer = CommandWriter(self.ledger, parts.clock_us)
+        self.writer = CommandWriter(self.ledger, parts.clock_us, refusal=lambda: self.signer.alarm)
         self._clock_us = parts.clock_us
         self.health = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
@@ -76,7 +76,6 @@ class LedgerServer:
         self.port = self._bind(config)
         self._stopping = threading.Event()
         self._expiry = threading.Thread(target=self._expire_forever, name="expiry", daemon=True)
-        self._heads = threading.Thread(target=self._sign_heads_forever, name="tree-heads", daemon=True)
         self.anchor_worker = None
         if self.chain is not None:
             self.anchor_worker = AnchorWorker(self.ledger.store, self.signer, self.chain, parts.anchor_key,
@@ -95,10 +94,9 @@ class LedgerServer:
                                        "not this machine's; choose another --listen") from None
 
     def start(self) -> "LedgerServer":
+        self._open_log()
         self.server.start()
-        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._expiry.start()
-        self._heads.start()
         if self.anchor_worker is not None:
             self._anchors.start()
         log.info("serving on port %s", self.port)
@@ -110,13 +108,19 @@ class LedgerServer:
             for pending_id in self.ledger.due_for_expiry(self._clock_us()):
                 self.writer.execute(ExpirePending(f"expire:{pending_id}", pending_id), SYSTEM_CALLER)
 
-    def _sign_heads_forever(self) -> None:
-        """Runs until stop(): signs a tree head for the current log whenever it has grown."""
-        while not self._stopping.wait(self.config.tree_head_interval_s):
-            try:
-                self.signer.latest()
-            except Exception:  # a database hiccup must not end the worker; the next period retries
-                log.exception("signing a tree head failed")
+    def _open_log(self) -> None:
+        """Check the stored log against the latest signed head before taking writes (services/store/signing.py):
+        an event beyond it, or one contradicting it, is an integrity alarm; reads are still served."""
+        started_s = time.monotonic()
+        self.signer.on_alarm = self._alarm_raised
+        alarm = self.signer.open_log()
+        log.info("checked the stored log against its latest signed tree head in %.2f s", time.monotonic() - started_s)
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING if alarm is None
+                        else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _alarm_raised(self, alarm) -> None:
+        log.error("refusing writes: %s", alarm)
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _anchor_forever(self) -> None:
         """Runs until stop(): one anchor step per period (nothing new, nothing sent); between steps, the
@@ -138,12 +142,8 @@ class LedgerServer:
         self._stopping.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
-        self.writer.stop()
+        self.writer.stop()  # every commit signed its own head: nothing is left to sign here
         self.ledger.persist_projection()
-        try:
-            self.signer.latest()  # a head that covers every acknowledged command
-        except Exception:
-            log.exception("signing the final tree head failed")
         if self._anchors.is_alive():
             self._anchors.join()
         if self.chain is not None:

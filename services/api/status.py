@@ -5,6 +5,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from ledger import errors
+from services.store.signing import LogIntegrityAlarm
 from services.store.writer import CallerGone
 
 DOMAIN = "reserve-ledger"
@@ -20,6 +21,7 @@ STATUS_BY_ERROR: dict[type, grpc.StatusCode] = {
     errors.IdentityMissing: grpc.StatusCode.UNAUTHENTICATED,
     errors.ConcurrencyRetriesExhausted: grpc.StatusCode.ABORTED,
     CallerGone: grpc.StatusCode.CANCELLED,
+    LogIntegrityAlarm: grpc.StatusCode.FAILED_PRECONDITION,  # not transient: an operator must look first
 }
 
 

@@ -4,7 +4,8 @@ gRPC handler threads submit (command, caller) and wait; the writer takes everyth
 COMMAND_BATCH_MAX) and hands it to ReserveLedger.execute, which appends all events in one transaction,
 then completes every waiter. One fsync serves many concurrent commands; a command is answered only
 after its transaction committed. Commands whose caller has gone (deadline, cancel) before their turn
-are skipped, so nothing is recorded for a call that has already failed.
+are skipped, so nothing is recorded for a call that has already failed. While `refusal()` names an error
+(a log integrity alarm), every command is answered with it and nothing is decided.
 """
 
 import queue
@@ -25,8 +26,10 @@ class CallerGone(LedgerError):
 
 
 class CommandWriter:
-    def __init__(self, ledger: ReserveLedger, clock_us: Callable[[], int]):
+    def __init__(self, ledger: ReserveLedger, clock_us: Callable[[], int],
+                 refusal: Callable[[], LedgerError | None] = lambda: None):
         self._ledger = ledger
+        self._refusal = refusal
         self._clock_us = clock_us
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="command-writer", daemon=True)
@@ -66,6 +69,11 @@ class CommandWriter:
                 live.append((command, caller, future))
             else:
                 future.set_result(CallerGone("the call ended before its command was recorded"))
+        refusal = self._refusal() if live else None
+        if refusal is not None:
+            for _, _, future in live:
+                future.set_result(refusal)
+            return
         if not live:
             return
         try:

@@ -57,8 +57,8 @@ def test_signed_heads_proofs_and_leaves_verify_offline(clients, certs_dir):
     proof = audit.GetConsistencyProof(apb.GetConsistencyProofRequest(first_tree_size=9, second_tree_size=17),
                                       timeout=10)
     assert merkle.verify_consistency(9, 17, first.root_hash, second.root_hash, list(proof.hashes))
-    again = head_of(audit.GetTreeHead(apb.GetTreeHeadRequest(tree_size=9), timeout=10).tree_head)
-    assert again == first  # heads are stored and retrievable by size
+    again = head_of(audit.GetTreeHead(apb.GetTreeHeadRequest(tree_size=17), timeout=10).tree_head)
+    assert again == second  # heads are stored and retrievable by size; superseded per-commit heads are pruned
     one = audit.GetEventBytes(apb.GetEventBytesRequest(position=12), timeout=10).leaf
     assert merkle.verify_inclusion(one.leaf_hash, 12, 17, list(audit.GetInclusionProof(
         apb.GetInclusionProofRequest(position=12, tree_size=17), timeout=10).hashes), second.root_hash)
