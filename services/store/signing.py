@@ -126,6 +126,9 @@ class TreeHeadSigner:
         if not verify_tree_head(self.public_key_raw, head):
             raise LogIntegrityAlarm(f"the latest tree head (size {head.tree_size}) does not verify under this "
                                     f"service's key {self.key_id[:16]}…")
+        # The kept earlier heads (about one per TREE_HEAD_KEEP_EVERY_EVENTS) narrow down where a change lies.
+        earlier = {h.tree_size: h.root_hash for h in self._store.list_tree_heads(1, head.tree_size - 1)}
+        matching_size = 0
         while frontier.size < head.tree_size:
             rows = self._store.read_log(frontier.size, min(limits.REPLAY_PAGE_SIZE, head.tree_size - frontier.size))
             if not rows or rows[0].position != frontier.size:
@@ -133,10 +136,12 @@ class TreeHeadSigner:
                                         f"event at position {frontier.size} (deleted?)", (frontier.size, head.tree_size))
             for row in rows:
                 frontier.append(merkle.leaf_hash(row.canonical_bytes))
+                if earlier.get(frontier.size) == frontier.root():
+                    matching_size = frontier.size
         if frontier.root() != head.root_hash:
-            raise LogIntegrityAlarm(f"the stored events 0 to {head.tree_size - 1} do not give the root of the tree "
-                                    f"head signed at size {head.tree_size}: an event was changed, removed or inserted",
-                                    (0, head.tree_size))
+            raise LogIntegrityAlarm(f"the stored events {matching_size} to {head.tree_size - 1} do not give the root "
+                                    f"of the tree head signed at size {head.tree_size}: one of them was changed, "
+                                    "removed or inserted", (matching_size, head.tree_size))
         if size > head.tree_size:
             raise LogIntegrityAlarm(f"events {head.tree_size} to {size - 1} are covered by no signed tree head "
                                     f"(written behind the service's back?)", (head.tree_size, size))
