@@ -118,7 +118,7 @@ def test_an_untampered_bundle_passes_the_offline_audit(demo):
     result = audit(demo.bundle)
     assert result.returncode == 0, result.stdout + result.stderr
     assert fail_lines(result) == []
-    assert result.stdout.splitlines()[-1].startswith("OK: 16 events, 1 signed tree heads, 1 anchors")
+    assert result.stdout.splitlines()[-1].startswith("OK: 16 events, 2 signed tree heads, 1 anchors")
 
 
 def test_exporting_twice_gives_byte_identical_bundles(demo, tmp_path):
@@ -252,9 +252,9 @@ def test_an_anchor_whose_payload_root_is_altered_is_named(demo, copy):
 
 def test_a_forged_tree_head_signature_is_named(copy):
     def forge(heads):
-        signature = bytearray.fromhex(heads[0]["signature"])
+        signature = bytearray.fromhex(heads[-1]["signature"])
         signature[10] ^= 0x04
-        heads[0]["signature"] = signature.hex()
+        heads[-1]["signature"] = signature.hex()
     edit_json(copy, bundle.TREE_HEADS, forge)
     reseal(copy)
     result = audit(copy)
@@ -264,9 +264,9 @@ def test_a_forged_tree_head_signature_is_named(copy):
 
 def test_a_tree_head_with_a_changed_root_is_named(copy):
     def change(heads):
-        root = bytearray.fromhex(heads[0]["root_hash"])
+        root = bytearray.fromhex(heads[-1]["root_hash"])
         root[0] ^= 0x80
-        heads[0]["root_hash"] = root.hex()
+        heads[-1]["root_hash"] = root.hex()
     edit_json(copy, bundle.TREE_HEADS, change)
     reseal(copy)
     result = audit(copy)
