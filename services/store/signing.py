@@ -133,7 +133,8 @@ class TreeHeadSigner:
             rows = self._store.read_log(frontier.size, min(limits.REPLAY_PAGE_SIZE, head.tree_size - frontier.size))
             if not rows or rows[0].position != frontier.size:
                 raise LogIntegrityAlarm(f"the signed tree head covers {head.tree_size} events but the log has no "
-                                        f"event at position {frontier.size} (deleted?)", (frontier.size, head.tree_size))
+                                        f"event at position {frontier.size} (deleted?)",
+                                        (frontier.size, head.tree_size))
             for row in rows:
                 frontier.append(merkle.leaf_hash(row.canonical_bytes))
                 if earlier.get(frontier.size) == frontier.root():
