@@ -41,6 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     data_dir = pathlib.Path(args.data_dir or tempfile.mkdtemp(prefix="bench-anchor-"))
     ledger = ReserveLedger(storage_env(str(data_dir), None))
+    signer = TreeHeadSigner(ledger.store, load_or_create_signing_key(data_dir / SIGNING_KEY_FILE_NAME), clock_us)
+    if signer.open_log() is not None:  # from now on each commit signs its own head, as in the server
+        raise SystemExit(f"{data_dir}: {signer.alarm}")
     if ledger.store.log_size() < args.events:
         fill(ledger, args.events)
     size = ledger.store.log_size()
@@ -48,7 +51,6 @@ def main() -> None:
         key = AnchorKey.generate("regtest")
         chain.send(key.script_pubkey, 1_000_000)
         chain.mine(1)
-        signer = TreeHeadSigner(ledger.store, load_or_create_signing_key(data_dir / SIGNING_KEY_FILE_NAME), clock_us)
         worker = AnchorWorker(ledger.store, signer, chain, key, AnchorPolicy(), clock_us)
         _fill_mempool(chain, args.block_txs)
 

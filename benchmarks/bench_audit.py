@@ -24,7 +24,7 @@ from bench_replay import fill  # noqa: E402  (benchmarks/ is on sys.path when ru
 from ledger import merkle  # noqa: E402
 from ledger.application import ReserveLedger  # noqa: E402
 from services.store.config import storage_env  # noqa: E402
-from services.store.signing import SIGNING_KEY_FILE_NAME, load_or_create_signing_key  # noqa: E402
+from services.store.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key  # noqa: E402
 from ledger.tree_heads import sign_tree_head  # noqa: E402
 
 
@@ -51,6 +51,13 @@ def prepared_ledger(data_dir: str, events: int, key_path: pathlib.Path) -> int:
         key = load_or_create_signing_key(key_path)
         ledger.store.save_tree_head(sign_tree_head(key, size, merkle.root_hash(ledger.store, size),
                                                    1_790_000_000_000_000))
+    started = time.perf_counter()
+    signer = TreeHeadSigner(ledger.store, load_or_create_signing_key(key_path), lambda: 1_790_000_000_000_001)
+    alarm = signer.open_log()  # what `serve` does before taking writes
+    assert alarm is None, alarm
+    check_s = time.perf_counter() - started
+    print(f"start check (the latest head's root rebuilt from {size:,} stored events): {check_s:.1f} s, "
+          f"{check_s / max(size, 1) * 1e6:.1f} us per event")
     ledger.close()
     return size
 

@@ -282,6 +282,12 @@ class CompactRange:
             return EMPTY_ROOT
         return fold_range([node for _, node in self._stack])
 
+    def copy(self) -> "CompactRange":
+        """An independent frontier at the same size (to extend tentatively, e.g. inside a transaction)."""
+        other = CompactRange(self._wanted)
+        other.size, other._stack, other.nodes = self.size, list(self._stack), dict(self.nodes)
+        return other
+
     def get_nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
         """NodeReader over the kept subtrees."""
         return {key: self.nodes[key] for key in keys if key in self.nodes}

@@ -57,3 +57,14 @@ def verify_tree_head(public_key_raw: bytes, head: TreeHead) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def superseded_head_kept(superseded_size: int, retained_size: int | None, keep_every_events: int) -> bool:
+    """Whether the latest head stays stored once a newer head supersedes it (docs/FORMATS.md §3).
+
+    ``retained_size`` is the size of the largest head kept before it (None: there is none). A head is kept
+    when it is the first to reach a new multiple of ``keep_every_events``; the others are pruned, so a log of
+    n events keeps about n / keep_every_events heads, each provably consistent with the ones before it.
+    """
+    assert keep_every_events > 0 and (retained_size is None or retained_size < superseded_size), retained_size
+    return retained_size is None or superseded_size // keep_every_events > retained_size // keep_every_events

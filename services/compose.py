@@ -22,7 +22,8 @@ from services.bitcoin.backends import check_spec, open_backend
 from services.errors import ConfigurationInvalid, NothingStoredHere
 from services.store.config import SQLITE_FILE_NAME, postgres_env, sqlite_env
 from services.store.seals import StateProofs
-from services.store.signing import SIGNING_KEY_FILE_NAME, TreeHeadSigner, load_or_create_signing_key
+from services.store.signing import (SIGNING_KEY_FILE_NAME, TREE_HEAD_KEEP_EVERY_EVENTS, TreeHeadSigner,
+                                    load_or_create_signing_key)
 
 DEFAULT_DATA_DIR = "./reserve-data"
 ANCHOR_KEY_FILE_NAME = "anchor-wallet.wif"
@@ -196,8 +197,9 @@ def reader_proofs(storage: StorageConfig, public_key_hex: str | None = None, sig
     return checking_proofs(public_key_of(storage, public_key_hex, signing_key))
 
 
-def tree_head_signer(ledger: ReserveLedger, key_path: pathlib.Path, *, create: bool = False) -> TreeHeadSigner:
-    return TreeHeadSigner(ledger.store, load_signing_key(key_path, create=create), clock_us)
+def tree_head_signer(ledger: ReserveLedger, key_path: pathlib.Path, *, create: bool = False,
+                     keep_every_events: int = TREE_HEAD_KEEP_EVERY_EVENTS) -> TreeHeadSigner:
+    return TreeHeadSigner(ledger.store, load_signing_key(key_path, create=create), clock_us, keep_every_events)
 
 
 # --- chain ------------------------------------------------------------------------------------------------
@@ -246,7 +248,9 @@ class ServerConfig:
         Policy().purchase_approval_threshold_sats, "purchases above this many sats wait for a second identity")
     expiry_interval_s: float = 30.0
     signing_key_path: str | None = None
-    tree_head_interval_s: float = _setting(60.0, "sign a tree head this often when the log has grown")
+    tree_head_keep_every_events: int = _setting(
+        TREE_HEAD_KEEP_EVERY_EVENTS, "each commit signs a tree head; a superseded one is kept only when it is the "
+        "first to reach a multiple of this many events (or an anchor commits to it)")
     chain: str | None = None
     anchor_key_path: str | None = None
     anchor_network: str = _setting("regtest", "network of the anchor key")
@@ -292,9 +296,10 @@ def check_server_config(config: ServerConfig) -> None:
                                     "`reserve-ledger certs init DIR`")
     if config.purchase_approval_threshold_sats < 0:
         raise ConfigurationInvalid("--purchase-approval-threshold-sats must be 0 or more")
-    for name in ("tree_head_interval_s", "expiry_interval_s"):
-        if not getattr(config, name) > 0:
-            raise ConfigurationInvalid(f"--{name.replace('_', '-')} must be more than 0")
+    if not config.expiry_interval_s > 0:
+        raise ConfigurationInvalid("--expiry-interval-s must be more than 0")
+    if not config.tree_head_keep_every_events >= 1:
+        raise ConfigurationInvalid("--tree-head-keep-every-events must be at least 1")
     _check_anchor_policy(config.anchor_policy)
     if config.anchor_network not in NETWORKS:
         raise ConfigurationInvalid(f"--network {config.anchor_network!r}: expected one of {', '.join(NETWORKS)}")
@@ -356,7 +361,8 @@ def build_server(config: ServerConfig):
         create_key = config.create_store or storage.database_url is None
         ledger = open_ledger(storage, create=config.create_store, policy=Policy(config.purchase_approval_threshold_sats),
                              backoff=jittered_backoff, proofs=sealing_proofs(key_path, create=create_key), repair=True)
-        signer = tree_head_signer(ledger, key_path, create=create_key)
+        signer = tree_head_signer(ledger, key_path, create=create_key,
+                                  keep_every_events=config.tree_head_keep_every_events)
         anchor_key = open_anchor_key(storage, config.anchor_key_path, config.anchor_network) if chain else None
         return LedgerServer(config, ServerParts(ledger, signer, chain, anchor_key, clock_us))
     except BaseException:

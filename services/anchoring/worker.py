@@ -167,7 +167,7 @@ class AnchorWorker:
     def _maybe_anchor(self, tip: int, report: StepReport) -> None:
         head = self._signer.latest()
         chain = [a for a in self._anchors() if a.state not in ("replaced", "abandoned")]
-        if head.tree_size == 0 or (chain and chain[-1].tree_size >= head.tree_size):
+        if head is None or head.tree_size == 0 or (chain and chain[-1].tree_size >= head.tree_size):
             return  # nothing new, nothing sent
         coin = self._change_of(chain[-1]) if chain else self._funding_coin()
         fee_rate = fee_rate_for_anchor(self._estimate(), self._policy.fee_rate_max_sat_per_vb)
@@ -256,7 +256,7 @@ class AnchorWorker:
             anchors = self._anchors()
             chain = [a for a in anchors if a.state not in ("replaced", "abandoned")]
             head = self._signer.latest()
-            if any(a.state in policy_rules.IN_FLIGHT_STATES for a in anchors) or head.tree_size == 0 or (
+            if any(a.state in policy_rules.IN_FLIGHT_STATES for a in anchors) or head is None or head.tree_size == 0 or (
                     chain and chain[-1].tree_size >= head.tree_size):
                 return None
             coin = self._change_of(chain[-1]) if chain else self._funding_coin()

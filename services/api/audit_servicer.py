@@ -58,8 +58,11 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     def GetTreeHead(self, request, context):
         _not_negative(tree_size=request.tree_size)
-        if request.tree_size == 0:
-            return pb.GetTreeHeadResponse(tree_head=head_to_proto(self._signer.latest()))
+        if request.tree_size == 0:  # the latest head: every commit signs its own, so it covers the whole log
+            head = self._signer.latest()
+            if head is None:
+                raise errors.TreeHeadNotFound("no tree head was ever signed", field="tree_size")
+            return pb.GetTreeHeadResponse(tree_head=head_to_proto(head))
         self._within_log(request.tree_size, "tree_size")
         head = self._store.load_tree_head(request.tree_size)
         if head is None:

@@ -74,7 +74,7 @@ class LedgerServer:
         self._clock_us = parts.clock_us
         self.faults = FaultLog()
         self.metrics = Metrics()
-        self.writer = CommandWriter(self.ledger, parts.clock_us, self._on_batch)
+        self.writer = CommandWriter(self.ledger, parts.clock_us, self._on_batch, refusal=lambda: self.signer.alarm)
         self.health = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKER_THREADS),
@@ -113,15 +113,14 @@ class LedgerServer:
     def start(self) -> "LedgerServer":
         if self.config.metrics_listen:
             self.metrics_port = self.metrics.serve(self.config.metrics_listen)
+        self._open_log()
         self.server.start()
-        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.health.set(AUDIT_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._set_saved_states_health()
         self.ledger.on_unproven = lambda row: self._set_saved_states_health()
         self._probe_writes()
         self._set_writes_health()
         self.workers.start("expiry", self._expire_due, self.config.expiry_interval_s)
-        self.workers.start("tree-heads", self.signer.latest, self.config.tree_head_interval_s)
         self.workers.start("store-probe", self._probe_writes_if_down, STORE_PROBE_INTERVAL_S)
         if self.anchor_worker is not None:
             schedule = AnchorSchedule(self.anchor_worker, self.config.anchor_policy)
@@ -132,6 +131,21 @@ class LedgerServer:
     def _set_saved_states_health(self) -> None:
         status = health_pb2.HealthCheckResponse
         self.health.set(SAVED_STATES_HEALTH_NAME, status.NOT_SERVING if self.ledger.unproven_rows else status.SERVING)
+
+    def _open_log(self) -> None:
+        """Check the stored log against the latest signed head before taking writes (services/store/signing.py):
+        an event beyond it, or one contradicting it, is an integrity alarm; reads are still served."""
+        started_s = time.monotonic()
+        self.signer.on_alarm = self._alarm_raised
+        alarm = self.signer.open_log()
+        log.info("checked the stored log against its latest signed tree head in %.2f s", time.monotonic() - started_s)
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING if alarm is None
+                        else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _alarm_raised(self, alarm) -> None:
+        log.error("refusing writes: %s", alarm)
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._set_writes_health()
 
     # --- supervised workers -------------------------------------------------------------------------
 
@@ -179,7 +193,9 @@ class LedgerServer:
             self._set_writes_health()
 
     def _set_writes_health(self) -> None:
-        self.health.set(WRITES_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING if self.writes_serving
+        """SERVING only while the store takes writes and no integrity alarm stands."""
+        serving = self.writes_serving and self.signer.alarm is None
+        self.health.set(WRITES_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING if serving
                         else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _on_worker_change(self, status: WorkerStatus) -> None:
@@ -215,11 +231,10 @@ class LedgerServer:
         self._stopping.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
-        self.writer.stop()
+        self.writer.stop()  # every commit signed its own head: nothing is left to sign here
         self.workers.join()
         try:
             self.ledger.persist_projection()
-            self.signer.latest()  # a head that covers every acknowledged command
         except Exception as error:  # noqa: BLE001 - a failing store must not stop the shutdown
             self.faults.record("shutdown", error)
         if self.chain is not None:

@@ -10,6 +10,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from ledger import errors
 from services.api.streams import StreamLimitReached
+from services.store.signing import LogIntegrityAlarm
 from services.store.writer import CallerGone
 
 DOMAIN = "reserve-ledger"
@@ -26,6 +27,7 @@ STATUS_BY_ERROR: dict[type, grpc.StatusCode] = {
     errors.ConcurrencyRetriesExhausted: grpc.StatusCode.ABORTED,
     CallerGone: grpc.StatusCode.CANCELLED,
     StreamLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    LogIntegrityAlarm: grpc.StatusCode.FAILED_PRECONDITION,  # not transient: an operator must look first
 }
 
 

@@ -52,21 +52,21 @@ class BundleSource(Protocol):
 class LedgerSource:
     """The local ledger: events from storage, custody accounts from the state at the snapshot.
 
-    The snapshot is the size of the latest signed tree head, so that every exported event is covered by a
-    signature: with the signer (the private key at hand) a head of the whole log is signed first, as the
-    server's GetTreeHead does; with only the public key, events after the latest head wait for the next export.
+    Every commit signs its own head in its own transaction, so the latest signed head covers the whole log
+    and is the snapshot; nothing is signed here. Events stored beyond it were written behind the service's
+    back (an integrity alarm): they are exported too, so that `audit` names them as covered by no head.
     """
 
-    def __init__(self, ledger: ReserveLedger, public_key_raw: bytes, signer=None):
+    def __init__(self, ledger: ReserveLedger, public_key_raw: bytes):
         self._ledger = ledger
         self._public_key_raw = public_key_raw
-        self._signer = signer
         self._size: int | None = None
 
     def snapshot_size(self) -> int:
         if self._size is None:
-            head = self._signer.latest() if self._signer is not None else self._ledger.store.load_tree_head()
-            self._size = 0 if head is None else head.tree_size
+            size = self._ledger.store.log_size()  # before the head: a commit adds its events and head at once
+            head = self._ledger.store.load_tree_head()
+            self._size = max(size, 0 if head is None else head.tree_size)
         return self._size
 
     def public_key_raw(self) -> bytes:
@@ -99,9 +99,9 @@ class LedgerSource:
 
 
 def export_bundle(ledger: ReserveLedger, out_dir: str | pathlib.Path, public_key_raw: bytes, backend=None,
-                  progress: Callable[[int], None] = lambda n: None, signer=None) -> dict:
+                  progress: Callable[[int], None] = lambda n: None) -> dict:
     """Write the bundle of the local ledger and return its manifest. ``backend`` (a ChainBackend) adds headers."""
-    return write_bundle(LedgerSource(ledger, public_key_raw, signer), out_dir, backend, progress)
+    return write_bundle(LedgerSource(ledger, public_key_raw), out_dir, backend, progress)
 
 
 def write_bundle(source: BundleSource, out_dir: str | pathlib.Path, backend=None,

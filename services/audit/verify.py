@@ -8,6 +8,7 @@ log position it concerns. What it catches, and how:
   deleted log row                 -> a gap in the positions
   reordered rows                  -> a row holds another version, or its bytes miss the stored leaf
   inserted event row              -> an event row no log position refers to
+  events appended behind the back -> they lie beyond the latest signed tree head (each commit signs its own)
   edited leaves and subtrees too  -> a signed tree head's root no longer matches (its signature does)
   deleted / edited anchor rows    -> a gap in anchor_ids, a chain of anchors that starts elsewhere than the
                                      recorded genesis, a payload root that is not the recomputed root at its size,
@@ -159,6 +160,10 @@ def verify_ledger(ledger: ReserveLedger, public_key_raw: bytes | None,
 
 def _check_after_scan(ledger: ReserveLedger, scan: _Scan, size: int, report: VerifyReport) -> None:
     store = ledger.store
+    signed_size = scan.heads[-1].tree_size if scan.heads else 0
+    if size > signed_size:
+        report.add(signed_size, f"events {signed_size} to {size - 1} are covered by no signed tree head (every "
+                                "commit signs its own: they were written behind the service's back)")
     for version in store.stray_event_versions(STRAY_ROWS_REPORTED_MAX):
         report.add(version - 1, f"an event row with version {version} is not in the log (inserted?)")
     extra = store.scan_leaves(size, 1)

@@ -77,15 +77,9 @@ def cmd_export(args) -> int:
         raise ConfigurationInvalid("no public key for the tree heads: give --public-key HEX or --signing-key FILE")
     ledger = compose.open_ledger(storage)
     try:
-        return _export(LedgerSource(ledger, public_key, _signer_if_key_at_hand(args, storage, ledger)), args)
+        return _export(LedgerSource(ledger, public_key), args)
     finally:
         ledger.close()
-
-
-def _signer_if_key_at_hand(args, storage, ledger):
-    """A tree-head signer when the private key is here (--signing-key, or the data dir's key), else None."""
-    path = None if args.public_key else compose.existing_signing_key_path(storage, args.signing_key)
-    return None if path is None else compose.tree_head_signer(ledger, path)
 
 
 def _export_from_server(args) -> int:

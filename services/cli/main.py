@@ -32,7 +32,7 @@ def _server_config(args) -> compose.ServerConfig:
         listen=args.listen, data_dir=None if args.database else args.data_dir, database_url=args.database,
         certs_dir=args.certs_dir, insecure_loopback=args.insecure_loopback, create_store=args.create_store,
         purchase_approval_threshold_sats=args.purchase_approval_threshold_sats,
-        signing_key_path=args.signing_key, tree_head_interval_s=args.tree_head_interval_s,
+        signing_key_path=args.signing_key, tree_head_keep_every_events=args.tree_head_keep_every_events,
         chain=args.chain, anchor_key_path=args.anchor_key, anchor_network=args.anchor_network,
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
         anchor_policy=AnchorPolicy(interval_s=args.anchor_interval_s, fee_rate_max_sat_per_vb=args.fee_rate_max,
@@ -156,7 +156,7 @@ def _add_serve(commands) -> None:
                 type=int, metavar="SATS")
     serve.add_argument("--signing-key", metavar="FILE", help="Ed25519 PEM key for tree heads (default "
                        "DATA_DIR/tree-head-signing.key, created on first start; required with --database)")
-    add_setting(serve, "--tree-head-interval-s", config, "tree_head_interval_s", type=positive_number(float))
+    add_setting(serve, "--tree-head-keep-every-events", config, "tree_head_keep_every_events", type=int, metavar="N")
     add_setting(serve, "--metrics-listen", config, "metrics_listen", metavar="HOST:PORT")
     serve.add_argument("--chain", metavar="SPEC", help=f"anchor tree heads in Bitcoin: {CHAIN_SPEC_HELP} "
                        "(default: no anchoring)")

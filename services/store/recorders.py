@@ -103,6 +103,9 @@ class _LedgerTables:
     def __init__(self, *args, **kwargs):
         self._compiled: dict[tuple, Any] = {}  # before super(): SQLite builds its create statements there
         self._log_hook = threading.local()
+        # services.store.signing.TreeHeadSigner once a server took over the writing: it signs each commit's
+        # head inside the commit's transaction. Without one (library use, tests) appends are left unsigned.
+        self.commit_signer = None
         super().__init__(*args, **kwargs)
 
     def _compose(self, template: str, identifiers: dict[str, tuple[str, ...]]) -> Any:
@@ -182,10 +185,19 @@ class _LedgerTables:
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs) -> Sequence[int] | None:
         """eventsourcing's public insert_events; a lost append race becomes the ledger's AppendConflict."""
         self._log_hook.appended = 0
+        signer = self.commit_signer
         try:
             notification_ids = super().insert_events(stored_events, **kwargs)
         except IntegrityError as error:
+            if signer is not None:
+                signer.settle(committed=False)
             raise AppendConflict(str(error)) from error
+        except BaseException:
+            if signer is not None:
+                signer.settle(committed=False)
+            raise
+        if signer is not None:
+            signer.settle(committed=True)
         if self._log_hook.appended != len(stored_events):
             raise LogHookNotCalled(f"{len(stored_events)} events were inserted but {self._log_hook.appended} "
                                    "log rows written: eventsourcing no longer calls the overridden private hook")
@@ -196,20 +208,35 @@ class _LedgerTables:
         self._execute(cursor, "SELECT COALESCE(MAX(position) + 1, 0) AS size FROM {ledger_log}")
         tree_size = cursor.fetchone()["size"]
         frontier = self._nodes(cursor, merkle.frontier_keys(tree_size))
-        log_rows, node_rows = [], []
+        log_rows, node_rows, leaves, size_before = [], [], [], tree_size
         for stored, notification_id in zip(stored_events, notification_ids, strict=True):
             if stored.originator_version != tree_size + 1:
                 raise AppendConflict(f"event version {stored.originator_version} does not extend a log of {tree_size}")
             event = read_canonical_bytes(stored.state, tree_size)
             log_rows.append((tree_size, notification_id, event["request_id"], event["time_us"], event["type"]))
-            new_nodes = merkle.append_nodes(tree_size, merkle.leaf_hash(stored.state), frontier)
+            leaves.append(merkle.leaf_hash(stored.state))
+            new_nodes = merkle.append_nodes(tree_size, leaves[-1], frontier)
             node_rows.extend((level, idx, digest) for (level, idx), digest in new_nodes)
             frontier.update(dict(new_nodes))
             tree_size += 1
         self._executemany(cursor, "INSERT INTO {ledger_log} (position, notification_id, request_id, time_us, "
                                   "event_type) VALUES (?, ?, ?, ?, ?)", log_rows)
         self._executemany(cursor, "INSERT INTO {merkle_nodes} (level, idx, hash) VALUES (?, ?, ?)", node_rows)
+        if self.commit_signer is not None:
+            self._sign_commit(cursor, size_before, leaves)
         self._log_hook.appended = getattr(self._log_hook, "appended", 0) + len(log_rows)
+
+    def _sign_commit(self, cursor, size_before: int, leaves: list[bytes]) -> None:
+        """The commit's signed head, in its own transaction; the head it supersedes is pruned unless kept
+        (services/store/signing.py) or an anchor commits to it."""
+        head, pruned_size = self.commit_signer.sign_commit(_CommitLog(self, cursor), size_before, leaves)
+        self._execute(cursor, "INSERT INTO {tree_heads} (tree_size, root_hash, timestamp_us, signature, key_id) "
+                              "VALUES (?, ?, ?, ?, ?)",
+                      (head.tree_size, head.root_hash, head.timestamp_us, head.signature, head.key_id))
+        if pruned_size is not None:
+            self._execute(cursor, "DELETE FROM {tree_heads} WHERE tree_size = ? AND NOT EXISTS "
+                                  "(SELECT 1 FROM {anchors} a WHERE a.tree_size = {tree_heads}.tree_size)",
+                          (pruned_size,))
 
     def _nodes(self, cursor, keys) -> dict:
         found = {}
@@ -401,6 +428,26 @@ class _LedgerTables:
     def clear_projections(self) -> None:
         self._write("DELETE FROM {projections}")
         self._write("DELETE FROM {checkpoints}")
+
+
+class _CommitLog:
+    """services.store.signing.CommitLog: reads through the cursor of the commit being signed."""
+
+    def __init__(self, tables: _LedgerTables, cursor):
+        self._tables, self._cursor = tables, cursor
+
+    def latest_heads(self, count: int) -> list[TreeHead]:
+        self._tables._execute(self._cursor, "SELECT tree_size, root_hash, timestamp_us, signature, key_id FROM "
+                                            "{tree_heads} ORDER BY tree_size DESC LIMIT ?", (count,))
+        return [_tree_head(row) for row in self._cursor.fetchall()]
+
+    def event_bytes(self, start: int, end: int) -> list[bytes]:
+        self._tables._execute(self._cursor, "SELECT l.position AS position, e.state AS state FROM {ledger_log} l "
+                                            "JOIN {events} e ON e.{events_id} = l.notification_id "
+                                            "WHERE l.position >= ? AND l.position < ? ORDER BY l.position",
+                              (start, end))
+        rows = self._cursor.fetchall()
+        return [bytes(row["state"]) for n, row in enumerate(rows) if row["position"] == start + n]
 
 
 def _range(low_column: str, low: int, high_column: str, high: int | None, limit: int | None) -> tuple[str, tuple]:

@@ -4,7 +4,8 @@ gRPC handler threads submit (command, caller) and wait; the writer takes everyth
 COMMAND_BATCH_MAX) and hands it to ReserveLedger.execute, which appends all events in one transaction,
 then completes every waiter. One fsync serves many concurrent commands; a command is answered only
 after its transaction committed. Commands whose caller has gone (deadline, cancel) before their turn
-are skipped, so nothing is recorded for a call that has already failed.
+are skipped, so nothing is recorded for a call that has already failed. While `refusal()` names an error
+(a log integrity alarm), every command is answered with it and nothing is decided.
 """
 
 import queue
@@ -26,9 +27,13 @@ class CallerGone(LedgerError):
 
 class CommandWriter:
     def __init__(self, ledger: ReserveLedger, clock_us: Callable[[], int],
-                 on_batch: Callable[[int, BaseException | None], None] = lambda size, error: None):
-        """`on_batch(size, error)` hears of every group commit: its size and the failure, if any."""
+                 on_batch: Callable[[int, BaseException | None], None] = lambda size, error: None,
+                 refusal: Callable[[], LedgerError | None] = lambda: None):
+        """`on_batch(size, error)` hears of every group commit: its size and the failure, if any;
+        `refusal()` names a reason to refuse every command now (an integrity alarm), or None."""
         self._ledger = ledger
+        self._refusal = refusal
+        self._on_batch = on_batch
         self._clock_us = clock_us
         self._on_batch = on_batch
         self._queue: queue.Queue = queue.Queue()
@@ -69,6 +74,11 @@ class CommandWriter:
                 live.append((command, caller, future))
             else:
                 future.set_result(CallerGone("the call ended before its command was recorded"))
+        refusal = self._refusal() if live else None
+        if refusal is not None:
+            for _, _, future in live:
+                future.set_result(refusal)
+            return
         if not live:
             return
         try:

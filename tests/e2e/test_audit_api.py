@@ -57,8 +57,8 @@ def test_signed_heads_proofs_and_leaves_verify_offline(clients, certs_dir):
     proof = audit.GetConsistencyProof(apb.GetConsistencyProofRequest(first_tree_size=9, second_tree_size=17),
                                       timeout=10)
     assert merkle.verify_consistency(9, 17, first.root_hash, second.root_hash, list(proof.hashes))
-    again = head_of(audit.GetTreeHead(apb.GetTreeHeadRequest(tree_size=9), timeout=10).tree_head)
-    assert again == first  # heads are stored and retrievable by size
+    again = head_of(audit.GetTreeHead(apb.GetTreeHeadRequest(tree_size=17), timeout=10).tree_head)
+    assert again == second  # heads are stored and retrievable by size; superseded per-commit heads are pruned
     one = audit.GetEventBytes(apb.GetEventBytesRequest(position=12), timeout=10).leaf
     assert merkle.verify_inclusion(one.leaf_hash, 12, 17, list(audit.GetInclusionProof(
         apb.GetInclusionProofRequest(position=12, tree_size=17), timeout=10).hashes), second.root_hash)
@@ -95,7 +95,7 @@ def test_operators_and_approvers_cannot_use_the_audit_service(clients, certs_dir
 def test_canonical_bytes_and_heads_survive_a_restart(storage, certs_dir, tmp_path):
     """The same events yield the same bytes, leaves and roots after the service restarts."""
     data_dir, database_url = storage
-    config = ServerConfig(listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url,
+    config = ServerConfig(metrics_listen=None, listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url,
                           certs_dir=str(certs_dir), signing_key_path=str(tmp_path / "signing.key"))
     before = []
     for run in range(2):

@@ -49,7 +49,7 @@ def snapshot(directory) -> dict:
 def ledger_dir(tmp_path, certs_dir):
     """A SQLite ledger holding EVENTS events and a signed tree head over them; the server is stopped."""
     data_dir = tmp_path / "ledger"
-    server = build_server(ServerConfig(listen="127.0.0.1:0", data_dir=str(data_dir), certs_dir=str(certs_dir),
+    server = build_server(ServerConfig(metrics_listen=None, listen="127.0.0.1:0", data_dir=str(data_dir), certs_dir=str(certs_dir),
                                        create_store=True)).start()
     try:
         clients = Clients(f"127.0.0.1:{server.port}", certs_dir)

@@ -24,6 +24,19 @@ from services.audit.export_grpc import AuditServiceSource, anchor_of_proto
 from services.compose import ServerConfig, build_server
 from tests.e2e.helpers import BTC, open_account, purchase, rpc_error, violations
 
+KEEP_EVERY_EVENTS = 3  # per-commit heads: keep one in three, so that a short history has several heads
+
+
+@pytest.fixture
+def server(storage, certs_dir, tmp_path):
+    data_dir, database_url = storage
+    server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0", data_dir=data_dir,
+                                       database_url=database_url, certs_dir=str(certs_dir),
+                                       signing_key_path=str(tmp_path / "signing.key"),
+                                       tree_head_keep_every_events=KEEP_EVERY_EVENTS)).start()
+    yield server
+    server.stop(grace_s=1)
+
 
 def cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True,
@@ -90,7 +103,7 @@ def test_export_over_grpc_equals_the_local_export_byte_for_byte(server, clients,
         over_grpc = write_bundle(source, tmp_path / "grpc")
     local = write_bundle(LedgerSource(server.ledger, server.signer.public_key_raw), tmp_path / "local")
     assert over_grpc["counts"] == local["counts"]
-    assert local["counts"]["events"] == 12 and local["counts"]["tree_heads"] == 4
+    assert local["counts"]["events"] == 12 and local["counts"]["tree_heads"] == 5
     assert local["counts"]["anchors"] == 3 and local["counts"]["custody_accounts"] == 3
     assert files_of(tmp_path / "grpc") == files_of(tmp_path / "local")
     facts = bundle.audit_bundle(tmp_path / "grpc")
@@ -231,7 +244,7 @@ def test_tree_heads_are_listed_page_by_page_up_to_the_size_asked(server, clients
     audit = audit_stub(clients.address, certs_dir)
     record_history(clients, audit)
     stored = [h.tree_size for h in server.ledger.store.list_tree_heads()]
-    assert stored == [1, 2, 3, 12]
+    assert stored == [1, 3, 6, 9, 12]  # one head per commit; the superseded ones pruned but one in three
 
     def listed(**bounds) -> tuple[list[int], int]:
         sizes, token, pages = [], "", 0
@@ -241,9 +254,9 @@ def test_tree_heads_are_listed_page_by_page_up_to_the_size_asked(server, clients
             pages, token = pages + 1, page.next_page_token
             if not token:
                 return sizes, pages
-    assert listed() == ([1, 2, 3, 12], 2)
-    assert listed(tree_size_max=11) == ([1, 2, 3], 2)
-    assert listed(tree_size_max=2) == ([1, 2], 1)
+    assert listed() == ([1, 3, 6, 9, 12], 3)
+    assert listed(tree_size_max=11) == ([1, 3, 6, 9], 2)
+    assert listed(tree_size_max=5) == ([1, 3], 1)
     assert listed(tree_size_max=0) == ([], 1)
     head = audit.ListTreeHeads(apb.ListTreeHeadsRequest(page_size=1, tree_size_max=1), timeout=10).tree_heads[0]
     assert head.root_hash == server.ledger.store.load_tree_head(1).root_hash and len(head.signature) == 64

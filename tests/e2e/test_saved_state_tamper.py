@@ -26,7 +26,7 @@ EXTRA_SATS = BTC  # what the insider adds to one account in a saved state
 
 def start(storage, certs_dir, key):
     data_dir, database_url = storage
-    server = build_server(ServerConfig(create_store=True, listen="127.0.0.1:0", data_dir=data_dir,
+    server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0", data_dir=data_dir,
                                        database_url=database_url, certs_dir=str(certs_dir),
                                        signing_key_path=str(key))).start()
     return server, Clients(f"127.0.0.1:{server.port}", certs_dir)

@@ -41,3 +41,34 @@ def test_a_head_verifies_with_its_key_and_nothing_else():
     for bad in changed:
         assert not verify_tree_head(public, bad), bad
     assert not verify_tree_head(b"\x01" * 31, head)  # malformed key: refused, not raised
+
+
+def kept_heads(commit_sizes, keep_every_events: int) -> list[int]:
+    """The head sizes stored after these commits, pruning as the writer does (services/store/recorders.py)."""
+    from ledger.tree_heads import superseded_head_kept
+    stored, size = [], 0
+    for events in commit_sizes:
+        size += events
+        if stored:
+            retained = stored[-2] if len(stored) > 1 else None
+            if not superseded_head_kept(stored[-1], retained, keep_every_events):
+                stored.pop()
+        stored.append(size)
+    return stored
+
+
+def test_a_million_event_log_keeps_about_one_head_per_thousand_events():
+    """Group commits of 1 to 256 events: the first head, one per 1,000 events and the latest stay."""
+    import random
+    rng = random.Random(5)
+    sizes = []
+    while sum(sizes) < 1_000_000:
+        sizes.append(rng.randint(1, 256))
+    heads = kept_heads(sizes, 1000)
+    assert heads[0] == sizes[0] and heads[-1] == sum(sizes)
+    assert 990 <= len(heads) <= 1002
+    assert all(b // 1000 > a // 1000 for a, b in zip(heads[:-2], heads[1:-1]))  # one per multiple crossed
+
+
+def test_single_event_commits_keep_the_first_and_every_nth_head():
+    assert kept_heads([1] * 12, 3) == [1, 3, 6, 9, 12]
