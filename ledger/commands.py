@@ -76,7 +76,7 @@ class _Checker:
             self.fail(field, "TEXT_MISSING", f"{field} is required")
         elif len(value) > length_max:
             self.fail(field, "TEXT_TOO_LONG", f"{field} must be at most {length_max} characters")
-        elif any(not ch.isprintable() for ch in value):
+        elif not value.isprintable():
             self.fail(field, "TEXT_NOT_PRINTABLE", f"{field} must not contain control characters")
 
     def decimal(self, field: str, value: str, integer_digits_max: int, fraction_digits_max: int) -> Decimal | None:
@@ -128,7 +128,8 @@ class _Checker:
 
 
 @functools.cache
-def _field_types(cls: type) -> tuple[tuple[str, object], ...]:
+def field_types(cls: type) -> tuple[tuple[str, object], ...]:
+    """(name, annotation) of each field of a command class, computed once per class."""
     return tuple((f.name, f.type) for f in dataclasses.fields(cls))
 
 
@@ -159,7 +160,7 @@ class Command:
 
     def validate(self) -> None:
         checker = _Checker()
-        for name, expected in _field_types(type(self)):
+        for name, expected in field_types(type(self)):
             if not _has_type(getattr(self, name), expected):
                 checker.fail(name, "FIELD_TYPE_INVALID", f"{name} must be {_type_name(expected)}")
         checker.raise_if_any()  # the checks below may assume each field has its type
@@ -169,7 +170,7 @@ class Command:
 
     def payload(self) -> dict:
         """The command's fields but request_id (flat: every field is a primitive or a tuple of them)."""
-        values = ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "request_id")
+        values = ((name, getattr(self, name)) for name, _ in field_types(type(self)) if name != "request_id")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
 
 

@@ -233,24 +233,30 @@ def _require_within_bounds(state: "ReserveState", postings: list[Posting], field
     for debit_account_id, credit_account_id, amount_sats in postings:
         moved.setdefault(credit_account_id, [0, 0])[0] += amount_sats
         moved.setdefault(debit_account_id, [0, 0])[1] += amount_sats
-    custody_total_sats = state.custody_total_sats
-    for account_id, (credits_sats, debits_sats) in moved.items():
-        account = state.accounts[account_id]
-        if max(account.credits_sats + credits_sats, account.debits_sats + debits_sats) > TURNOVER_MAX_SATS:
-            raise errors.TurnoverLimitExceeded(account_id, f"account {account_id!r} would have more than "
-                                               f"{TURNOVER_MAX_SATS} sats credited or debited in total", field=field)
-        balance_sats = account.balance_sats + credits_sats - debits_sats
-        if abs(balance_sats) > SUPPLY_CAP_SATS:
-            raise errors.SupplyCapExceeded(account_id, f"account {account_id!r} would have a balance of "
-                                           f"{balance_sats} sats, beyond the {SUPPLY_CAP_SATS} sats (21 million "
-                                           "BTC) that can exist", field=field)
-        if not account.is_nominal:
-            custody_total_sats += credits_sats - debits_sats
+    custody = {a: moves for a, moves in moved.items() if not state.accounts[a].is_nominal}
+    for account_id, (credits_sats, debits_sats) in custody.items():   # custody accounts are named first
+        _require_account_within(state.accounts[account_id], credits_sats, debits_sats, field)
+    custody_total_sats = state.custody_total_sats + sum(c - d for c, d in custody.values())
     if custody_total_sats > SUPPLY_CAP_SATS:
         credited = postings[0][1]
         raise errors.SupplyCapExceeded(credited, f"crediting account {credited!r} would bring the custody accounts "
                                        f"to {custody_total_sats} sats, beyond the {SUPPLY_CAP_SATS} sats that can "
                                        "exist", field=field)
+    for account_id, (credits_sats, debits_sats) in moved.items():
+        if account_id not in custody:
+            _require_account_within(state.accounts[account_id], credits_sats, debits_sats, field)
+
+
+def _require_account_within(account: Account, credits_sats: int, debits_sats: int, field: str) -> None:
+    account_id = account.account_id
+    if max(account.credits_sats + credits_sats, account.debits_sats + debits_sats) > TURNOVER_MAX_SATS:
+        raise errors.TurnoverLimitExceeded(account_id, f"account {account_id!r} would have more than "
+                                           f"{TURNOVER_MAX_SATS} sats credited or debited in total", field=field)
+    balance_sats = account.balance_sats + credits_sats - debits_sats
+    if abs(balance_sats) > SUPPLY_CAP_SATS:
+        raise errors.SupplyCapExceeded(account_id, f"account {account_id!r} would have a balance of {balance_sats} "
+                                       f"sats, beyond the {SUPPLY_CAP_SATS} sats (21 million BTC) that can exist",
+                                       field=field)
 
 
 def _require_hold_within(state: "ReserveState", account_id: str, amount_sats: int) -> None:
@@ -326,6 +332,6 @@ def _recorded_command(event: CanonicalEvent) -> cmd.Command:
     if command_type is cmd.ExpirePending:
         (pending_id,) = data.values()
         return cmd.ExpirePending(event["request_id"], pending_id)
-    values = {f.name: tuple(data[f.name]) if type(data[f.name]) is list else data[f.name]
-              for f in dataclasses.fields(command_type) if f.name in data}
+    values = {name: tuple(data[name]) if type(data[name]) is list else data[name]
+              for name, _ in cmd.field_types(command_type) if name in data}
     return command_type(request_id=event["request_id"], **values)
