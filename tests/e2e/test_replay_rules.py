@@ -88,23 +88,21 @@ def cli(*args) -> subprocess.CompletedProcess:
                           text=True, timeout=180)
 
 
-def storage_args(data_dir, database_url, key_path) -> list:
-    if database_url:
-        return ["--database", database_url, "--signing-key", key_path]
-    return ["--data-dir", data_dir]
+def storage_args(data_dir, database_url) -> list:
+    return ["--database", database_url] if database_url else ["--data-dir", data_dir]
 
 
 def assert_each_command_names(rule, data_dir, database_url, key_path, tmp_path) -> None:
     named = f"position {FORGED_AT}: {rule}:"
-    storage = storage_args(data_dir, database_url, key_path)
+    storage = storage_args(data_dir, database_url)
     rebuilt = cli("rebuild", *storage)
     assert rebuilt.returncode == 1 and named in rebuilt.stderr + rebuilt.stdout, rebuilt
     assert len((rebuilt.stderr + rebuilt.stdout).strip().splitlines()) == 1, rebuilt
-    verified = cli("verify", *storage, *([] if database_url else ["--signing-key", key_path]))
+    verified = cli("verify", *storage, "--signing-key", key_path)
     assert verified.returncode == 1 and named in verified.stdout, verified
     assert f"first bad position: {FORGED_AT}" in verified.stdout, verified.stdout
     bundle = tmp_path / "bundle"
-    exported = cli("export", *storage, "--out", bundle, *([] if database_url else ["--signing-key", key_path]))
+    exported = cli("export", *storage, "--out", bundle, "--signing-key", key_path)
     assert exported.returncode == 0, exported
     audited = cli("audit", bundle)
     assert audited.returncode != 0 and named in audited.stdout, audited
