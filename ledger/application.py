@@ -46,7 +46,7 @@ COMMAND_EVENTS = {
     cmd.RecordPurchase: {"ReservePurchased", "PurchaseProposed"}, cmd.ApprovePurchase: {"PurchaseApproved"},
     cmd.RejectPurchase: {"PurchaseRejected"}, cmd.ProposeTransfer: {"TransferProposed"},
     cmd.ApproveTransfer: {"TransferApproved"}, cmd.RejectTransfer: {"TransferRejected"},
-    cmd.ExpirePending: kinds.EXPIRED_EVENTS,
+    cmd.ExpirePending: kinds.EXPIRED_EVENTS, cmd.ExpireTransfer: {kinds.TRANSFER.expired},
     cmd.ProposeCustodyChange: {"CustodyChangeProposed"}, cmd.ApproveCustodyChange: {"CustodyChangeApproved"},
     cmd.RejectCustodyChange: {"CustodyChangeRejected"},
 }
@@ -124,7 +124,10 @@ Outcome = Recorded | errors.LedgerError
 
 
 def request_digest(command: cmd.Command, caller: cmd.Caller) -> str:
-    body = {"command": type(command).__name__, "caller": caller.identity, **command.payload()}
+    """SHA-256 of the command's name, caller and payload. An unset expiry hashes as 0, its encoding before
+    expire_time_us became optional, so that digests recorded then still match their retries."""
+    payload = {k: 0 if v is None else v for k, v in command.payload().items()}
+    body = {"command": type(command).__name__, "caller": caller.identity, **payload}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -203,6 +206,7 @@ class ReserveLedger(Application):
         for command, caller in requests:
             digest = request_digest(command, caller)
             try:
+                command.validate()  # the domain's own entry check, whoever calls (the servicer checks early too)
                 prior = in_batch.get(command.request_id)
                 if prior is None and command.request_id in earlier:
                     prior = self.read_events(earlier[command.request_id], 1)[0][0]
@@ -231,6 +235,8 @@ class ReserveLedger(Application):
 
     def _resolved_or_unknown(self, error: errors.PendingNotFound, state: ReserveState) -> errors.LedgerError:
         """Pending ids are <kind>-<position of the proposal>: tell 'already resolved' from 'unknown'."""
+        if error.pending_id is None:
+            return error
         kind, position = kinds.kind_of_id(error.pending_id), int(error.pending_id.partition("-")[2])
         if position <= state.position and position < self.store.log_size():
             proposal = self.read_events(position, 1)[0][0]
@@ -261,7 +267,7 @@ class ReserveLedger(Application):
         try:
             return read_canonical_bytes(row.canonical_bytes, row.position)
         except ValueError as error:
-            raise InvariantBroken(str(error)) from None
+            raise InvariantBroken(row.position, "EVENT_MALFORMED", str(error)) from None
 
     def iter_events(self, start_position: int = 0, stop_position: int | None = None) -> Iterator[dict]:
         position = start_position

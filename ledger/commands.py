@@ -6,7 +6,9 @@ Rules that depend on the ledger's state (balances, account status, four-eyes) li
 
 import dataclasses
 import datetime
+import functools
 import re
+import types
 from decimal import Decimal, InvalidOperation
 
 from ledger import limits
@@ -15,13 +17,16 @@ from ledger.accounts import CUSTODY_KINDS, NOMINAL_PREFIX
 from ledger.currencies import ISO_4217_MINOR_UNITS
 from ledger.errors import RequestInvalid, Violation
 
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,%d}$" % limits.REQUEST_ID_LENGTH_MAX)
-ACCOUNT_ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{%d,%d}$" % (limits.ID_LENGTH_MIN - 1, limits.ID_LENGTH_MAX - 1))
-PENDING_ID_PATTERN = re.compile(r"^(%s)-[0-9]{1,19}$" % "|".join(kinds.BY_PREFIX))
-DECIMAL_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")
-TXID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-ADDRESS_PATTERN = re.compile(r"^[A-Za-z0-9]{14,%d}$" % limits.ADDRESS_LENGTH_MAX)
-DESCRIPTOR_PATTERN = re.compile(r"^[a-z]+\([\x21-\x7e]*\)(#[a-z0-9]{8})?$")
+# Every pattern is applied with fullmatch: "$" would also match before a trailing newline.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,%d}" % limits.REQUEST_ID_LENGTH_MAX)
+ACCOUNT_ID_PATTERN = re.compile(r"[a-z][a-z0-9-]{%d,%d}" % (limits.ID_LENGTH_MIN - 1, limits.ID_LENGTH_MAX - 1))
+NOMINAL_ID_PATTERN = re.compile(r"%s[a-z][a-z0-9-]{0,%d}" % (NOMINAL_PREFIX, limits.ID_LENGTH_MAX - len(NOMINAL_PREFIX) - 1))
+PENDING_ID_PATTERN = re.compile(r"(%s)-(0|[1-9][0-9]{0,18})" % "|".join(kinds.BY_PREFIX))
+DECIMAL_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
+DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+TXID_PATTERN = re.compile(r"[0-9a-f]{64}")
+ADDRESS_PATTERN = re.compile(r"[A-Za-z0-9]{14,%d}" % limits.ADDRESS_LENGTH_MAX)
+DESCRIPTOR_PATTERN = re.compile(r"[a-z]+\([\x21-\x7e]*\)(#[a-z0-9]{8})?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,19 +49,20 @@ class _Checker:
     def request_id(self, value: str) -> None:
         if not value:
             self.fail("request_id", "REQUEST_ID_MISSING", "request_id is required on every command")
-        elif not REQUEST_ID_PATTERN.match(value):
+        elif not REQUEST_ID_PATTERN.fullmatch(value):
             self.fail("request_id", "REQUEST_ID_MALFORMED",
                       f"request_id must be 1-{limits.REQUEST_ID_LENGTH_MAX} chars of [A-Za-z0-9._:-]")
 
     def account_id(self, field: str, value: str) -> None:
         if not value:
             self.fail(field, "ACCOUNT_ID_MISSING", f"{field} is required")
-        elif not (ACCOUNT_ID_PATTERN.match(value) or value.startswith(NOMINAL_PREFIX) and len(value) <= limits.ID_LENGTH_MAX):
+        elif not (ACCOUNT_ID_PATTERN.fullmatch(value) or NOMINAL_ID_PATTERN.fullmatch(value)):
             self.fail(field, "ACCOUNT_ID_MALFORMED",
                       f"{field} must be {limits.ID_LENGTH_MIN}-{limits.ID_LENGTH_MAX} chars of [a-z0-9-] starting with a letter")
 
-    def pending_id(self, field: str, value: str, prefix: str) -> None:
-        if not PENDING_ID_PATTERN.match(value or "") or not value.startswith(prefix + "-"):
+    def pending_id(self, field: str, value: str, prefix: str, *, any_kind: bool = False) -> None:
+        """`any_kind`: every registered prefix is well formed (a wrong kind is then not found, not malformed)."""
+        if not PENDING_ID_PATTERN.fullmatch(value) or not (any_kind or value.startswith(prefix + "-")):
             self.fail(field, "PENDING_ID_MALFORMED", f"{field} must look like {prefix}-<number>")
 
     def amount(self, field: str, value: int, *, zero_allowed: bool = False) -> None:
@@ -70,11 +76,11 @@ class _Checker:
             self.fail(field, "TEXT_MISSING", f"{field} is required")
         elif len(value) > length_max:
             self.fail(field, "TEXT_TOO_LONG", f"{field} must be at most {length_max} characters")
-        elif any(not ch.isprintable() for ch in value):
+        elif not value.isprintable():
             self.fail(field, "TEXT_NOT_PRINTABLE", f"{field} must not contain control characters")
 
     def decimal(self, field: str, value: str, integer_digits_max: int, fraction_digits_max: int) -> Decimal | None:
-        if not DECIMAL_PATTERN.match(value or ""):
+        if not DECIMAL_PATTERN.fullmatch(value):
             self.fail(field, "DECIMAL_MALFORMED", f"{field} must be a plain positive decimal such as 61234.50")
             return None
         integer, _, fraction = value.partition(".")
@@ -97,8 +103,8 @@ class _Checker:
             self.fail(field, "CURRENCY_CODE_UNKNOWN", f"{field} must be an active ISO-4217 code such as USD")
 
     def date(self, field: str, value: str) -> None:
-        try:
-            ok = len(value) == 10 and datetime.date.fromisoformat(value) is not None
+        try:  # the pattern first: fromisoformat also takes week dates such as 2024-W01-1
+            ok = DATE_PATTERN.fullmatch(value) is not None and datetime.date.fromisoformat(value) is not None
         except ValueError:
             ok = False
         if not ok:
@@ -111,9 +117,37 @@ class _Checker:
             self.fail(f"{prefix}.required", "QUORUM_INVALID",
                       f"quorum must satisfy 1 <= required <= total <= {limits.QUORUM_TOTAL_MAX}")
 
+    def expire_time(self, value: int | None) -> None:
+        if value is not None and not limits.TIMESTAMP_SECONDS_MIN * 1_000_000 <= value \
+                <= limits.TIMESTAMP_SECONDS_MAX * 1_000_000 + 999_999:
+            self.fail("expire_time", "EXPIRE_TIME_INVALID", "expire_time must lie in 0001-01-01..9999-12-31")
+
     def raise_if_any(self) -> None:
         if self.violations:
             raise RequestInvalid(self.violations)
+
+
+@functools.cache
+def field_types(cls: type) -> tuple[tuple[str, object], ...]:
+    """(name, annotation) of each field of a command class, computed once per class."""
+    return tuple((f.name, f.type) for f in dataclasses.fields(cls))
+
+
+def _has_type(value: object, expected: object) -> bool:
+    """int (never bool), str, int | None or tuple[str, ...]: the only field types commands have."""
+    if expected is int:
+        return type(value) is int
+    if expected is str:
+        return type(value) is str
+    if isinstance(expected, types.UnionType):
+        return any(_has_type(value, option) for option in expected.__args__)
+    if expected is type(None):
+        return value is None
+    return type(value) is tuple and all(type(item) is str for item in value)
+
+
+def _type_name(expected: object) -> str:
+    return {int: "an integer", str: "a string", int | None: "an integer or unset"}.get(expected, "a list of strings")
 
 
 class Command:
@@ -126,13 +160,17 @@ class Command:
 
     def validate(self) -> None:
         checker = _Checker()
+        for name, expected in field_types(type(self)):
+            if not _has_type(getattr(self, name), expected):
+                checker.fail(name, "FIELD_TYPE_INVALID", f"{name} must be {_type_name(expected)}")
+        checker.raise_if_any()  # the checks below may assume each field has its type
         checker.request_id(self.request_id)
         self.check(checker)
         checker.raise_if_any()
 
     def payload(self) -> dict:
         """The command's fields but request_id (flat: every field is a primitive or a tuple of them)."""
-        values = ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "request_id")
+        values = ((name, getattr(self, name)) for name, _ in field_types(type(self)) if name != "request_id")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
 
 
@@ -160,12 +198,12 @@ class OpenAccount(Command):
         if len(self.addresses) > limits.ADDRESSES_MAX:
             c.fail("addresses", "TOO_MANY_ADDRESSES", f"at most {limits.ADDRESSES_MAX} addresses")
         for i, address in enumerate(self.addresses[: limits.ADDRESSES_MAX]):
-            if not ADDRESS_PATTERN.match(address):
+            if not ADDRESS_PATTERN.fullmatch(address):
                 c.fail(f"addresses[{i}]", "ADDRESS_MALFORMED", "not a Bitcoin address")
         if len(set(self.addresses)) != len(self.addresses):
             c.fail("addresses", "ADDRESS_DUPLICATED", "each address may be registered once")
         if self.descriptor and (len(self.descriptor) > limits.DESCRIPTOR_LENGTH_MAX
-                                or not DESCRIPTOR_PATTERN.match(self.descriptor)):
+                                or not DESCRIPTOR_PATTERN.fullmatch(self.descriptor)):
             c.fail("descriptor", "DESCRIPTOR_MALFORMED", "not an output descriptor such as wpkh(...)#checksum")
 
 
@@ -250,8 +288,8 @@ class ProposeTransfer(Command):
     credit_account_id: str
     amount_sats: int
     memo: str = ""
-    expire_time_us: int = 0       # 0: the default expiry after the record time
-    corrects_position: int = -1   # -1: not a correction
+    expire_time_us: int | None = None   # None: the default expiry after the record time
+    corrects_position: int = -1         # -1: not a correction; 0 and up: the position it compensates
 
     def check(self, c: _Checker) -> None:
         c.account_id("debit_account_id", self.debit_account_id)
@@ -260,10 +298,9 @@ class ProposeTransfer(Command):
             c.fail("credit_account_id", "SAME_ACCOUNT_ON_BOTH_SIDES", "debit and credit accounts must differ")
         c.amount("amount_sats", self.amount_sats)
         c.text("memo", self.memo, limits.TEXT_LENGTH_MAX)
-        if self.expire_time_us < 0:
-            c.fail("expire_time", "EXPIRE_TIME_INVALID", "expire_time must be after the epoch")
+        c.expire_time(self.expire_time_us)
         if self.corrects_position < -1:
-            c.fail("corrects_position", "POSITION_INVALID", "corrects_position must be -1 or a position")
+            c.fail("corrects_position", "POSITION_INVALID", "corrects_position must be a position (0 or more)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,12 +324,24 @@ class RejectTransfer(ResolveTransfer):
 
 @dataclasses.dataclass(frozen=True)
 class ExpirePending(Command):
+    """Voids a pending item of any kind past its expiry (the service's expiry worker sends it)."""
+
     request_id: str
     pending_id: str
 
     def check(self, c: _Checker) -> None:
-        if not PENDING_ID_PATTERN.match(self.pending_id or ""):
-            c.fail("pending_id", "PENDING_ID_MALFORMED", "pending_id must look like tr-<number>")
+        c.pending_id("pending_id", self.pending_id, kinds.TRANSFER.id_prefix, any_kind=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpireTransfer(Command):
+    """Voids a pending transfer past its expiry (the ExpireTransfer RPC); another kind's id is not found."""
+
+    request_id: str
+    transfer_id: str
+
+    def check(self, c: _Checker) -> None:
+        c.pending_id(kinds.TRANSFER.id_field, self.transfer_id, kinds.TRANSFER.id_prefix, any_kind=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +356,7 @@ class ProposeCustodyChange(Command):
     new_quorum_total: int = 0
     txid: str = ""
     network_fee_sats: int = 0
-    expire_time_us: int = 0
+    expire_time_us: int | None = None
 
     def check(self, c: _Checker) -> None:
         c.account_id("from_account_id", self.from_account_id)
@@ -318,15 +367,14 @@ class ProposeCustodyChange(Command):
         c.text("reason", self.reason, limits.TEXT_LENGTH_MAX, required=True)
         c.text("key_ceremony_reference", self.key_ceremony_reference, limits.NAME_LENGTH_MAX)
         c.quorum("new_quorum", self.new_quorum_required, self.new_quorum_total, optional=True)
-        if self.txid and not TXID_PATTERN.match(self.txid):
+        if self.txid and not TXID_PATTERN.fullmatch(self.txid):
             c.fail("txid", "TXID_MALFORMED", "txid must be 64 lower-case hex characters")
         c.amount("network_fee_sats", self.network_fee_sats, zero_allowed=True)
         if 0 < self.amount_sats <= self.network_fee_sats:
             c.fail("network_fee_sats", "FEE_NOT_BELOW_AMOUNT", "network_fee_sats must be below amount_sats")
         if self.network_fee_sats > 0 and not self.txid:
             c.fail("txid", "TXID_MISSING", "a network fee needs the on-chain txid")
-        if self.expire_time_us < 0:
-            c.fail("expire_time", "EXPIRE_TIME_INVALID", "expire_time must be after the epoch")
+        c.expire_time(self.expire_time_us)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,15 @@ class LedgerError(Exception):
         return "".join("_" + c if c.isupper() else c.upper() for c in name).lstrip("_")
 
 
+class InvariantBroken(Exception):
+    """A recorded event breaks a ledger rule: a bug when live, a finding when auditing. Not a LedgerError:
+    no caller caused it. `rule` is a stable UPPER_SNAKE name (docs/EVENTS.md, "Rules the replay enforces")."""
+
+    def __init__(self, position: int, rule: str, detail: str):
+        self.position, self.rule, self.detail = position, rule, detail
+        super().__init__(f"position {position}: {rule}: {detail}")
+
+
 # --- INVALID_ARGUMENT: the request itself is malformed ---------------------------------------------
 
 class Violation:
@@ -61,7 +70,7 @@ class AccountNotFound(NotFound):
 
 
 class PendingNotFound(NotFound):
-    pass
+    pending_id: str | None = None   # set when the id names a pending item of the kind asked for
 
 
 # --- ALREADY_EXISTS -------------------------------------------------------------------------------
@@ -136,6 +145,22 @@ class PendingNotYetExpired(RuleViolated):
 
 class CorrectedPositionUnknown(RuleViolated):
     pass
+
+
+class SupplyCapExceeded(RuleViolated):
+    """A balance, hold, custody total or sum of purchases would pass the 21 million BTC that can exist."""
+
+    def __init__(self, account_id: str, message: str, *, field: str | None = None):
+        self.account_id = account_id
+        super().__init__(message, field=field)
+
+
+class TurnoverLimitExceeded(RuleViolated):
+    """An account's cumulative credits or debits would pass what the API's int64 fields can carry."""
+
+    def __init__(self, account_id: str, message: str, *, field: str | None = None):
+        self.account_id = account_id
+        super().__init__(message, field=field)
 
 
 # --- PERMISSION_DENIED / UNAUTHENTICATED / ABORTED --------------------------------------------------

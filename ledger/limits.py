@@ -1,8 +1,18 @@
 """Every bound of the ledger in one place."""
 
 SATS_PER_BTC = 100_000_000
-# No amount can exceed the 21 million BTC that will ever exist.
-AMOUNT_MAX_SATS = 21_000_000 * SATS_PER_BTC
+# The 21 million BTC that will ever exist: no amount, balance (in either direction), hold, custody total or
+# sum of purchases may exceed it (rules.py refuses, the fold re-checks: SUPPLY_CAP_EXCEEDED).
+SUPPLY_CAP_SATS = 21_000_000 * SATS_PER_BTC
+AMOUNT_MAX_SATS = SUPPLY_CAP_SATS
+# An account's cumulative credits and debits go into int64 proto fields (Balance.credits_sats/debits_sats);
+# moving coins back and forth could pass it, so a posting that would is refused (TURNOVER_LIMIT_EXCEEDED).
+TURNOVER_MAX_SATS = 2**63 - 1
+
+# Times the API can express: google.protobuf.Timestamp spans 0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z.
+TIMESTAMP_SECONDS_MIN = -62_135_596_800
+TIMESTAMP_SECONDS_MAX = 253_402_300_799
+TIMESTAMP_NANOS_MAX = 999_999_999
 
 ID_LENGTH_MIN = 3
 ID_LENGTH_MAX = 64

@@ -11,17 +11,16 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from ledger import pending as kinds
+from ledger import rules
 from ledger.accounts import ACQUISITIONS, NETWORK_FEES, NOMINAL_ACCOUNTS, NOMINAL_KIND, Account
+from ledger.errors import InvariantBroken
 from ledger.events import CanonicalEvent
 from ledger.limits import SATS_PER_BTC
 from ledger.pending import Pending
 
 # 2: accounts, pending items and lots as lists of typed records (1 held them as keyed dicts).
 STATE_FORMAT_VERSION = 2
-
-
-class InvariantBroken(Exception):
-    """The event sequence breaks a ledger invariant: a bug when live, a finding when auditing."""
+__all__ = ["InvariantBroken", "ReserveState", "StateFormatUnknown", "balances", "holdings", "cost_basis"]
 
 
 class StateFormatUnknown(ValueError):
@@ -71,6 +70,7 @@ class ReserveState:
         self.currencies: dict[str, CurrencyTotal] = {}
         self.debits_sats = 0
         self.credits_sats = 0
+        self.custody_total_sats = 0   # the sum of custody balances, kept by _post (not serialised: derived)
 
     # --- reads ---------------------------------------------------------------------------------------
 
@@ -86,16 +86,18 @@ class ReserveState:
     # --- the fold ------------------------------------------------------------------------------------
 
     def apply(self, event: CanonicalEvent) -> None:
-        if event["position"] != self.position + 1:
-            raise InvariantBroken(f"event at position {event['position']} follows position {self.position}")
-        handler = getattr(self, "_on_" + event["type"], None)
-        if handler is None:
-            raise InvariantBroken(f"unknown event type {event['type']!r} at position {event['position']}")
-        handler(event["data"], event)
+        """Fold one event, after rules.check_recorded decided its command again and got the same event: every
+        check a command passes when decided is checked again here, on replay, rebuild, verify and audit."""
+        if event.get("position") != self.position + 1:
+            raise InvariantBroken(self.position + 1, "POSITION_OUT_OF_ORDER",
+                                  f"the event at position {self.position + 1} says position {event.get('position')}")
+        rules.check_recorded(self, event)
+        getattr(self, "_on_" + event["type"])(event["data"], event)
         self.position = event["position"]
         self.time_us = event["time_us"]
         if self.debits_sats != self.credits_sats:
-            raise InvariantBroken(f"debits {self.debits_sats} != credits {self.credits_sats} at {self.position}")
+            raise InvariantBroken(self.position, "DOUBLE_ENTRY",
+                                  f"debits {self.debits_sats} != credits {self.credits_sats}")
 
     def _post(self, debit_account_id: str, credit_account_id: str, amount_sats: int) -> None:
         debit, credit = self.accounts[debit_account_id], self.accounts[credit_account_id]
@@ -103,8 +105,9 @@ class ReserveState:
         credit.credits_sats += amount_sats
         self.debits_sats += amount_sats
         self.credits_sats += amount_sats
+        self.custody_total_sats += (0 if credit.is_nominal else amount_sats) - (0 if debit.is_nominal else amount_sats)
         if not debit.is_nominal and debit.available_sats < 0:
-            raise InvariantBroken(f"account {debit_account_id} overdrawn at position {self.position + 1}")
+            raise InvariantBroken(self.position + 1, "OVERDRAFT", f"account {debit_account_id} overdrawn")
         if debit.is_nominal and not credit.is_nominal and debit_account_id != ACQUISITIONS:
             self.lots.append(Lot(f"adjustment@{self.position + 1}", "", "XXX", "0", amount_sats, amount_sats))
         elif not debit.is_nominal and credit.is_nominal:
@@ -114,7 +117,7 @@ class ReserveState:
         account = self.accounts[account_id]
         account.held_sats += amount_sats
         if account.held_sats < 0 or (not account.is_nominal and account.available_sats < 0):
-            raise InvariantBroken(f"hold on {account_id} breaks its balance at position {self.position + 1}")
+            raise InvariantBroken(self.position + 1, "OVERDRAFT", f"a hold on {account_id} breaks its balance")
 
     def _consume_lots(self, amount_sats: int) -> None:
         for lot in self.lots:
@@ -124,7 +127,7 @@ class ReserveState:
             lot.remaining_sats -= taken
             amount_sats -= taken
         if amount_sats:
-            raise InvariantBroken(f"more sats left the reserve than its lots hold at {self.position + 1}")
+            raise InvariantBroken(self.position + 1, "LOTS_EXHAUSTED", "more sats left the reserve than its lots hold")
 
     def _record_purchase(self, data: dict[str, Any]) -> None:
         self._post(ACQUISITIONS, data["account_id"], data["quantity_sats"])
@@ -137,12 +140,12 @@ class ReserveState:
     def _take_pending(self, pending_id: str, kind: kinds.PendingKind) -> Pending:
         pending = self.pending.pop(pending_id, None)
         if pending is None or pending.pending_kind != kind.name:
-            raise InvariantBroken(f"{pending_id} is not a pending {kind.name} at position {self.position + 1}")
+            raise InvariantBroken(self.position + 1, "PENDING_NOT_FOUND", f"{pending_id} is not a pending {kind.name}")
         return pending
 
     def _on_AccountOpened(self, data: dict[str, Any], event: CanonicalEvent) -> None:
         if data["account_id"] in self.accounts:
-            raise InvariantBroken(f"account {data['account_id']} opened twice")
+            raise InvariantBroken(self.position + 1, "ACCOUNT_ALREADY_EXISTS", f"account {data['account_id']} opened twice")
         self.accounts[data["account_id"]] = Account(
             data["account_id"], data["kind"], custodian=data["custodian"], wallet_label=data["wallet_label"],
             quorum=(data["quorum_required"], data["quorum_total"]), addresses=tuple(data["addresses"]),
@@ -245,6 +248,7 @@ class ReserveState:
         state.lots = [Lot(**lot) for lot in fields["lots"]]
         state.currencies = {code: CurrencyTotal(**total) for code, total in fields["currencies"].items()}
         state.debits_sats, state.credits_sats = fields["debits_sats"], fields["credits_sats"]
+        state.custody_total_sats = state.reserve_total_sats()
         return state
 
     def copy(self) -> "ReserveState":

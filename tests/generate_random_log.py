@@ -100,7 +100,7 @@ class Driver:
     def transfer(self, time_us: int, touched: set) -> cmd.ProposeTransfer:
         rnd = self.random
         debit, credit = rnd.sample(self.usable(touched), 2)
-        expire = time_us + rnd.randint(2, 30) * BATCH_INTERVAL_US if rnd.random() < 0.2 else 0
+        expire = time_us + rnd.randint(2, 30) * BATCH_INTERVAL_US if rnd.random() < 0.2 else None
         return cmd.ProposeTransfer(self.request_id("move"), debit, credit, rnd.randint(1, 50_000),
                                    rnd.choice(("", "rebalance", "payroll \\ Q3", "übertrag")), expire)
 

@@ -28,8 +28,19 @@ STREAM_HEARTBEAT_S = 5.0
 STREAM_POLL_S = 0.2
 
 
-def time_us_of(stamp: timestamp_pb2.Timestamp) -> int:
+def time_us_of(stamp: timestamp_pb2.Timestamp, field: str) -> int:
+    """Microseconds since the epoch of a valid Timestamp (the ranges google/protobuf/timestamp.proto defines)."""
+    if not (limits.TIMESTAMP_SECONDS_MIN <= stamp.seconds <= limits.TIMESTAMP_SECONDS_MAX
+            and 0 <= stamp.nanos <= limits.TIMESTAMP_NANOS_MAX):
+        rule = "EXPIRE_TIME_INVALID" if field == "expire_time" else "TIMESTAMP_INVALID"
+        raise errors.RequestInvalid([errors.Violation(
+            field, rule, f"{field} must be a valid Timestamp: seconds within 0001-01-01..9999-12-31, "
+                         f"nanos 0..{limits.TIMESTAMP_NANOS_MAX}")])
     return stamp.seconds * 1_000_000 + stamp.nanos // 1000
+
+
+def expire_time_us_of(request) -> int | None:
+    return time_us_of(request.expire_time, "expire_time") if request.HasField("expire_time") else None
 
 
 def timestamp_of(time_us: int) -> timestamp_pb2.Timestamp:
@@ -137,8 +148,8 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
         recorded = self._run(cmd.ProposeTransfer(
             request_id=request.request_id, debit_account_id=request.debit_account_id,
             credit_account_id=request.credit_account_id, amount_sats=request.amount_sats, memo=request.memo,
-            expire_time_us=time_us_of(request.expire_time) if request.HasField("expire_time") else 0,
-            corrects_position=request.corrects_position if request.corrects_position else -1), context)
+            expire_time_us=expire_time_us_of(request),
+            corrects_position=request.corrects_position if request.HasField("corrects_position") else -1), context)
         return pb.ProposeTransferResponse(result=result_of(recorded), transfer_id=recorded.data["transfer_id"])
 
     def ApproveTransfer(self, request, context):
@@ -150,7 +161,7 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
         return pb.RejectTransferResponse(result=result_of(recorded))
 
     def ExpireTransfer(self, request, context):
-        recorded = self._run(cmd.ExpirePending(request.request_id, request.transfer_id), context)
+        recorded = self._run(cmd.ExpireTransfer(request.request_id, request.transfer_id), context)
         return pb.ExpireTransferResponse(result=result_of(recorded))
 
     # --- custody changes ------------------------------------------------------------------------------
@@ -162,7 +173,7 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
             key_ceremony_reference=request.key_ceremony_reference,
             new_quorum_required=request.new_quorum.required, new_quorum_total=request.new_quorum.total,
             txid=request.txid, network_fee_sats=request.network_fee_sats,
-            expire_time_us=time_us_of(request.expire_time) if request.HasField("expire_time") else 0), context)
+            expire_time_us=expire_time_us_of(request)), context)
         return pb.ProposeCustodyChangeResponse(result=result_of(recorded),
                                                custody_change_id=recorded.data["custody_change_id"])
 
@@ -185,7 +196,7 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
                                                               "as_of.position must not be negative")])
             return self._ledger.state_as_of(as_of.position)
         if which == "time":
-            position = self._ledger.position_at_time(time_us_of(as_of.time))
+            position = self._ledger.position_at_time(time_us_of(as_of.time, "as_of.time"))
             if position < 0:
                 from ledger.state import ReserveState
                 return ReserveState()

@@ -22,6 +22,8 @@ STATUS_BY_ERROR: dict[type, grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.RuleViolated: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.SupplyCapExceeded: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.TurnoverLimitExceeded: grpc.StatusCode.FAILED_PRECONDITION,
     errors.RoleNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
     errors.IdentityMissing: grpc.StatusCode.UNAUTHENTICATED,
     errors.ConcurrencyRetriesExhausted: grpc.StatusCode.ABORTED,

@@ -16,7 +16,7 @@ from ledger.anchoring import Outpoint
 from ledger.anchors import Anchor
 from ledger.application import ReserveLedger
 from ledger.audit import HEADERS_MAX, custody_accounts
-from ledger.state import ReserveState
+from ledger.state import InvariantBroken, ReserveState
 from ledger.tree_heads import TreeHead
 from services.audit import bundle
 from services.errors import AlreadyExists, CheckFailed
@@ -95,7 +95,13 @@ class LedgerSource:
         return self._ledger.store.load_anchor_genesis()
 
     def custody_accounts(self, size: int) -> list[dict]:
-        return custody_accounts(self._ledger.state_as_of(size - 1) if size else ReserveState())
+        try:
+            return custody_accounts(self._ledger.state_as_of(size - 1) if size else ReserveState())
+        except InvariantBroken as broken:  # still export every event: the audit names the one the replay refuses
+            state = ReserveState()
+            for event in self._ledger.iter_events(0, broken.position - 1):
+                state.apply(event)
+            return custody_accounts(state)
 
 
 def export_bundle(ledger: ReserveLedger, out_dir: str | pathlib.Path, public_key_raw: bytes, backend=None,

@@ -33,7 +33,7 @@ def drive(ledger, rounds: int = 3) -> int:
         change = run(ledger, cmd.ProposeCustodyChange(f"cc-{r}", "cold-a", "cold-b", BTC // 4, "ceremony", "KC-1",
                                                       3, 5, "ab" * 32, 700), OPERATOR, t + 6)
         run(ledger, cmd.ApproveCustodyChange(f"cc-ok-{r}", change.data["custody_change_id"]), APPROVER, t + 7)
-        fix = run(ledger, cmd.ProposeTransfer(f"fix-{r}", "warm-c", "nominal:adjustments", 10, "correction", 0,
+        fix = run(ledger, cmd.ProposeTransfer(f"fix-{r}", "warm-c", "nominal:adjustments", 10, "correction", None,
                                               corrects_position=proposed.position), OPERATOR, t + 8)
         run(ledger, cmd.ApproveTransfer(f"fix-ok-{r}", fix.data["transfer_id"]), APPROVER, t + 9)
         t += 1_000_000

@@ -169,8 +169,9 @@ def test_a_flipped_byte_that_breaks_the_canonical_form_names_the_event(copy):
     assert not any(line.startswith("FAIL manifest") for line in fail_lines(result)), result.stdout
 
 
-def test_a_flipped_digit_that_keeps_the_event_canonical_is_named_by_the_tree_head_anchor_and_custody(demo, copy):
-    """The bytes still parse, so only the signed root, the anchored root and the replayed balance can tell."""
+def test_a_flipped_digit_that_keeps_the_event_canonical_is_named_by_the_tree_head_anchor_and_replay(demo, copy):
+    """The bytes still parse, so only the signed root, the anchored root and the replay's rules can tell (the
+    quantity no longer matches the purchase's fiat total)."""
     frames = read_frames(copy)
     forged = frames[5].replace(b'"quantity_sats":800000000', b'"quantity_sats":900000000')
     assert forged != frames[5] and len(forged) == len(frames[5])
@@ -180,7 +181,7 @@ def test_a_flipped_digit_that_keeps_the_event_canonical_is_named_by_the_tree_hea
     result = audit(copy)
     assert_named(result, "tree_heads", "tree size 16", "signed root does not match")
     assert_named(result, "anchors", f"anchor {demo.anchor_txid}", "not the root of the first 16 events")
-    assert_named(result, "custody", "account vault-cold-2", "balance_sats = 800000000", "900000000")
+    assert_named(result, "replay", "event 5", "position 5: FIAT_TOTAL_MISMATCH")
     assert not any(line.startswith(("FAIL manifest", "FAIL events")) for line in fail_lines(result)), result.stdout
 
 

@@ -3,6 +3,7 @@ proof of work on known headers, header chains, tree heads with consistency, rese
 controls evidence naming a self-approval."""
 
 import hashlib
+from decimal import Decimal
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -167,7 +168,8 @@ def opened(position: int, account_id: str) -> bytes:
 
 def purchased(position: int, account_id: str, quantity_sats: int) -> bytes:
     return event(position, "ReservePurchased", "alice", "operator", {
-        "account_id": account_id, "counterparty": "Coinbase Prime", "currency_code": "USD", "fiat_total": "600.00",
+        "account_id": account_id, "counterparty": "Coinbase Prime", "currency_code": "USD",
+        "fiat_total": str(Decimal(60_000) * quantity_sats / 10**8),
         "price_per_btc": "60000.00", "purchase_id": f"pu-{position}", "quantity_sats": quantity_sats,
         "trade_date": "2026-11-02", "trade_reference": f"T-{position}"})
 
@@ -175,7 +177,7 @@ def purchased(position: int, account_id: str, quantity_sats: int) -> bytes:
 def proposed(position: int, actor: str, debit: str, credit: str, amount_sats: int) -> bytes:
     return event(position, "TransferProposed", actor, "operator", {
         "amount_sats": amount_sats, "corrects_position": -1, "credit_account_id": credit, "debit_account_id": debit,
-        "expire_time_us": 1_900_000_000_000_000, "memo": "", "transfer_id": f"tr-{position}"})
+        "expire_time_us": 1_800_000_000_000_000 + 30 * 86_400_000_000, "memo": "", "transfer_id": f"tr-{position}"})
 
 
 def approved(position: int, actor: str, transfer_id: str, proposer: str) -> bytes:
@@ -275,16 +277,19 @@ def test_an_approval_by_someone_else_is_evidence_not_a_finding():
 def test_a_self_approval_is_named_by_its_event():
     events = funded_log() + [proposed(3, "alice", "cold-a", "warm-b", 4_000), approved(4, "alice", "tr-3", "alice")]
     found, _, _ = audited(events)
-    assert found == [("controls", "event 4", "alice approved their own proposal tr-3")]
+    assert found[0] == ("controls", "event 4", "alice approved their own proposal tr-3")
+    assert found[1][:2] == ("replay", "event 4") and "position 4: APPROVER_MUST_DIFFER_FROM_PROPOSER" in found[1][2]
+    assert len(found) == 2
 
 
 def test_an_approval_that_misnames_the_proposer_is_named_and_still_caught_as_a_self_approval():
     """Writing another proposer into the approval does not hide that the proposer approved it."""
     events = funded_log() + [proposed(3, "alice", "cold-a", "warm-b", 4_000), approved(4, "alice", "tr-3", "oscar")]
     found, _, _ = audited(events)
-    assert found == [
+    assert found[:2] == [
         ("controls", "event 4", "the approval names proposer 'oscar'; the proposal was made by 'alice'"),
         ("controls", "event 4", "alice approved their own proposal tr-3")]
+    assert found[2][:2] == ("replay", "event 4") and "APPROVER_MUST_DIFFER_FROM_PROPOSER" in found[2][2]
 
 
 def test_a_script_registered_by_two_accounts_is_named_for_both():

@@ -13,7 +13,7 @@ ALICE, BOB = cmd.Caller("alice", "operator"), cmd.Caller("bob", "approver")
 
 def apply(state, command, caller, time_us=1_000):
     event_type, data = decide(state, command, caller, time_us, Policy())
-    state.apply({"position": state.position + 1, "type": event_type, "time_us": time_us, "actor": caller.identity,
+    state.apply({"format_version": 1, "position": state.position + 1, "type": event_type, "time_us": time_us, "actor": caller.identity,
                  "actor_role": caller.role, "request_id": command.request_id, "request_digest": "", "data": data})
     return data
 
