@@ -158,8 +158,27 @@ class ReserveLedger(Application):
         self._repair = repair
         self.unproven_rows: list[UnprovenRow] = []   # every saved row that failed its proof since start
         self.on_unproven: Callable[[UnprovenRow], None] = lambda row: None
-        self._projection = self._load_projection()
-        self._saved_position = self._projection.position
+        self._projection_state: ReserveState | None = None   # loaded on first use: opening never folds the log
+        # The last position reads may fold (None: all). Set by the service under an integrity alarm, so that
+        # reads are served from the trusted prefix, never from rows no signed tree head covers.
+        self.fold_limit: int | None = None
+        self._saved_position = -1
+
+    @property
+    def _projection(self) -> ReserveState:
+        """The read projection, loaded (proven or replayed) on first use, so that a log the replay refuses can
+        still be opened by `verify` and `export`; InvariantBroken surfaces to whoever reads it."""
+        if self._projection_state is None:
+            with self._read_lock:
+                if self._projection_state is None:
+                    state = self._load_projection()
+                    self._saved_position = state.position
+                    self._projection_state = state
+        return self._projection_state
+
+    @_projection.setter
+    def _projection(self, state: ReserveState) -> None:
+        self._projection_state = state
 
     # --- commands ---------------------------------------------------------------------------------
 
@@ -295,7 +314,7 @@ class ReserveLedger(Application):
             proven = self._proven(f"projection {PROJECTION_NAME}", *stored)
             if proven is not None:
                 return proven
-        state = self._catch_up(self._proven_checkpoint(self.store.log_size() - 1) or ReserveState())
+        state = self._catch_up(self._proven_checkpoint(self.store.log_size() - 1) or ReserveState(), self.fold_limit)
         if stored is not None and self._repair and self._can_seal:
             self._replace_saved(PROJECTION_NAME, stored, state.position, state.to_bytes())
         return state
@@ -367,7 +386,7 @@ class ReserveLedger(Application):
     def reading(self) -> Iterator[ReserveState]:
         """The projection, caught up with every committed event (read-your-writes), under a lock."""
         with self._read_lock:
-            self._catch_up(self._projection)
+            self._catch_up(self._projection, self.fold_limit)
             self._persist_projection_if_due()
             yield self._projection
 

@@ -19,7 +19,7 @@ from ledger import merkle
 from ledger.anchoring import ChainBackend
 from ledger.application import ReserveLedger
 from ledger.commands import Caller, ExpirePending
-from ledger.errors import LedgerError
+from ledger.errors import InvariantBroken, LedgerError
 from reserve_ledger.v1 import audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 from services.anchoring.worker import AnchorWorker
 from services.api.audit_servicer import AuditServicer
@@ -114,6 +114,7 @@ class LedgerServer:
         if self.config.metrics_listen:
             self.metrics_port = self.metrics.serve(self.config.metrics_listen)
         self._open_log()
+        self.ledger.projection_position()  # load (prove or replay) the projection now: a refused log stops here
         self.server.start()
         self.health.set(AUDIT_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._set_saved_states_health()
@@ -141,9 +142,17 @@ class LedgerServer:
         log.info("checked the stored log against its latest signed tree head in %.2f s", time.monotonic() - started_s)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING if alarm is None
                         else health_pb2.HealthCheckResponse.NOT_SERVING)
+        if alarm is not None:
+            self._limit_reads(alarm)
+
+    def _limit_reads(self, alarm) -> None:
+        """Reads fold only the events before the first one in doubt (the trusted, signed prefix)."""
+        if alarm.positions is not None:
+            self.ledger.fold_limit = alarm.positions[0] - 1
 
     def _alarm_raised(self, alarm) -> None:
         log.error("refusing writes: %s", alarm)
+        self._limit_reads(alarm)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._set_writes_health()
 
@@ -173,7 +182,9 @@ class LedgerServer:
 
     def _on_batch(self, size: int, error: BaseException | None) -> None:
         self.metrics.batch_size.observe(size)
-        if error is None:
+        if isinstance(error, InvariantBroken):
+            self.signer.refuse_log(error)
+        elif error is None:
             self._writes_recovered()
         elif isinstance(error, STORE_FAILURES):
             self._writes_failed(error)

@@ -1,6 +1,7 @@
 """The CLI's one error table: every failure ends in one line on stderr and a documented exit code.
 
   UserMistake (services/errors.py)   its message, its class's exit code (2 usage, 1 check failed, 3 not yet)
+  InvariantBroken (the stored log)   the position and rule the replay refuses, exit 1
   argparse mistakes                  one line naming the option, exit 2
   anything else                      one line naming the error class, the traceback written to a file, exit 70
 `--debug` re-raises instead, so a developer sees the traceback in the terminal.
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import traceback
 
+from ledger.errors import InvariantBroken
 from services import errors
 
 
@@ -43,6 +45,12 @@ def run_command(run, args, prog: str = "reserve-ledger") -> int:
             raise
         print(f"{prog}: error: {mistake}", file=sys.stderr)
         return mistake.exit_code
+    except InvariantBroken as broken:  # the stored log breaks a rule: a finding about the data, not a crash
+        if getattr(args, "debug", False):
+            raise
+        print(f"{prog}: error: the replay refuses the log: {broken}; run `reserve-ledger verify` for every "
+              "finding", file=sys.stderr)
+        return errors.EXIT_CHECK_FAILED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger import limits, merkle
-from ledger.errors import LedgerError
+from ledger.errors import InvariantBroken, LedgerError
 from ledger.tree_heads import (TreeHead, key_id, raw_public_key, sign_tree_head, superseded_head_kept,
                                verify_tree_head)
 
@@ -64,6 +64,11 @@ class LogIntegrityAlarm(LedgerError):
         super().__init__(message + "; writes are refused until an operator has checked the log "
                                    "(reserve-ledger verify; docs/OPERATIONS.md)")
         self.positions = positions  # [first, end) of the events concerned, when known
+
+
+def replay_alarm(broken: InvariantBroken) -> LogIntegrityAlarm:
+    return LogIntegrityAlarm(f"events {broken.position} to {broken.position}: the replay refuses the stored event "
+                             f"({broken.rule}: {broken.detail})", (broken.position, broken.position + 1))
 
 
 class CommitLog(Protocol):
@@ -197,6 +202,10 @@ class TreeHeadSigner:
                 f"events {self._frontier.size} to {size - 1} do not match the tree head signed at size {size}",
                 (min(self._frontier.size, size), size)))
         return frontier
+
+    def refuse_log(self, broken: InvariantBroken) -> LogIntegrityAlarm:
+        """The replay refuses a stored event: the same alarm as an unsigned or contradicted one."""
+        return self._raised(replay_alarm(broken))
 
     def _raised(self, alarm: LogIntegrityAlarm) -> LogIntegrityAlarm:
         if self.alarm is None:

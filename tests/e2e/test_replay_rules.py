@@ -69,15 +69,17 @@ FORGERIES = {
 
 
 def forge(data_dir, database_url, key_path, event_type: str, data: dict, caller: cmd.Caller) -> None:
-    """Store the event as the service would (recorder: bytes, log row, Merkle nodes) and sign a head over it."""
+    """Store the event as the service would (recorder: bytes, log row, Merkle nodes), each commit signing its
+    head with the real key, as an insider holding the key and the service's code could."""
     app = ReserveLedger(storage_env(data_dir, database_url))
     try:
+        signer = TreeHeadSigner(app.store, load_or_create_signing_key(key_path), lambda: T0 + 2)
+        assert signer.open_log() is None  # from here on every commit signs its own head
         base_log(app)
         event = {"format_version": 1, "position": FORGED_AT, "type": event_type, "time_us": T0 + 1,
                  "request_id": "forged", "request_digest": "00" * 32, "actor": caller.identity,
                  "actor_role": caller.role, "data": data}
         app.save(LoggedEvent(BOOK_ID, FORGED_AT + 1, canonical_bytes(event)))  # as logged_event, unchecked
-        signer = TreeHeadSigner(app.store, load_or_create_signing_key(key_path), lambda: T0 + 2)
         assert signer.latest().tree_size == FORGED_AT + 1
     finally:
         app.close()

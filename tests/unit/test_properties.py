@@ -94,10 +94,12 @@ def test_random_commands_keep_every_invariant_and_replay_equals_live(steps):
     with tempfile.TemporaryDirectory() as directory:
         data_dir = pathlib.Path(directory) / "data"
         ledger = ReserveLedger(sqlite_env(data_dir), policy=Policy(purchase_approval_threshold_sats=10 * BTC))
+        signer = TreeHeadSigner(ledger.store, load_or_create_signing_key(data_dir / "signing.key"), lambda: T0)
+        assert signer.open_log() is None  # every commit signs its own tree head, as in the server
         try:
             run_steps(ledger, steps)
             assert ledger.rebuild().to_bytes() == ledger.live_state_bytes()
-            audit_an_export(ledger, data_dir, pathlib.Path(directory) / "bundle")
+            audit_an_export(ledger, signer, pathlib.Path(directory) / "bundle")
         finally:
             ledger.close()
 
@@ -131,11 +133,9 @@ def run_steps(ledger: ReserveLedger, steps) -> int:
     return recorded
 
 
-def audit_an_export(ledger: ReserveLedger, data_dir: pathlib.Path, bundle_dir: pathlib.Path) -> None:
-    key = load_or_create_signing_key(data_dir / "signing.key")
-    signer = TreeHeadSigner(ledger.store, key, lambda: T0)
-    signer.latest()
-    export_bundle(ledger, bundle_dir, signer.public_key_raw, signer=signer)
+def audit_an_export(ledger: ReserveLedger, signer: TreeHeadSigner, bundle_dir: pathlib.Path) -> None:
+    assert signer.latest().tree_size == ledger.store.log_size()  # the last commit's head covers the whole log
+    export_bundle(ledger, bundle_dir, signer.public_key_raw)
     facts = audit_bundle(bundle_dir)
     assert facts["findings"].total == 0, facts["findings"].kept[:5]
     assert facts["replay_stopped_at"] is None
