@@ -125,3 +125,15 @@ def test_the_same_on_each_backend(rule, storage, tmp_path):
     key_path = tmp_path / "signing.key" if database_url else f"{data_dir}/{SIGNING_KEY_FILE_NAME}"
     forge(data_dir, database_url, key_path, *FORGERIES[rule])
     assert_each_command_names(rule, data_dir, database_url, key_path, tmp_path)
+
+
+def test_serve_refuses_to_start_on_a_log_the_replay_refuses(tmp_path, certs_dir):
+    """A correctly signed event that breaks a rule: the server does not come up to serve or decide on it."""
+    data_dir = tmp_path / "data"
+    forge(data_dir, None, data_dir / SIGNING_KEY_FILE_NAME, *FORGERIES["SUPPLY_CAP_EXCEEDED"])
+    served = cli("serve", "--certs", certs_dir, "--data-dir", data_dir, "--listen", "127.0.0.1:0",
+                 "--metrics-listen", "off")
+    assert served.returncode == 1, served.stderr
+    lines = served.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"position {FORGED_AT}: SUPPLY_CAP_EXCEEDED" in lines[0], served.stderr
+    assert "Traceback" not in served.stderr
