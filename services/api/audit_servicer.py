@@ -31,6 +31,13 @@ def anchor_to_proto(anchor: Anchor) -> pb.Anchor:
     return pb.Anchor(**{name: value for name, value in fields.items() if value is not None})
 
 
+def _page(rows: list, page_size: int, to_proto, kind: str, key) -> tuple[list, str]:
+    """Up to page_size rows as protos, cut by bytes too, and the token naming the first row left out ("" at the
+    end); `rows` holds one row more than a page when there is more."""
+    page = within_bytes([to_proto(row) for row in rows[:page_size]])
+    return page, token_of(kind, key(rows[len(page)])) if len(rows) > len(page) else ""
+
+
 def _not_negative(**values: int) -> None:
     violations = [errors.Violation(name, "MUST_NOT_BE_NEGATIVE", f"{name} must not be negative")
                   for name, value in values.items() if value < 0]
@@ -146,18 +153,14 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def ListTreeHeads(self, request, context):
         first, tree_size_max, page_size = self._list_bounds(request, "tree_heads")
         heads = self._store.list_tree_heads(first, tree_size_max, page_size + 1)
-        more = len(heads) > page_size
-        return pb.ListTreeHeadsResponse(
-            tree_heads=[head_to_proto(head) for head in heads[:page_size]],
-            next_page_token=token_of("tree_heads", heads[page_size].tree_size) if more else "")
+        page, token = _page(heads, page_size, head_to_proto, "tree_heads", lambda head: head.tree_size)
+        return pb.ListTreeHeadsResponse(tree_heads=page, next_page_token=token)
 
     def ListAnchors(self, request, context):
         first, tree_size_max, page_size = self._list_bounds(request, "anchors")
         anchors = self._store.list_anchors(first, tree_size_max, page_size + 1)
-        more = len(anchors) > page_size
-        return pb.ListAnchorsResponse(
-            anchors=[anchor_to_proto(anchor) for anchor in anchors[:page_size]],
-            next_page_token=token_of("anchors", anchors[page_size].anchor_id) if more else "")
+        page, token = _page(anchors, page_size, anchor_to_proto, "anchors", lambda anchor: anchor.anchor_id)
+        return pb.ListAnchorsResponse(anchors=page, next_page_token=token)
 
     def GetAnchorGenesis(self, request, context):
         genesis = self._store.load_anchor_genesis()

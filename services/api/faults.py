@@ -15,8 +15,10 @@ LOG_INTERVAL_S = 60.0
 
 
 class FaultLog:
-    def __init__(self, monotonic_s=time.monotonic):
+    def __init__(self, monotonic_s=time.monotonic, on_record=lambda kind: None):
+        """`on_record(kind)` hears of every fault as it is recorded (the metrics counter)."""
         self._monotonic_s = monotonic_s
+        self._on_record = on_record
         self._lock = threading.Lock()
         self._seen: dict[str, dict] = {}   # class -> {"count", "unlogged", "logged_at_s"}
 
@@ -38,13 +40,10 @@ class FaultLog:
                 skipped, entry["unlogged"], entry["logged_at_s"] = entry["unlogged"], 0, now_s
             else:
                 entry["unlogged"] += 1
+        self._on_record(kind)
         if first:
             log.error("incident %s in %s: %s: %s", incident, where, kind, error, exc_info=error)
         elif due:
             log.error("incident %s in %s: %s: %s (%d more of this kind since the last line)", incident, where,
                       kind, error, skipped)
         return incident
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            return {kind: entry["count"] for kind, entry in self._seen.items()}

@@ -44,9 +44,7 @@ class _Guard:
         self.observe, self.streams, self.slots = observe, streams, slots
 
     def admit(self, raw: bytes, context):
-        return self.admit_caller(raw, context)[1]
-
-    def admit_caller(self, raw: bytes, context):
+        """(caller, request) once the caller is authenticated, authorised and the request parsed."""
         caller = auth.caller_of(context, self.dev_mode)
         auth.check_role(self.method, caller)
         return caller, _parsed(self.handler.request_deserializer, raw)
@@ -62,7 +60,7 @@ class _Guard:
     def unary(self, raw: bytes, context):
         outcome, started_s = "OK", time.perf_counter()
         try:
-            return self.handler.unary_unary(self.admit(raw, context), context)
+            return self.handler.unary_unary(self.admit(raw, context)[1], context)
         except Exception as error:  # noqa: BLE001 - every failure becomes a documented status below
             status = self.status_of(error)
             outcome = code_pb2.Code.Name(status.code)
@@ -71,9 +69,8 @@ class _Guard:
         context.abort_with_status(rpc_status.to_status(status))
 
     def stream(self, raw: bytes, context):
-        caller = None
         try:
-            caller, request = self.admit_caller(raw, context)
+            caller, request = self.admit(raw, context)
             self.slots.acquire(caller.identity)
             self.streams(+1)
             try:

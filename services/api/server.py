@@ -72,8 +72,8 @@ class LedgerServer:
         self.config = config
         self.ledger, self.signer, self.chain = parts.ledger, parts.signer, parts.chain
         self._clock_us = parts.clock_us
-        self.faults = FaultLog()
         self.metrics = Metrics()
+        self.faults = FaultLog(on_record=lambda kind: self.metrics.faults.labels(kind).inc())
         self.writer = CommandWriter(self.ledger, parts.clock_us, self._on_batch, refusal=lambda: self.signer.alarm)
         self.health = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
@@ -225,8 +225,6 @@ class LedgerServer:
         head = store.load_tree_head()
         self._anchor_watch.refresh()
         statuses = self.workers.statuses()
-        for kind, count in self.faults.counts().items():
-            self.metrics.faults.labels(kind)._value.set(count)
         return {"log_size_events": size,
                 "projection_lag_events": max(0, size - 1 - self.ledger.projection_position()),
                 "tree_head_size_events": None if head is None else head.tree_size,
