@@ -49,6 +49,8 @@ COMMAND_EVENTS = {
     cmd.ExpirePending: kinds.EXPIRED_EVENTS, cmd.ExpireTransfer: {kinds.TRANSFER.expired},
     cmd.ProposeCustodyChange: {"CustodyChangeProposed"}, cmd.ApproveCustodyChange: {"CustodyChangeApproved"},
     cmd.RejectCustodyChange: {"CustodyChangeRejected"},
+    cmd.ObserveReserveDiscrepancy: {"ReserveDiscrepancyObserved"},
+    cmd.RecordDiscrepancyReorgedOut: {"ReserveDiscrepancyReorgedOut"},
 }
 
 

@@ -26,6 +26,8 @@ DECIMAL_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
 DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 TXID_PATTERN = re.compile(r"[0-9a-f]{64}")
 ADDRESS_PATTERN = re.compile(r"[A-Za-z0-9]{14,%d}" % limits.ADDRESS_LENGTH_MAX)
+BLOCK_HASH_PATTERN = TXID_PATTERN
+DISCREPANCY_ID_PATTERN = re.compile(r"rd-(0|[1-9][0-9]{0,18})")
 DESCRIPTOR_PATTERN = re.compile(r"[a-z]+\([\x21-\x7e]*\)(#[a-z0-9]{8})?")
 
 
@@ -154,6 +156,9 @@ class Command:
     """Base of every command; `payload()` is what idempotency compares and what the event records."""
 
     request_id: str
+    # Fields left out of the payload (so out of the event and the request digest) while they are empty: fields
+    # added later, so that the commands and events recorded before them keep their digests and bytes.
+    OMITTED_WHEN_EMPTY: tuple[str, ...] = ()
 
     def check(self, checker: _Checker) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -171,7 +176,8 @@ class Command:
     def payload(self) -> dict:
         """The command's fields but request_id (flat: every field is a primitive or a tuple of them)."""
         values = ((name, getattr(self, name)) for name, _ in field_types(type(self)) if name != "request_id")
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values
+                if not (k in self.OMITTED_WHEN_EMPTY and v == "")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,10 +247,15 @@ class RecordPurchase(Command):
     counterparty: str
     trade_reference: str
     trade_date: str
+    txid: str = ""      # the transaction that brought the coins, when known (the reserves monitor matches it)
+
+    OMITTED_WHEN_EMPTY = ("txid",)
 
     def check(self, c: _Checker) -> None:
         c.account_id("account_id", self.account_id)
         c.amount("quantity_sats", self.quantity_sats)
+        if self.txid and not TXID_PATTERN.fullmatch(self.txid):
+            c.fail("txid", "TXID_MALFORMED", "txid must be 64 lower-case hex characters")
         price = c.decimal("price_per_btc", self.price_per_btc,
                           limits.PRICE_INTEGER_DIGITS_MAX, limits.PRICE_FRACTION_DIGITS_MAX)
         c.currency("currency_code", self.currency_code)
@@ -394,3 +405,50 @@ class ApproveCustodyChange(ResolveCustodyChange):
 
 class RejectCustodyChange(ResolveCustodyChange):
     pass
+
+
+# --- the reserves monitor (services/monitor): sent by the service as `system`, never by a caller ------------
+
+@dataclasses.dataclass(frozen=True)
+class ObserveReserveDiscrepancy(Command):
+    """Coins at a custody account's addresses moved in a best-chain block without a ledger event explaining
+    them: `txids` moved `movement_sats` (net, signed) at the account, which holds `onchain_sats` after it."""
+
+    request_id: str
+    account_id: str
+    block_height: int
+    block_hash: str
+    txids: tuple[str, ...]
+    movement_sats: int
+    onchain_sats: int
+
+    def check(self, c: _Checker) -> None:
+        c.account_id("account_id", self.account_id)
+        if not 0 <= self.block_height <= limits.BLOCK_HEIGHT_MAX:
+            c.fail("block_height", "BLOCK_HEIGHT_INVALID", f"block_height must be 0..{limits.BLOCK_HEIGHT_MAX}")
+        if not BLOCK_HASH_PATTERN.fullmatch(self.block_hash):
+            c.fail("block_hash", "BLOCK_HASH_MALFORMED", "block_hash must be 64 lower-case hex characters")
+        if not 1 <= len(self.txids) <= limits.DISCREPANCY_TXIDS_MAX:
+            c.fail("txids", "TXIDS_COUNT_INVALID", f"txids must name 1..{limits.DISCREPANCY_TXIDS_MAX} transactions")
+        elif not all(TXID_PATTERN.fullmatch(t) for t in self.txids) or len(set(self.txids)) != len(self.txids):
+            c.fail("txids", "TXID_MALFORMED", "each txid must be 64 lower-case hex characters, named once")
+        if abs(self.movement_sats) > limits.AMOUNT_MAX_SATS:
+            c.fail("movement_sats", "AMOUNT_ABOVE_MAXIMUM", f"movement_sats must be within ±{limits.AMOUNT_MAX_SATS}")
+        if not 0 <= self.onchain_sats <= limits.AMOUNT_MAX_SATS:
+            c.fail("onchain_sats", "AMOUNT_ABOVE_MAXIMUM", f"onchain_sats must be 0..{limits.AMOUNT_MAX_SATS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordDiscrepancyReorgedOut(Command):
+    """The block of an open discrepancy left the best chain (`best_block_hash` is there now; empty when the
+    best chain no longer reaches that height): the alert no longer stands as if on the best chain."""
+
+    request_id: str
+    discrepancy_id: str
+    best_block_hash: str
+
+    def check(self, c: _Checker) -> None:
+        if not DISCREPANCY_ID_PATTERN.fullmatch(self.discrepancy_id):
+            c.fail("discrepancy_id", "DISCREPANCY_ID_MALFORMED", "discrepancy_id must look like rd-<number>")
+        if self.best_block_hash and not BLOCK_HASH_PATTERN.fullmatch(self.best_block_hash):
+            c.fail("best_block_hash", "BLOCK_HASH_MALFORMED", "best_block_hash must be 64 lower-case hex characters")

@@ -147,6 +147,27 @@ class CorrectedPositionUnknown(RuleViolated):
     pass
 
 
+class DiscrepancyNotFound(NotFound):
+    """No discrepancy (ReserveDiscrepancyObserved) with that id."""
+
+
+class DiscrepancyAlreadyObserved(AlreadyExists):
+    """A standing discrepancy already records this account's movements in this block."""
+
+
+class DiscrepancyNotOpen(RuleViolated):
+    """The discrepancy was closed by a correction or its block left the best chain."""
+
+
+class MovementExplained(RuleViolated):
+    """The ledger explains the movement (an approved custody change or a purchase names its txids with these
+    amounts), or an unnamed movement leaves the account's coins equal to its ledger balance."""
+
+
+class CorrectionMustTouchAccount(RuleViolated):
+    """A correction of a discrepancy must debit or credit the account the discrepancy is about."""
+
+
 class SupplyCapExceeded(RuleViolated):
     """A balance, hold, custody total or sum of purchases would pass the 21 million BTC that can exist."""
 

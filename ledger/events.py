@@ -68,7 +68,23 @@ EVENT_FIELDS: dict[str, frozenset[str]] = {name: frozenset(fields) for name, fie
     "CustodyChangeApproved": ("custody_change_id", "proposer"),
     "CustodyChangeRejected": ("custody_change_id", "reason"),
     "CustodyChangeExpired": ("custody_change_id",),
+    "ReserveDiscrepancyObserved": ("discrepancy_id", "account_id", "block_height", "block_hash", "txids",
+                                   "movement_sats", "onchain_sats", "ledger_sats", "finding"),
+    "ReserveDiscrepancyReorgedOut": ("discrepancy_id", "best_block_hash"),
 }.items()}
+# Fields an event carries only when they are set, so that the canonical bytes of events recorded before the
+# field existed (and of every event that leaves it unset) stay as they were.
+EVENT_OPTIONAL_FIELDS: dict[str, frozenset[str]] = {
+    "ReservePurchased": frozenset({"txid"}),
+    "PurchaseProposed": frozenset({"txid"}),
+    "TransferApproved": frozenset({"closes_discrepancy_ids"}),
+}
+
+
+def has_catalogue_fields(event_type: str, keys) -> bool:
+    """Whether an event's data has every field of its type and, besides them, only its optional fields."""
+    required, optional = EVENT_FIELDS[event_type], EVENT_OPTIONAL_FIELDS.get(event_type, frozenset())
+    return required <= keys and keys - required <= optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +102,7 @@ class LoggedEvent:
 
 def logged_event(event: CanonicalEvent) -> LoggedEvent:
     """The event to store for a decision; its bytes are computed here, once, from the decided event."""
-    assert event["data"].keys() == EVENT_FIELDS[event["type"]], (event["type"], sorted(event["data"]))
+    assert has_catalogue_fields(event["type"], event["data"].keys()), (event["type"], sorted(event["data"]))
     return LoggedEvent(BOOK_ID, event["position"] + 1, canonical_bytes(event))
 
 

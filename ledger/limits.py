@@ -24,6 +24,10 @@ ADDRESS_LENGTH_MAX = 100
 ADDRESSES_MAX = 100
 QUORUM_TOTAL_MAX = 15
 
+# Reserves monitor: txids one discrepancy names (one account, one block), and block heights it accepts.
+DISCREPANCY_TXIDS_MAX = 500
+BLOCK_HEIGHT_MAX = 2**31 - 1
+
 PRICE_INTEGER_DIGITS_MAX = 18
 PRICE_FRACTION_DIGITS_MAX = 8
 FIAT_INTEGER_DIGITS_MAX = 24

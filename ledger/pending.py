@@ -53,3 +53,5 @@ class Pending:
     network_fee_sats: int = 0                  # custody changes
     new_quorum: tuple[int, int] = (0, 0)       # custody changes: (required, total); (0, 0) keeps the quorum
     purchase: dict[str, Any] | None = None     # purchases: the proposed purchase's event data, recorded on approval
+    txid: str = ""                             # custody changes: the on-chain transaction (the monitor matches it)
+    corrects_position: int = -1                # transfers: the position a correction compensates (-1: none)

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from ledger import commands as cmd
 from ledger import errors
+from ledger import monitor
 from ledger import pending as kinds
 from ledger.accounts import ACQUISITIONS, ADJUSTMENTS, DISPOSALS, NETWORK_FEES, Account
-from ledger.events import EVENT_FIELDS, METADATA_FIELDS, CanonicalEvent
+from ledger.events import EVENT_FIELDS, EVENT_OPTIONAL_FIELDS, METADATA_FIELDS, CanonicalEvent, has_catalogue_fields
 from ledger.limits import EXPIRY_DEFAULT_US, EXPIRY_MAX_US, SATS_PER_BTC, SUPPLY_CAP_SATS, TURNOVER_MAX_SATS
 from ledger.pending import Pending, PendingKind
 
@@ -94,7 +95,10 @@ def _approve(state: "ReserveState", pending_id: str, kind: PendingKind, caller: 
     for account_id in (pending.debit_account_id, pending.credit_account_id):
         _usable(state, account_id, field)
     _require_within_bounds(state, _postings_of(pending), field)
-    return {kind.id_field: pending_id, "proposer": pending.proposer}
+    data = {kind.id_field: pending_id, "proposer": pending.proposer}
+    closes = monitor.closed_by_correction(state, pending.corrects_position, pending.debit_account_id,
+                                          pending.credit_account_id) if pending.corrects_position >= 0 else []
+    return {**data, "closes_discrepancy_ids": closes} if closes else data
 
 
 def decide(state: "ReserveState", command: cmd.Command, caller: cmd.Caller, time_us: int, policy: Policy) -> Decision:
@@ -151,7 +155,43 @@ def decide(state: "ReserveState", command: cmd.Command, caller: cmd.Caller, time
         case cmd.RejectCustodyChange():
             _pending(state, command.custody_change_id, kinds.CUSTODY_CHANGE)
             return kinds.CUSTODY_CHANGE.rejected, command.payload()
+        case cmd.ObserveReserveDiscrepancy():
+            return "ReserveDiscrepancyObserved", _observe_discrepancy(state, command, position)
+        case cmd.RecordDiscrepancyReorgedOut():
+            _open_discrepancy(state, command.discrepancy_id, "discrepancy_id")
+            if command.best_block_hash == state.discrepancies[command.discrepancy_id].block_hash:
+                raise errors.RequestInvalid([errors.Violation(
+                    "best_block_hash", "BLOCK_STILL_BEST", "the discrepancy's block is still the best-chain block")])
+            return "ReserveDiscrepancyReorgedOut", command.payload()
     raise TypeError(f"no rule for {type(command).__name__}")  # a bug: every command has a rule
+
+
+def _open_discrepancy(state: "ReserveState", discrepancy_id: str, field: str) -> monitor.Discrepancy:
+    discrepancy = state.discrepancies.get(discrepancy_id)
+    if discrepancy is None:
+        raise errors.DiscrepancyNotFound(f"no discrepancy {discrepancy_id!r}", field=field)
+    if discrepancy.status != monitor.OPEN:
+        raise errors.DiscrepancyNotOpen(f"{discrepancy_id} is {discrepancy.status}", field=field)
+    return discrepancy
+
+
+def _observe_discrepancy(state: "ReserveState", command: cmd.ObserveReserveDiscrepancy, position: int) -> EventData:
+    """An observation is recorded once per account and block, and only when the ledger does not explain it."""
+    account = _account(state, command.account_id, "account_id")
+    if account.is_nominal:
+        raise errors.AccountMustBeCustody(f"account {command.account_id!r} is nominal", field="account_id")
+    standing = monitor.standing_at(state, command.account_id, command.block_hash)
+    if standing is not None:
+        raise errors.DiscrepancyAlreadyObserved(
+            f"{standing.discrepancy_id} already records {command.account_id} in block {command.block_hash}",
+            field="block_hash")
+    finding = monitor.finding_of(state, command.account_id, command.txids, command.movement_sats,
+                                 command.onchain_sats)
+    if finding is None:
+        raise errors.MovementExplained(f"the ledger explains the movement of {command.movement_sats} sats at "
+                                       f"{command.account_id} in block {command.block_hash}", field="txids")
+    return {"discrepancy_id": monitor.discrepancy_id(position), **command.payload(),
+            "ledger_sats": account.balance_sats, "finding": finding}
 
 
 def _require_available(state: "ReserveState", account_id: str, amount_sats: int, field: str) -> None:
@@ -174,6 +214,13 @@ def _propose_transfer(state: "ReserveState", command: cmd.ProposeTransfer, posit
     if command.corrects_position > state.position:
         raise errors.CorrectedPositionUnknown(
             f"position {command.corrects_position} is not in the log", field="corrects_position")
+    corrected = monitor.discrepancy_id(command.corrects_position)
+    if corrected in state.discrepancies:
+        discrepancy = _open_discrepancy(state, corrected, "corrects_position")
+        if discrepancy.account_id not in (command.debit_account_id, command.credit_account_id):
+            raise errors.CorrectionMustTouchAccount(
+                f"{corrected} is about {discrepancy.account_id}: its correction must debit or credit it",
+                field="corrects_position")
     _require_available(state, command.debit_account_id, command.amount_sats, "amount_sats")
     _require_hold_within(state, command.debit_account_id, command.amount_sats)
     _require_within_bounds(state, [(command.debit_account_id, command.credit_account_id, command.amount_sats)],
@@ -279,6 +326,8 @@ RECORDING_COMMAND: dict[str, type[cmd.Command]] = {
     kinds.CUSTODY_CHANGE.proposed: cmd.ProposeCustodyChange, kinds.CUSTODY_CHANGE.approved: cmd.ApproveCustodyChange,
     kinds.CUSTODY_CHANGE.rejected: cmd.RejectCustodyChange,
     **{kind.expired: cmd.ExpirePending for kind in kinds.PENDING_KINDS},
+    "ReserveDiscrepancyObserved": cmd.ObserveReserveDiscrepancy,
+    "ReserveDiscrepancyReorgedOut": cmd.RecordDiscrepancyReorgedOut,
 }
 assert RECORDING_COMMAND.keys() == EVENT_FIELDS.keys(), set(RECORDING_COMMAND) ^ set(EVENT_FIELDS)
 EVENT_KEYS = frozenset({"format_version", "position", "type", "time_us", "data", *METADATA_FIELDS})
@@ -317,8 +366,10 @@ def _check_shape(event: CanonicalEvent) -> None:
         problem = f"the event's fields are {sorted(event)}"
     elif event["type"] not in EVENT_FIELDS:
         problem = f"unknown event type {event['type']!r}"
-    elif not isinstance(data, dict) or data.keys() != EVENT_FIELDS[event["type"]]:
-        problem = f"{event['type']} must have exactly the fields {sorted(EVENT_FIELDS[event['type']])}"
+    elif not isinstance(data, dict) or not has_catalogue_fields(event["type"], data.keys()):
+        problem = f"{event['type']} must have exactly the fields {sorted(EVENT_FIELDS[event['type']])}" + (
+            f" (and, when set, {sorted(EVENT_OPTIONAL_FIELDS[event['type']])})"
+            if event["type"] in EVENT_OPTIONAL_FIELDS else "")
     elif type(event["time_us"]) is not int or any(type(event[f]) is not str for f in METADATA_FIELDS):
         problem = "time_us must be an integer and request_id, request_digest, actor, actor_role strings"
     elif not event["actor"]:

@@ -10,6 +10,7 @@ import json
 from decimal import Decimal, localcontext
 from typing import Any
 
+from ledger import monitor
 from ledger import pending as kinds
 from ledger import rules
 from ledger.accounts import ACQUISITIONS, NETWORK_FEES, NOMINAL_ACCOUNTS, NOMINAL_KIND, Account
@@ -19,7 +20,8 @@ from ledger.limits import SATS_PER_BTC
 from ledger.pending import Pending
 
 # 2: accounts, pending items and lots as lists of typed records (1 held them as keyed dicts).
-STATE_FORMAT_VERSION = 2
+# 3: the reserves monitor's discrepancies and expected movements; pending items carry txid, corrects_position.
+STATE_FORMAT_VERSION = 3
 __all__ = ["InvariantBroken", "ReserveState", "StateFormatUnknown", "balances", "holdings", "cost_basis"]
 
 
@@ -71,6 +73,9 @@ class ReserveState:
         self.debits_sats = 0
         self.credits_sats = 0
         self.custody_total_sats = 0   # the sum of custody balances, kept by _post (not serialised: derived)
+        # txid -> {account_id: net sats the ledger says it moved there} (ledger/monitor.py)
+        self.expected_movements: dict[str, dict[str, int]] = {}
+        self.discrepancies: dict[str, monitor.Discrepancy] = {}   # in position order
 
     # --- reads ---------------------------------------------------------------------------------------
 
@@ -129,8 +134,14 @@ class ReserveState:
         if amount_sats:
             raise InvariantBroken(self.position + 1, "LOTS_EXHAUSTED", "more sats left the reserve than its lots hold")
 
+    def _expect(self, txid: str, account_id: str, movement_sats: int) -> None:
+        if txid:
+            moves = self.expected_movements.setdefault(txid, {})
+            moves[account_id] = moves.get(account_id, 0) + movement_sats
+
     def _record_purchase(self, data: dict[str, Any]) -> None:
         self._post(ACQUISITIONS, data["account_id"], data["quantity_sats"])
+        self._expect(data.get("txid", ""), data["account_id"], data["quantity_sats"])
         self.lots.append(Lot(data["purchase_id"], data["trade_date"], data["currency_code"], data["price_per_btc"],
                              data["quantity_sats"], data["quantity_sats"]))
         totals = self.currencies.get(data["currency_code"], CurrencyTotal())
@@ -189,11 +200,13 @@ class ReserveState:
     def _on_TransferProposed(self, data: dict[str, Any], event: CanonicalEvent) -> None:
         self._propose(Pending(data["transfer_id"], kinds.TRANSFER.name, data["debit_account_id"],
                               data["credit_account_id"], data["amount_sats"], event["actor"], event["position"],
-                              data["expire_time_us"]))
+                              data["expire_time_us"], corrects_position=data["corrects_position"]))
 
     def _on_TransferApproved(self, data: dict[str, Any], event: CanonicalEvent) -> None:
         pending = self._release(data["transfer_id"], kinds.TRANSFER)
         self._post(pending.debit_account_id, pending.credit_account_id, pending.amount_sats)
+        for discrepancy_id in data.get("closes_discrepancy_ids", ()):
+            self._resolve(discrepancy_id, monitor.CLOSED, event["position"])
 
     def _on_TransferRejected(self, data: dict[str, Any], event: CanonicalEvent) -> None:
         self._release(data["transfer_id"], kinds.TRANSFER)
@@ -205,7 +218,7 @@ class ReserveState:
         self._propose(Pending(data["custody_change_id"], kinds.CUSTODY_CHANGE.name, data["from_account_id"],
                               data["to_account_id"], data["amount_sats"], event["actor"], event["position"],
                               data["expire_time_us"], network_fee_sats=data["network_fee_sats"],
-                              new_quorum=(data["new_quorum_required"], data["new_quorum_total"])))
+                              new_quorum=(data["new_quorum_required"], data["new_quorum_total"]), txid=data["txid"]))
 
     def _on_CustodyChangeApproved(self, data: dict[str, Any], event: CanonicalEvent) -> None:
         pending = self._release(data["custody_change_id"], kinds.CUSTODY_CHANGE)
@@ -215,12 +228,29 @@ class ReserveState:
             self._post(pending.debit_account_id, NETWORK_FEES, fee_sats)
         if pending.new_quorum[0]:
             self.accounts[pending.credit_account_id].quorum = pending.new_quorum
+        self._expect(pending.txid, pending.debit_account_id, -pending.amount_sats)
+        self._expect(pending.txid, pending.credit_account_id, pending.amount_sats - fee_sats)
 
     def _on_CustodyChangeRejected(self, data: dict[str, Any], event: CanonicalEvent) -> None:
         self._release(data["custody_change_id"], kinds.CUSTODY_CHANGE)
 
     def _on_CustodyChangeExpired(self, data: dict[str, Any], event: CanonicalEvent) -> None:
         self._release(data["custody_change_id"], kinds.CUSTODY_CHANGE)
+
+    def _on_ReserveDiscrepancyObserved(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self.discrepancies[data["discrepancy_id"]] = monitor.Discrepancy(
+            data["discrepancy_id"], data["account_id"], data["block_height"], data["block_hash"],
+            tuple(data["txids"]), data["movement_sats"], data["onchain_sats"], data["ledger_sats"], data["finding"],
+            event["position"], event["time_us"])
+
+    def _on_ReserveDiscrepancyReorgedOut(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        self._resolve(data["discrepancy_id"], monitor.REORGED_OUT, event["position"])
+
+    def _resolve(self, discrepancy_id: str, status: str, position: int) -> None:
+        discrepancy = self.discrepancies.get(discrepancy_id)
+        if discrepancy is None or discrepancy.status != monitor.OPEN:
+            raise InvariantBroken(position, "DISCREPANCY_NOT_OPEN", f"{discrepancy_id} is not an open discrepancy")
+        discrepancy.status, discrepancy.resolved_position = status, position
 
     # --- serialisation (snapshots, rebuild comparison) ------------------------------------------------
 
@@ -231,7 +261,9 @@ class ReserveState:
                   "pending": [_fields(p) for p in self.pending.values()],
                   "lots": [_fields(lot) for lot in self.lots],
                   "currencies": {code: _fields(total) for code, total in self.currencies.items()},
-                  "debits_sats": self.debits_sats, "credits_sats": self.credits_sats}
+                  "debits_sats": self.debits_sats, "credits_sats": self.credits_sats,
+                  "expected_movements": self.expected_movements,
+                  "discrepancies": [_fields(d) for d in self.discrepancies.values()]}
         return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
@@ -248,6 +280,9 @@ class ReserveState:
         state.lots = [Lot(**lot) for lot in fields["lots"]]
         state.currencies = {code: CurrencyTotal(**total) for code, total in fields["currencies"].items()}
         state.debits_sats, state.credits_sats = fields["debits_sats"], fields["credits_sats"]
+        state.expected_movements = fields["expected_movements"]
+        state.discrepancies = {d["discrepancy_id"]: monitor.Discrepancy(**{**d, "txids": tuple(d["txids"])})
+                               for d in fields["discrepancies"]}
         state.custody_total_sats = state.reserve_total_sats()
         return state
 
