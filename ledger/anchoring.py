@@ -527,6 +527,9 @@ class ChainBackend(Protocol):
     def block_header(self, block_hash: str) -> bytes:
         """The 80-byte header."""
 
+    def block(self, block_hash: str) -> bytes:
+        """The raw block (the reserves monitor reads each new best-chain block; services/monitor)."""
+
     def transaction_status(self, txid: str) -> tuple[str | None, int]:
         """(hash of the best-chain block holding the tx, confirmations); (None, 0) if unconfirmed."""
 

@@ -105,6 +105,9 @@ class CoreRpcClient:
     def block_header(self, block_hash: str) -> bytes:
         return bytes.fromhex(self._lookup("getblockheader", block_hash, False))
 
+    def block(self, block_hash: str) -> bytes:
+        return bytes.fromhex(self._lookup("getblock", block_hash, 0))
+
     def transaction_status(self, txid: str) -> tuple[str | None, int]:
         found = self._lookup("getrawtransaction", txid, True)
         if found.get("blockhash") and found.get("confirmations", 0) > 0:

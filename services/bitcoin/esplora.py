@@ -92,6 +92,9 @@ class EsploraClient:
     def block_header(self, block_hash: str) -> bytes:
         return self._hex(f"/block/{block_hash}/header")
 
+    def block(self, block_hash: str) -> bytes:
+        return self._request(f"/block/{block_hash}/raw")
+
     def transaction_status(self, txid: str) -> tuple[str | None, int]:
         status = self._json(f"/tx/{txid}/status")
         if not status.get("confirmed"):

@@ -1,0 +1,1 @@
+"""The live reserves monitor (serve --chain): unexplained movements of custody coins become alerts."""
