@@ -27,7 +27,7 @@ from eventsourcing.application import Application
 from eventsourcing.utils import Environment
 
 from ledger import commands as cmd
-from ledger import errors, limits, rules
+from ledger import errors, limits, monitor, rules
 from ledger import pending as kinds
 from ledger.events import BOOK_ID, CanonicalEvent, LoggedEvent, logged_event, read_canonical_bytes
 from ledger.saved_states import StateSeal
@@ -477,6 +477,11 @@ class ReserveLedger(Application):
     def live_state_bytes(self) -> bytes:
         with self.reading() as state:
             return state.to_bytes()
+
+    def open_alerts_total(self) -> int:
+        """Discrepancies the reserves monitor recorded that are neither closed nor reorged out."""
+        with self.reading() as state:
+            return len(monitor.open_discrepancies(state))
 
     def due_for_expiry(self, time_us: int) -> list[str]:
         with self.reading() as state:

@@ -255,6 +255,8 @@ class ServerConfig:
     anchor_key_path: str | None = None
     anchor_network: str = _setting("regtest", "network of the anchor key")
     anchor_policy: AnchorPolicy = dataclasses.field(default_factory=AnchorPolicy)
+    monitor_interval_s: float = _setting(10.0, "with --chain: how often the reserves monitor asks the node for its "
+                                         "tip and reads each new block (alerts within one block)")
     metrics_listen: str | None = _setting(DEFAULT_METRICS_LISTEN, "HOST:PORT of the Prometheus metrics endpoint "
                                           "(GET /metrics; 'off' to disable)")
 
@@ -298,6 +300,8 @@ def check_server_config(config: ServerConfig) -> None:
         raise ConfigurationInvalid("--purchase-approval-threshold-sats must be 0 or more")
     if not config.expiry_interval_s > 0:
         raise ConfigurationInvalid("--expiry-interval-s must be more than 0")
+    if not config.monitor_interval_s > 0:
+        raise ConfigurationInvalid("--monitor-interval-s must be more than 0")
     if not config.tree_head_keep_every_events >= 1:
         raise ConfigurationInvalid("--tree-head-keep-every-events must be at least 1")
     _check_anchor_policy(config.anchor_policy)

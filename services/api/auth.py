@@ -17,6 +17,7 @@ IDENTITY_URI = re.compile(r"^spiffe://reserve-ledger/role/(?P<role>[a-z]+)/ident
 DEV_IDENTITY_HEADER = "x-reserve-ledger-dev-identity"
 SERVICE = "/reserve_ledger.v1.ReserveLedgerService/"
 AUDIT_SERVICE = "/reserve_ledger.v1.AuditService/"
+ALERT_SERVICE = "/reserve_ledger.v1.AlertService/"
 
 EVERYONE = frozenset(ROLES)
 READERS = EVERYONE
@@ -52,6 +53,8 @@ ALLOWED_ROLES: dict[str, frozenset[str]] = {
     AUDIT_SERVICE + "ListTreeHeads": frozenset({"auditor", "admin"}),
     AUDIT_SERVICE + "ListAnchors": frozenset({"auditor", "admin"}),
     AUDIT_SERVICE + "GetAnchorGenesis": frozenset({"auditor", "admin"}),
+    ALERT_SERVICE + "ListAlerts": frozenset({"auditor", "admin"}),
+    ALERT_SERVICE + "StreamAlerts": frozenset({"auditor", "admin"}),
 }
 
 

@@ -24,7 +24,7 @@ from services.api.streams import StreamSlots
 from services.store.signing import replay_alarm
 
 log = logging.getLogger("reserve_ledger.calls")
-OWN_PREFIXES = (auth.SERVICE, auth.AUDIT_SERVICE)
+OWN_PREFIXES = (auth.SERVICE, auth.AUDIT_SERVICE, auth.ALERT_SERVICE)
 
 
 def _parsed(parse, raw: bytes):

@@ -130,7 +130,7 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
             request_id=request.request_id, account_id=request.account_id, quantity_sats=request.quantity_sats,
             price_per_btc=request.price_per_btc, currency_code=request.currency_code,
             fiat_total=request.fiat_total, counterparty=request.counterparty,
-            trade_reference=request.trade_reference, trade_date=request.trade_date), context)
+            trade_reference=request.trade_reference, trade_date=request.trade_date, txid=request.txid), context)
         return pb.RecordPurchaseResponse(result=result_of(recorded), purchase_id=recorded.data["purchase_id"],
                                          pending_approval=recorded.event_type == "PurchaseProposed")
 

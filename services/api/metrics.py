@@ -36,6 +36,9 @@ class Metrics:
                                   registry=self.registry)
         self.faults = Counter(f"{PREFIX}_faults", "failures that were not the caller's (incidents), by kind",
                               ["kind"], registry=self.registry)
+        self.reserve_alert_events = Counter(f"{PREFIX}_reserve_alert_events", "events the reserves monitor recorded "
+                                            "(ReserveDiscrepancyObserved, ReserveDiscrepancyReorgedOut)", ["event"],
+                                            registry=self.registry)
         self._http = None
 
     def observe_call(self, method: str, outcome: str, seconds: float) -> None:
@@ -68,6 +71,7 @@ class _StateCollector:
         "events_not_anchored": "events not covered by a confirmed Bitcoin anchor",
         "seconds_since_last_anchor_confirmation": "seconds since the block of the newest confirmed anchor",
         "writes_serving": "1 while the store accepts writes, 0 while it does not",
+        "reserve_alerts_open": "reserve alerts (unexplained on-chain movements) not yet closed or reorged out",
         "worker_healthy": "1 while a background worker's last step succeeded",
         "worker_failures": "failed steps of a background worker since start",
     }

@@ -20,8 +20,9 @@ from ledger.anchoring import ChainBackend
 from ledger.application import ReserveLedger
 from ledger.commands import Caller, ExpirePending
 from ledger.errors import InvariantBroken, LedgerError
-from reserve_ledger.v1 import audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from reserve_ledger.v1 import alerts_pb2, alerts_pb2_grpc, audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 from services.anchoring.worker import AnchorWorker
+from services.api.alert_servicer import AlertServicer
 from services.api.audit_servicer import AuditServicer
 from services.api.faults import FaultLog
 from services.api.interceptor import LedgerInterceptor
@@ -32,19 +33,21 @@ from services.api.workers import Supervisor, WorkerStatus
 from services.bitcoin.anchor_tx import AnchorKey
 from services.bitcoin.backends import close_backend
 from services.errors import ConfigurationInvalid
+from services.monitor.worker import ReservesMonitor
 from services.store.signing import TreeHeadSigner
 from services.store.writer import CommandWriter
 
 log = logging.getLogger("reserve_ledger.server")
 SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["ReserveLedgerService"].full_name
 AUDIT_SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+ALERT_SERVICE_NAME = alerts_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name
 # Health entry for saved states: NOT_SERVING once a saved projection or checkpoint failed its proof since start
 # (the service still answers, from a replay; the WARNING log names the row). grpc.health carries no detail.
 SAVED_STATES_HEALTH_NAME = "reserve_ledger.v1.SavedStates"
 WORKER_THREADS = 64
 SYSTEM_CALLER = Caller("system", "system")
 WRITES_HEALTH_NAME = "reserve_ledger.v1.ReserveLedgerService.writes"   # NOT_SERVING while the store refuses writes
-WORKER_HEALTH_PREFIX = "reserve_ledger.worker."                        # + expiry, tree-heads, anchors, store-probe
+WORKER_HEALTH_PREFIX = "reserve_ledger.worker."   # + expiry, tree-heads, anchors, reserves-monitor, store-probe
 STORE_PROBE_INTERVAL_S = 5.0
 
 
@@ -85,7 +88,8 @@ class LedgerServer:
             LedgerServicer(self.ledger, self.writer, merkle.leaf_hash, config.insecure_loopback), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, AUDIT_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+            (SERVICE_NAME, AUDIT_SERVICE_NAME, ALERT_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server)
         self.port = self._bind(config)
         self._stopping = threading.Event()
         self.workers = Supervisor(self._stopping, self.faults, self._on_worker_change)
@@ -95,11 +99,17 @@ class LedgerServer:
         if self.chain is not None:
             self.anchor_worker = AnchorWorker(self.ledger.store, self.signer, self.chain, parts.anchor_key,
                                               config.anchor_policy, parts.clock_us)
+        self.monitor = None
+        if self.chain is not None:
+            self.monitor = ReservesMonitor(self.ledger, self.chain, lambda command: self.writer.execute(
+                command, SYSTEM_CALLER), on_recorded=lambda recorded: self.metrics.reserve_alert_events.labels(
+                recorded.event_type).inc())
         self._anchor_watch = AnchorWatch(self.ledger.store)
         self.metrics.add_state_collector(self._state_for_metrics)
         self.metrics_port = None
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.ledger, self.signer, self.chain),
                                                           self.server)
+        alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(self.ledger), self.server)
 
     def _bind(self, config) -> int:
         try:
@@ -117,6 +127,7 @@ class LedgerServer:
         self.ledger.projection_position()  # load (prove or replay) the projection now: a refused log stops here
         self.server.start()
         self.health.set(AUDIT_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self.health.set(ALERT_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._set_saved_states_health()
         self.ledger.on_unproven = lambda row: self._set_saved_states_health()
         self._probe_writes()
@@ -126,6 +137,8 @@ class LedgerServer:
         if self.anchor_worker is not None:
             schedule = AnchorSchedule(self.anchor_worker, self.config.anchor_policy)
             self.workers.start("anchors", schedule.tick, self.config.anchor_policy.block_poll_interval_s)
+        if self.monitor is not None:
+            self.workers.start("reserves-monitor", self.monitor.step, self.config.monitor_interval_s, first_delay_s=0)
         log.info("serving on port %s", self.port)
         return self
 
@@ -232,6 +245,7 @@ class LedgerServer:
                 "events_not_anchored": size - self._anchor_watch.confirmed_size if self.chain else None,
                 "seconds_since_last_anchor_confirmation": seconds_since(self._anchor_watch.confirmed_block_time_s),
                 "writes_serving": 1 if self.writes_serving else 0,
+                "reserve_alerts_open": self.ledger.open_alerts_total() if self.monitor else None,
                 "worker_healthy": {s.name: 1 if s.healthy else 0 for s in statuses},
                 "worker_failures": {s.name: s.failures_total for s in statuses}}
 

@@ -35,6 +35,7 @@ def _server_config(args) -> compose.ServerConfig:
         signing_key_path=args.signing_key, tree_head_keep_every_events=args.tree_head_keep_every_events,
         chain=args.chain, anchor_key_path=args.anchor_key, anchor_network=args.anchor_network,
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
+        monitor_interval_s=args.monitor_interval_s,
         anchor_policy=AnchorPolicy(interval_s=args.anchor_interval_s, fee_rate_max_sat_per_vb=args.fee_rate_max,
                                    fee_max_sats=args.fee_max_sats, block_poll_interval_s=args.block_poll_interval_s))
 
@@ -169,6 +170,7 @@ def _add_serve(commands) -> None:
                        default=ANCHOR_DEFAULTS.block_poll_interval_s,
                        help="how often to ask the node for its tip; a new block refreshes the anchors' "
                             f"confirmations and catches reorgs (default {ANCHOR_DEFAULTS.block_poll_interval_s:g})")
+    add_setting(serve, "--monitor-interval-s", config, "monitor_interval_s", type=positive_number(float), metavar="S")
     serve.add_argument("--fee-rate-max", type=positive_number(Decimal), metavar="SAT_PER_VB",
                        default=ANCHOR_DEFAULTS.fee_rate_max_sat_per_vb,
                        help=f"cap on the anchor fee rate (default {ANCHOR_DEFAULTS.fee_rate_max_sat_per_vb} sat/vB)")
