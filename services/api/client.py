@@ -4,7 +4,7 @@ import pathlib
 
 import grpc
 
-from reserve_ledger.v1 import ledger_pb2_grpc
+from reserve_ledger.v1 import alerts_pb2_grpc, ledger_pb2_grpc
 
 # Explicit, and gRPC's default: the server cuts every page and batch at 1 MiB, so 4 MiB always suffices.
 RECEIVE_BYTES_MAX = 4 * 1024 * 1024
@@ -22,3 +22,7 @@ def secure_channel(address: str, certs_dir: str | pathlib.Path, identity: str) -
 
 def ledger_stub(address: str, certs_dir: str | pathlib.Path, identity: str):
     return ledger_pb2_grpc.ReserveLedgerServiceStub(secure_channel(address, certs_dir, identity))
+
+
+def alert_stub(address: str, certs_dir: str | pathlib.Path, identity: str):
+    return alerts_pb2_grpc.AlertServiceStub(secure_channel(address, certs_dir, identity))
