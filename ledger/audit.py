@@ -11,7 +11,7 @@ import dataclasses
 from collections import Counter
 from typing import Iterable
 
-from ledger import merkle
+from ledger import merkle, monitor
 from ledger import pending as pending_kinds
 from ledger.anchor_policy import CONFIRMED_STATES
 from ledger.anchoring import (
@@ -271,7 +271,7 @@ class Audit:
                     "accounts": [], "replay_stopped_at": self.replay_stop}
         return {"as_of_position": state.position, "as_of_time_us": state.time_us, "balances": balances(state),
                 "holdings": holdings(state), "cost_basis": _json_cost_basis(cost_basis(state)),
-                "accounts": custody_accounts(state), "replay_stopped_at": None}
+                "accounts": custody_accounts(state), "reserve_alerts": reserve_alerts(state), "replay_stopped_at": None}
 
 
 def _head_row(head: TreeHead) -> dict:
@@ -288,6 +288,18 @@ def _holdings_sample(state: ReserveState) -> dict:
 def _json_cost_basis(view: dict) -> dict:
     return {"currencies": view["currencies"], "lots_total": len(view["lots"]),
             "lots": view["lots"][:APPROVALS_LISTED_MAX]}
+
+
+def reserve_alerts(state: ReserveState) -> dict:
+    """What the live reserves monitor recorded (ReserveDiscrepancyObserved), by status, with the alerts still open."""
+    counts = {status: 0 for status in (monitor.OPEN, monitor.CLOSED, monitor.REORGED_OUT)}
+    for discrepancy in state.discrepancies.values():
+        counts[discrepancy.status] += 1
+    open_rows = [{"discrepancy_id": d.discrepancy_id, "account_id": d.account_id, "block_height": d.block_height,
+                  "block_hash": d.block_hash, "txids": list(d.txids), "movement_sats": d.movement_sats,
+                  "onchain_sats": d.onchain_sats, "ledger_sats": d.ledger_sats, "finding": d.finding,
+                  "position": d.position} for d in monitor.open_discrepancies(state)][:APPROVALS_LISTED_MAX]
+    return {"total": len(state.discrepancies), "by_status": counts, "open": open_rows}
 
 
 def custody_accounts(state: ReserveState) -> list[dict]:

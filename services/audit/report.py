@@ -50,7 +50,8 @@ def audit_result(facts: dict) -> dict:
             "headers": facts.get("headers"), "chain": facts.get("chain"),
             "reserves": facts.get("reserves"), "balances": facts["balances"], "holdings": facts["holdings"],
             "cost_basis": facts["cost_basis"], "custody_accounts": facts["accounts"],
-            "holdings_over_time": facts["holdings_over_time"], "controls": facts["controls"]}
+            "holdings_over_time": facts["holdings_over_time"], "controls": facts["controls"],
+            "reserve_alerts": facts.get("reserve_alerts")}
 
 
 def write_report(result: dict, html_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
@@ -193,7 +194,7 @@ text-align:left;vertical-align:top}td.long{overflow-wrap:anywhere;min-width:14em
 
 def render_html(result: dict) -> str:
     sections = [_verdict(result), _checks(result), _holdings(result), _cost(result), _anchors(result),
-                _reserves(result), _controls(result), _failures(result)]
+                _reserves(result), _reserve_alerts(result), _controls(result), _failures(result)]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; "
             "img-src data:\"><title>Reserve audit: " + result["verdict"] + "</title><style>" + STYLE +
@@ -290,6 +291,21 @@ def _reserves(result: dict) -> str:
             "control of the keys or the liabilities against the reserve.</p>" + chart_reserves(reserves) +
             _table(["account", "custodian", "addresses", "ledger BTC", "on chain BTC", "difference BTC", "result"],
                    rows, {3, 4, 5}))
+
+
+def _reserve_alerts(result: dict) -> str:
+    """The live monitor's alerts as the log records them (ReserveDiscrepancyObserved and their resolutions)."""
+    alerts = result.get("reserve_alerts")
+    if alerts is None:
+        return ""
+    counts = alerts["by_status"]
+    rows = [[a["discrepancy_id"], a["account_id"], a["block_height"], ", ".join(a["txids"]), btc(a["movement_sats"]),
+             btc(a["onchain_sats"]), btc(a["ledger_sats"]), a["finding"]] for a in alerts["open"]]
+    return (f"<h2>Reserve alerts (live monitor)</h2><p>{alerts['total']} alerts recorded in the log: "
+            f"{counts['open']} open, {counts['closed']} closed by an approved correction, {counts['reorged-out']} "
+            "whose block left the best chain.</p>" +
+            (_table(["alert", "account", "block height", "txids", "movement BTC", "on chain BTC", "ledger BTC",
+                     "finding"], rows, {2, 4, 5, 6}) if rows else ""))
 
 
 def _controls(result: dict) -> str:

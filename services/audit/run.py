@@ -65,6 +65,13 @@ def _print_summary(result: dict) -> None:
         if anchor.get("confirmations") is not None:
             print(f"anchor {anchor['txid']}: tree size {anchor['tree_size']}, block {anchor['block_height']}, "
                   f"{anchor['confirmations']} confirmations on the best chain")
+    alerts = result.get("reserve_alerts")
+    if alerts and alerts["total"]:
+        counts = alerts["by_status"]
+        print(f"reserve alerts (live monitor): {alerts['total']} recorded, {counts['open']} open, {counts['closed']} "
+              f"closed, {counts['reorged-out']} reorged out" + "".join(
+                  f"; open {a['discrepancy_id']} {a['account_id']} {a['movement_sats']:+,d} sats at height "
+                  f"{a['block_height']}" for a in alerts["open"][:FINDINGS_PRINTED_MAX]))
     followed = (result.get("chain") or {}).get("anchor_chain") or {}
     if followed.get("anchors") is not None:
         print(f"anchors on chain from the genesis {followed['genesis']}: {len(followed['anchors'])}")

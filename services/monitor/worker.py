@@ -91,12 +91,12 @@ class ReservesMonitor:
         if self._tip is None:
             self._baseline()
         self._rewind_to_best_chain()
+        self._watch_new_accounts()
         self._record_reorged_out()
         tip_height = self._chain.tip_height()
         for height in range(self._tip[0] + 1, min(tip_height, self._tip[0] + BLOCKS_PER_STEP_MAX) + 1):
             if not self._process(height, self._chain.block_hash(height)):
                 break  # the chain moved under us: the next step rewinds
-        self._watch_new_accounts()
 
     # --- the watched coins ----------------------------------------------------------------------------
 
@@ -110,6 +110,7 @@ class ReservesMonitor:
         for _ in range(BASELINE_ATTEMPTS_MAX):
             height = self._chain.tip_height()
             block_hash = self._chain.block_hash(height)
+            self._tip = (height, block_hash)
             self._watch_new_accounts()
             if self._chain.block_hash(min(height, self._chain.tip_height())) == block_hash:
                 break
@@ -119,16 +120,22 @@ class ReservesMonitor:
                  len(self._coins), height)
 
     def _watch_new_accounts(self) -> None:
-        """Scripts not watched yet (a new account) start from the coins they hold now: their history before
-        the monitor watched them is not a movement it saw."""
+        """Scripts not watched yet (a new account) start from the coins they held at the last processed block:
+        their history before that is not a movement the monitor saw; coins from later blocks arrive when those
+        blocks are read."""
         for account in self._custody_accounts():
             for script in account_scripts(account):
                 if script not in self._scripts:
                     self._scripts[script] = account.account_id
                     for utxo in self._chain.utxos(script):
                         outpoint = Outpoint(utxo.txid, utxo.vout)
-                        if outpoint not in self._coins:
+                        if outpoint not in self._coins and self._confirmed_by_processed_tip(utxo.txid):
                             self._add(outpoint, Coin(account.account_id, utxo.value_sats))
+
+    def _confirmed_by_processed_tip(self, txid: str) -> bool:
+        tip_height = self._chain.tip_height()
+        block_hash, confirmations = self._chain.transaction_status(txid)
+        return block_hash is not None and tip_height - confirmations + 1 <= self._tip[0]
 
     def _add(self, outpoint: Outpoint, coin: Coin) -> None:
         self._coins[outpoint] = coin

@@ -183,3 +183,16 @@ def test_the_monitor_catches_the_movement_through_the_http_clients(chain, books,
         chain.reorg(1, drop_transactions=True)
         watcher.step()
         assert {d.status for d in books.discrepancies()} == {monitor.REORGED_OUT}
+
+
+def test_an_account_opened_and_funded_between_two_steps_still_has_its_arrival_checked(chain, books):
+    """The monitor learns of hot-1 in the same step that reads the block funding it without a ledger event:
+    the coin is an arrival of that block (an alert), not part of the account's starting coins."""
+    watcher = _monitor(books, chain)
+    watcher.step()
+    books.open("hot-1", 3, "hot")
+    chain.send(script_pubkey(3), HALF_BTC)
+    (block_hash,) = chain.mine(1)
+    watcher.step()
+    assert [(d.account_id, d.block_hash, d.movement_sats) for d in books.discrepancies()] == [
+        ("hot-1", block_hash, HALF_BTC)]
