@@ -75,6 +75,21 @@ def finding_of(state: "ReserveState", account_id: str, txids: Iterable[str], mov
     return None
 
 
+def discrepant_movements(state: "ReserveState", account_id: str, movements: dict[str, int],
+                         onchain_sats: int) -> dict[str, int]:
+    """Of one block's movements at an account (txid -> net sats), those to report: the ones the ledger does not
+    explain; and when none of those is named anywhere and exactly one of them moved the account by the books'
+    difference after the block (on chain - ledger), that one alone: the others brought the chain to the books
+    (coins for a purchase recorded without its txid), it took them apart."""
+    left = {txid: sats for txid, sats in movements.items() if not explains(state, txid, account_id, sats)}
+    if len(left) > 1 and not any(txid in state.expected_movements for txid in left):
+        difference_sats = onchain_sats - state.balance_sats(account_id)
+        culprits = [txid for txid, sats in left.items() if sats == difference_sats]
+        if len(culprits) == 1:
+            return {culprits[0]: difference_sats}
+    return left
+
+
 def standing_at(state: "ReserveState", account_id: str, block_hash: str) -> Discrepancy | None:
     """The discrepancy already recorded for this account in this block, unless it was reorged out."""
     for discrepancy in state.discrepancies.values():

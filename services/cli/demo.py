@@ -2,8 +2,10 @@
 
 import hashlib
 import pathlib
+import queue
 import shutil
 import tempfile
+import threading
 import time
 
 import grpc
@@ -14,6 +16,7 @@ from ledger.anchoring import Outpoint
 from ledger.event_proofs import verify_event_timestamp
 from ledger.limits import SATS_PER_BTC as BTC
 from ledger.tree_heads import TreeHead, verify_tree_head
+from reserve_ledger.v1 import alerts_pb2 as apb_alerts
 from reserve_ledger.v1 import audit_pb2 as apb
 from reserve_ledger.v1 import audit_pb2_grpc
 from reserve_ledger.v1 import ledger_pb2 as pb
@@ -21,7 +24,7 @@ from services.bitcoin.addresses import script_pubkey_of_address
 from services.bitcoin.anchor_tx import AnchorKey
 from services.bitcoin.regtest.chain import RegtestChain
 from services.api.certs import init_certs
-from services.api.client import ledger_stub, secure_channel
+from services.api.client import alert_stub, ledger_stub, secure_channel
 from services.audit import report
 from services.audit.run import audit_directory, print_result
 from services.anchoring.event_proofs import event_proof
@@ -35,6 +38,8 @@ from services.cli.tables import anchors_table, balances_table, btc, cost_table, 
 UNRECORDED_SATS = 50_000_000         # the demo's deliberate discrepancy: 0.5 BTC the ledger never recorded
 ANCHOR_FUNDING_SATS = 1_000_000      # fees for a few thousand anchors at 1 sat/vB
 DEMO_ANCHOR_INTERVAL_S = 3600.0      # the demo steps the worker itself, to show each state
+DEMO_MONITOR_INTERVAL_S = 0.5        # the reserves monitor runs on its own, polling the tip this often
+ALERT_WAIT_S = 60.0
 
 
 def _say(text: str) -> None:
@@ -191,6 +196,46 @@ def _mirror_custody_on_chain(chain: RegtestChain, dave, addresses: dict[str, str
           "(a proof-of-reserves check must find it).")
 
 
+def _follow_alerts(address: str, certs: pathlib.Path):
+    """dave (auditor) follows the reserves monitor's alerts from now on (StreamAlerts), on a reader thread."""
+    stub = alert_stub(address, certs, "dave")
+    position = ledger_stub(address, certs, "dave").GetBalances(pb.GetBalancesRequest(), timeout=10).position + 1
+    call = stub.StreamAlerts(apb_alerts.StreamAlertsRequest(start_position=position))
+    events: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        try:
+            for response in call:
+                for event in response.events:
+                    events.put(event)
+        except grpc.RpcError:
+            pass  # cancelled once the demo has shown the alert
+
+    threading.Thread(target=read, name="demo-alerts", daemon=True).start()
+    return events, call
+
+
+def _show_alert(events, call, chain: RegtestChain, mined_s: float) -> None:
+    """The live monitor's alert for the unrecorded 0.5 BTC, as dave received it, and how long after the block."""
+    try:
+        event = events.get(timeout=ALERT_WAIT_S)
+    except queue.Empty:
+        _say(f"live monitor: no alert within {ALERT_WAIT_S:.0f} s")
+        return
+    finally:
+        call.cancel()
+    latency_ms = (time.perf_counter() - mined_s) * 1000
+    alert = event.alert
+    print(f"\nLive reserves monitor (in the server; dave follows StreamAlerts): alert {alert.discrepancy_id} at "
+          f"position {event.position}")
+    _say(f"{alert.account_id}: {btc(alert.movement_sats)} BTC moved in block {alert.block_height} "
+         f"({alert.block_hash[:16]}…, tx {alert.txids[0][:16]}…) with no ledger event explaining it ({alert.finding})")
+    _say(f"on chain {btc(alert.onchain_sats)} BTC vs ledger {btc(alert.ledger_sats)} BTC")
+    _say(f"raised {latency_ms:.0f} ms after the block was mined, before any later block (tip still "
+         f"{chain.tip_height()}; the monitor polls every {DEMO_MONITOR_INTERVAL_S:g} s); it stays open until a "
+         "correction approved by a second identity closes it")
+
+
 def _anchors(server: LedgerServer, chain: RegtestChain, address: str, certs: pathlib.Path,
              directory: pathlib.Path) -> None:
     """The service's anchor worker, stepped now instead of waiting for its period; the 'network' mines blocks."""
@@ -269,7 +314,8 @@ def run_demo(data_dir: str | None) -> int:
         server = build_server(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs),
                                            create_store=True, metrics_listen=None, chain=f"regtest:{chain_dir}",
                                            anchor_policy=AnchorPolicy(interval_s=DEMO_ANCHOR_INTERVAL_S,
-                                                                     block_poll_interval_s=DEMO_ANCHOR_INTERVAL_S))
+                                                                     block_poll_interval_s=DEMO_ANCHOR_INTERVAL_S),
+                                           monitor_interval_s=DEMO_MONITOR_INTERVAL_S)
                               ).start()
     except BaseException:
         chain.close()
@@ -287,7 +333,9 @@ def run_demo(data_dir: str | None) -> int:
         _custody_change(alice, bob)
         _report(dave)
         _audit(address, certs)
+        alerts = _follow_alerts(address, certs)
         _mirror_custody_on_chain(chain, dave, addresses)
+        _show_alert(*alerts, chain, time.perf_counter())
         _anchors(server, chain, address, certs, directory)
         _auditor_bundle(address, certs, chain, directory, _anchor_genesis(address, certs))
     finally:

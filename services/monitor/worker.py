@@ -220,9 +220,10 @@ class ReservesMonitor:
         commands = []
         with self._ledger.reading() as state:
             for account_id, by_tx in sorted(moves.items()):
-                left = {t: n for t, n in by_tx.items() if not rules.explains(state, t, account_id, n)}
+                onchain_sats = self._totals.get(account_id, 0)
+                left = rules.discrepant_movements(state, account_id, by_tx, onchain_sats)
                 txids = tuple(sorted(left))[:limits.DISCREPANCY_TXIDS_MAX]
-                movement_sats, onchain_sats = sum(left[t] for t in txids), self._totals.get(account_id, 0)
+                movement_sats = sum(left[t] for t in txids)
                 if not txids or rules.finding_of(state, account_id, txids, movement_sats, onchain_sats) is None:
                     continue
                 generation = sum(1 for d in state.discrepancies.values() if d.account_id == account_id
@@ -252,8 +253,11 @@ class ReservesMonitor:
         outcome = self._record(command)
         if isinstance(outcome, Recorded):
             if not outcome.replayed:
-                log.warning("reserves monitor: %s at position %d: %s", outcome.event_type, outcome.position,
-                            outcome.data)
+                data = outcome.data
+                log.warning("reserves monitor: %s %s at position %d (%s)", outcome.event_type, data["discrepancy_id"],
+                            outcome.position, ", ".join(f"{k} {data[k]}" for k in ("account_id", "block_height",
+                                                                                  "movement_sats", "finding")
+                                                        if k in data) or f"best block {data['best_block_hash']}")
                 self._on_recorded(outcome)
         elif not isinstance(outcome, SETTLED):
             raise outcome

@@ -161,3 +161,12 @@ def test_the_state_with_discrepancies_survives_its_bytes(state):
     _custody_change(state)
     apply(state, observe(), SYSTEM)
     assert ReserveState.from_bytes(state.to_bytes()).to_bytes() == state.to_bytes()
+
+
+def test_among_unnamed_movements_the_one_that_unbalances_the_books_is_reported_alone(state):
+    """cold-a holds 2 BTC in the ledger and none on chain; one block brings 2 BTC (the purchase's coins, recorded
+    without a txid) and 0.5 BTC (unrecorded): only the 0.5 BTC is named."""
+    moves = {TX_A: 2 * BTC, TX_B: BTC // 2}
+    assert monitor.discrepant_movements(state, "cold-a", moves, 2 * BTC + BTC // 2) == {TX_B: BTC // 2}
+    both_odd = {TX_A: BTC, TX_B: BTC // 2}   # no single transaction accounts for the difference: both reported
+    assert monitor.discrepant_movements(state, "cold-a", both_odd, 3 * BTC // 2) == both_odd
