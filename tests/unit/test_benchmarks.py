@@ -54,3 +54,9 @@ def test_audit_benchmark_exports_and_audits_a_log_that_passes(tmp_path):
     assert size >= 600 and (tmp_path / "bundle" / "events.bin").stat().st_size > size * 100
     assert re.search(r"export: [\d.]+ s, peak \d+ MB, bundle [\d.]+ MB", out)
     assert re.search(r"audit: [\d.]+ s, peak \d+ MB \([\d,]+ events/s\)", out)
+
+
+def test_monitor_benchmark_times_alerts_it_checked_were_recorded(tmp_path):
+    out = run("bench_monitor.py", "--accounts", "3", "--rounds", "2", "--block-txs", "2", "--data-dir", str(tmp_path))
+    assert re.search(r"block mined -> alerts recorded: p50 [\d.]+ ms, max [\d.]+ ms", out)
+    assert re.search(r"step without a new block: p50 [\d.]+ ms", out)
