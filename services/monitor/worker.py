@@ -79,6 +79,7 @@ class ReservesMonitor:
         self._coins: dict[Outpoint, Coin] = {}
         self._totals: dict[str, int] = {}
         self._scripts: dict[bytes, str] = {}
+        self._script_cache: dict[str, tuple[tuple, list[bytes]]] = {}
         self._journal: list[BlockRecord] = []
         self._tip: tuple[int, str] | None = None    # (height, hash) of the last processed block
         self.block_seen_monotonic_s: dict[str, float] = {}   # when each processed block was first read
@@ -124,13 +125,21 @@ class ReservesMonitor:
         their history before that is not a movement the monitor saw; coins from later blocks arrive when those
         blocks are read."""
         for account in self._custody_accounts():
-            for script in account_scripts(account):
+            for script in self._scripts_of(account):
                 if script not in self._scripts:
                     self._scripts[script] = account.account_id
                     for utxo in self._chain.utxos(script):
                         outpoint = Outpoint(utxo.txid, utxo.vout)
                         if outpoint not in self._coins and self._confirmed_by_processed_tip(utxo.txid):
                             self._add(outpoint, Coin(account.account_id, utxo.value_sats))
+
+    def _scripts_of(self, account: Account) -> list[bytes]:
+        """account_scripts, computed again only when the account's addresses or descriptor change."""
+        key = (account.addresses, account.descriptor)
+        cached = self._script_cache.get(account.account_id)
+        if cached is None or cached[0] != key:
+            cached = self._script_cache[account.account_id] = (key, account_scripts(account))
+        return cached[1]
 
     def _confirmed_by_processed_tip(self, txid: str) -> bool:
         tip_height = self._chain.tip_height()
@@ -238,16 +247,25 @@ class ReservesMonitor:
             self._write(command)
 
     def _record_reorged_out(self) -> None:
-        """Every open discrepancy whose block is no longer the best-chain block at its height stops standing."""
+        """Every open discrepancy whose block is no longer the best-chain block at its height stops standing. After
+        the rewind, the blocks remembered are on the best chain: only older ones are asked of the node."""
         with self._ledger.reading() as state:
             watched = [(d.discrepancy_id, d.block_height, d.block_hash) for d in rules.open_discrepancies(state)]
-        tip_height = self._chain.tip_height()
+        remembered = {record.height: record.block_hash for record in self._journal}
+        remembered[self._tip[0]] = self._tip[1]
+        tip_height = self._tip[0]
         for discrepancy_id, height, block_hash in watched:
-            if height < tip_height - REORG_WATCH_DEPTH_BLOCKS:
+            if height < tip_height - REORG_WATCH_DEPTH_BLOCKS or remembered.get(height) == block_hash:
                 continue
-            best = self._chain.block_hash(height) if height <= tip_height else ""
+            best = remembered.get(height) or self._best_hash_at(height)
             if best != block_hash:
                 self._write(cmd.RecordDiscrepancyReorgedOut(f"monitor-reorged:{discrepancy_id}", discrepancy_id, best))
+
+    def _best_hash_at(self, height: int) -> str:
+        try:
+            return self._chain.block_hash(height) if height <= self._chain.tip_height() else ""
+        except LookupError:
+            return ""
 
     def _write(self, command: cmd.Command) -> None:
         outcome = self._record(command)
