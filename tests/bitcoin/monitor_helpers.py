@@ -41,8 +41,8 @@ def spend(chain, n: int, coin: Utxo, outputs: list[tuple[int, bytes]]) -> bytes:
 class Books:
     """A ledger on SQLite whose commands are executed at increasing times, as the service's writer would."""
 
-    def __init__(self, directory: pathlib.Path):
-        self.ledger = ReserveLedger(sqlite_env(str(directory)))
+    def __init__(self, directory: pathlib.Path | None = None, env: dict | None = None):
+        self.ledger = ReserveLedger(env or sqlite_env(str(directory)))
         self._time_us = TIME_US
 
     def run(self, command: cmd.Command, caller: cmd.Caller = SYSTEM):

@@ -196,3 +196,29 @@ def test_an_account_opened_and_funded_between_two_steps_still_has_its_arrival_ch
     watcher.step()
     assert [(d.account_id, d.block_hash, d.movement_sats) for d in books.discrepancies()] == [
         ("hot-1", block_hash, HALF_BTC)]
+
+
+def test_two_replicas_sharing_one_store_record_each_discrepancy_once(chain, storage_env):
+    """Two service processes on one database (SQLite file, PostgreSQL schema), each with its own monitor and its
+    own handle on the chain, both read the block of the movement: each side is recorded once."""
+    first, second = Books(env=storage_env), Books(env=storage_env)
+    try:
+        first.open("cold-1", COLD)
+        first.open("warm-1", WARM, "warm")
+        first.purchase("cold-1", 4 * BTC)
+        with RegtestChain.open(chain.directory) as other_handle:
+            watchers = (_monitor(first, chain), _monitor(second, other_handle))
+            _fund_cold(chain)
+            for watcher in watchers:
+                watcher.step()
+            txid = _move_half_to_warm(chain)
+            chain.mine(1)
+            for watcher in reversed(watchers):
+                watcher.step()
+            watchers[0].step()
+        assert sorted((d.account_id, d.txids) for d in second.discrepancies()) == [
+            ("cold-1", (txid,)), ("warm-1", (txid,))]
+        assert first.ledger.store.log_size() == 5
+    finally:
+        first.close()
+        second.close()
