@@ -15,7 +15,6 @@ blocks from there; movements in blocks before that are the proof of reserves' bu
 import dataclasses
 import hashlib
 import logging
-import time
 from typing import Callable
 
 from ledger import commands as cmd
@@ -82,7 +81,6 @@ class ReservesMonitor:
         self._script_cache: dict[str, tuple[tuple, list[bytes]]] = {}
         self._journal: list[BlockRecord] = []
         self._tip: tuple[int, str] | None = None    # (height, hash) of the last processed block
-        self.block_seen_monotonic_s: dict[str, float] = {}   # when each processed block was first read
 
     @property
     def processed_tip(self) -> tuple[int, str] | None:
@@ -124,14 +122,19 @@ class ReservesMonitor:
         """Scripts not watched yet (a new account) start from the coins they held at the last processed block:
         their history before that is not a movement the monitor saw; coins from later blocks arrive when those
         blocks are read."""
+        tip_is_processed = None
         for account in self._custody_accounts():
             for script in self._scripts_of(account):
-                if script not in self._scripts:
-                    self._scripts[script] = account.account_id
-                    for utxo in self._chain.utxos(script):
-                        outpoint = Outpoint(utxo.txid, utxo.vout)
-                        if outpoint not in self._coins and self._confirmed_by_processed_tip(utxo.txid):
-                            self._add(outpoint, Coin(account.account_id, utxo.value_sats))
+                if script in self._scripts:
+                    continue
+                if tip_is_processed is None:
+                    tip_is_processed = self._chain.tip_height() == self._tip[0]
+                utxos = [u for u in self._chain.utxos(script)   # read before the script counts as watched
+                         if tip_is_processed or self._confirmed_by_processed_tip(u.txid)]
+                self._scripts[script] = account.account_id
+                for utxo in utxos:
+                    if Outpoint(utxo.txid, utxo.vout) not in self._coins:
+                        self._add(Outpoint(utxo.txid, utxo.vout), Coin(account.account_id, utxo.value_sats))
 
     def _scripts_of(self, account: Account) -> list[bytes]:
         """account_scripts, computed again only when the account's addresses or descriptor change."""
@@ -190,7 +193,6 @@ class ReservesMonitor:
             raise OSError(f"asked the node for block {block_hash}, it sent {display_hex(sha256d(raw[:80]))}")
         if display_hex(raw[4:36]) != self._tip[1]:
             return False
-        self.block_seen_monotonic_s.setdefault(block_hash, time.monotonic())
         record, moves = self._follow(height, block_hash, raw)
         try:
             self._observe(record, moves)

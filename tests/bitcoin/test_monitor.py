@@ -9,6 +9,7 @@ import pytest
 
 from ledger import commands as cmd
 from ledger import monitor
+from ledger.anchoring import parse_transaction
 from ledger.limits import SATS_PER_BTC as BTC
 from services.bitcoin.core_rpc import CoreRpcClient
 from services.bitcoin.esplora import EsploraClient
@@ -115,7 +116,6 @@ def test_an_approved_custody_change_naming_its_txid_explains_exactly_its_amounts
     _fund_cold(chain)
     watcher.step()
     raw = _custody_tx(chain, HALF_BTC)
-    from ledger.anchoring import parse_transaction
     _custody_change(books, parse_transaction(raw).txid, HALF_BTC + FEE_SATS, FEE_SATS)
     chain.broadcast(raw)
     chain.mine(1)
@@ -129,7 +129,6 @@ def test_a_custody_change_whose_transaction_moves_other_amounts_alerts(chain, bo
     _fund_cold(chain)
     watcher.step()
     raw = _custody_tx(chain, 6 * BTC // 10)
-    from ledger.anchoring import parse_transaction
     _custody_change(books, parse_transaction(raw).txid, HALF_BTC + FEE_SATS, FEE_SATS)
     chain.broadcast(raw)
     chain.mine(1)
