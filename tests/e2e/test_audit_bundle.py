@@ -83,6 +83,7 @@ class Demo:
     chain_dir: pathlib.Path
     anchor_txid: str
     other_raw_tx: str      # a valid transaction of the same chain that is not the anchor
+    events: int            # events in the demo's log (the anchor and the last signed head commit to all of them)
 
     @property
     def chain_spec(self) -> str:
@@ -104,7 +105,7 @@ def demo(tmp_path_factory) -> Demo:
     shutil.copytree(data_dir / "regtest", chain_copy)
     with RegtestChain.open(chain_copy) as chain:
         other_raw_tx = chain.raw_transaction(anchor["prev_txid"]).hex()   # the anchor wallet's funding
-    return Demo(data_dir, out, data_dir / "regtest", anchor["txid"], other_raw_tx)
+    return Demo(data_dir, out, data_dir / "regtest", anchor["txid"], other_raw_tx, len(read_frames(out)))
 
 
 @pytest.fixture
@@ -119,7 +120,7 @@ def test_an_untampered_bundle_passes_the_offline_audit(demo):
     result = audit(demo.bundle)
     assert result.returncode == 0, result.stdout + result.stderr
     assert fail_lines(result) == []
-    assert result.stdout.splitlines()[-1].startswith("OK: 16 events, 2 signed tree heads, 1 anchors")
+    assert result.stdout.splitlines()[-1].startswith(f"OK: {demo.events} events, 2 signed tree heads, 1 anchors")
 
 
 def test_exporting_twice_gives_byte_identical_bundles(demo, tmp_path):
@@ -165,7 +166,7 @@ def test_a_flipped_byte_that_breaks_the_canonical_form_names_the_event(copy):
     reseal(copy)
     result = audit(copy)
     assert_named(result, "events", "event 5", "not a canonical event")
-    assert_named(result, "tree_heads", "tree size 16", "signed root does not match")
+    assert_named(result, "tree_heads", f"tree size {len(frames)}", "signed root does not match")
     assert not any(line.startswith("FAIL manifest") for line in fail_lines(result)), result.stdout
 
 
@@ -179,8 +180,8 @@ def test_a_flipped_digit_that_keeps_the_event_canonical_is_named_by_the_tree_hea
     write_frames(copy, frames)
     reseal(copy)
     result = audit(copy)
-    assert_named(result, "tree_heads", "tree size 16", "signed root does not match")
-    assert_named(result, "anchors", f"anchor {demo.anchor_txid}", "not the root of the first 16 events")
+    assert_named(result, "tree_heads", f"tree size {demo.events}", "signed root does not match")
+    assert_named(result, "anchors", f"anchor {demo.anchor_txid}", f"not the root of the first {demo.events} events")
     assert_named(result, "replay", "event 5", "position 5: FIAT_TOTAL_MISMATCH")
     assert not any(line.startswith(("FAIL manifest", "FAIL events")) for line in fail_lines(result)), result.stdout
 
@@ -191,7 +192,8 @@ def test_a_dropped_event_is_named(copy):
     reseal(copy)
     result = audit(copy)
     assert_named(result, "events", "event 5", "expected position 5, the event says 6")
-    assert_named(result, "tree_heads", "tree size 16", "covers more events than the bundle holds (15)")
+    assert_named(result, "tree_heads", f"tree size {len(frames)}",
+                 f"covers more events than the bundle holds ({len(frames) - 1})")
     assert not any(line.startswith("FAIL manifest") for line in fail_lines(result)), result.stdout
 
 
@@ -203,7 +205,7 @@ def test_two_swapped_events_are_both_named(copy):
     result = audit(copy)
     assert_named(result, "events", "event 5", "expected position 5, the event says 6")
     assert_named(result, "events", "event 6", "expected position 6, the event says 5")
-    assert_named(result, "tree_heads", "tree size 16", "signed root does not match")
+    assert_named(result, "tree_heads", f"tree size {len(frames)}", "signed root does not match")
     assert not any(line.startswith("FAIL manifest") for line in fail_lines(result)), result.stdout
 
 
@@ -212,10 +214,11 @@ def test_events_truncated_at_the_end_are_named_as_removed_from_the_end(demo, cop
     write_frames(copy, frames[:-3])
     reseal(copy)
     result = audit(copy)
-    assert_named(result, "tree_heads", "tree size 16", "covers more events than the bundle holds (13)",
+    size = len(frames)
+    assert_named(result, "tree_heads", f"tree size {size}", f"covers more events than the bundle holds ({size - 3})",
                  "events were removed")
-    assert_named(result, "anchors", f"anchor {demo.anchor_txid}", "commits to 16 events; the bundle holds 13",
-                 "events were removed")
+    assert_named(result, "anchors", f"anchor {demo.anchor_txid}",
+                 f"commits to {size} events; the bundle holds {size - 3}", "events were removed")
     assert not any(line.startswith(("FAIL manifest", "FAIL events")) for line in fail_lines(result)), result.stdout
 
 
@@ -245,14 +248,14 @@ def test_an_anchor_whose_payload_root_is_altered_is_named(demo, copy):
     reseal(copy)
     result = audit(copy)
     where = f"anchor {demo.anchor_txid}"
-    assert_named(result, "anchors", where, "the payload's root is not the root of the first 16 events")
+    assert_named(result, "anchors", where, f"the payload's root is not the root of the first {demo.events} events")
     assert_named(result, "anchors", where, "the listed root differs from the payload's")
     assert all(where in line for line in fail_lines(result)), result.stdout
 
 
 # --- tree heads ------------------------------------------------------------------------------------------
 
-def test_a_forged_tree_head_signature_is_named(copy):
+def test_a_forged_tree_head_signature_is_named(demo, copy):
     def forge(heads):
         signature = bytearray.fromhex(heads[-1]["signature"])
         signature[10] ^= 0x04
@@ -260,11 +263,11 @@ def test_a_forged_tree_head_signature_is_named(copy):
     edit_json(copy, bundle.TREE_HEADS, forge)
     reseal(copy)
     result = audit(copy)
-    line = assert_named(result, "tree_heads", "tree size 16", "signature does not verify")
+    line = assert_named(result, "tree_heads", f"tree size {demo.events}", "signature does not verify")
     assert fail_lines(result) == [line], result.stdout
 
 
-def test_a_tree_head_with_a_changed_root_is_named(copy):
+def test_a_tree_head_with_a_changed_root_is_named(demo, copy):
     def change(heads):
         root = bytearray.fromhex(heads[-1]["root_hash"])
         root[0] ^= 0x80
@@ -272,9 +275,10 @@ def test_a_tree_head_with_a_changed_root_is_named(copy):
     edit_json(copy, bundle.TREE_HEADS, change)
     reseal(copy)
     result = audit(copy)
-    assert_named(result, "tree_heads", "tree size 16", "signed root does not match")
-    assert_named(result, "tree_heads", "tree size 16", "signature does not verify")
-    assert all(line.startswith("FAIL tree_heads tree size 16: ") for line in fail_lines(result)), result.stdout
+    assert_named(result, "tree_heads", f"tree size {demo.events}", "signed root does not match")
+    assert_named(result, "tree_heads", f"tree size {demo.events}", "signature does not verify")
+    assert all(line.startswith(f"FAIL tree_heads tree size {demo.events}: ")
+               for line in fail_lines(result)), result.stdout
 
 
 # --- custody ---------------------------------------------------------------------------------------------
@@ -469,12 +473,12 @@ def test_deleted_anchor_rows_are_named_by_verify_and_found_on_chain_by_the_audit
     assert json.loads((out / bundle.ANCHORS).read_bytes()) == []
     result = audit(out, "--chain", f"regtest:{insider / 'regtest'}")
     assert_named(result, "chain", f"anchor {demo.anchor_txid}", "anchor on chain missing from the bundle",
-                 "commits to tree size 16")
+                 f"commits to tree size {demo.events}")
 
 
 def test_a_log_cut_short_with_its_later_heads_deleted_is_caught(demo, insider, tmp_path):
-    """The last 4 events, their log rows, leaves and subtrees and every head above 12 are gone; the saved
-    projections too. Only the anchor, committed to 16 events on chain, remembers."""
+    """The events after the first 12, their log rows, leaves and subtrees and every head above 12 are gone; the
+    saved projections too. Only the anchor, committed to every event on chain, remembers."""
     keep = 12
     run_sql(insider, f"DELETE FROM stored_events WHERE originator_version > {keep}",
             f"DELETE FROM ledger_log WHERE position >= {keep}",
@@ -482,7 +486,7 @@ def test_a_log_cut_short_with_its_later_heads_deleted_is_caught(demo, insider, t
             f"DELETE FROM tree_heads WHERE tree_size > {keep}", "DELETE FROM projections", "DELETE FROM checkpoints")
     verify = cli("verify", "--data-dir", str(insider))
     assert verify.returncode == 1, verify.stdout + verify.stderr
-    assert f"commits to tree size 16, beyond the log's {keep} events: the log was truncated" in verify.stdout
+    assert f"commits to tree size {demo.events}, beyond the log's {keep} events: the log was truncated" in verify.stdout
     out = export_with_headers(insider, tmp_path / "bundle")   # the data dir's key signs a head of the 12 events
     assert len(read_frames(out)) == keep and json.loads((out / bundle.ANCHORS).read_bytes()) == []
     result = audit(out, "--chain", f"regtest:{insider / 'regtest'}")
@@ -526,7 +530,7 @@ def test_a_rewritten_history_re_anchored_from_the_same_wallet_fails_against_the_
     try:
         alice = ledger_stub(f"127.0.0.1:{server.port}", demo.data_dir / "certs", "alice")
         open_account(alice, "bny-cold-1")
-        for number in range(16):   # a longer history than the demo's 16 events, none of them the same
+        for number in range(demo.events):   # a longer history than the demo's, none of its events the same
             purchase(alice, "bny-cold-1", 1, f"rewritten-buy-{number}")
         assert server.anchor_worker.step().built
         with RegtestChain.open(chain_dir) as chain:
