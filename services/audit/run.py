@@ -66,7 +66,7 @@ def _print_summary(result: dict) -> None:
             print(f"anchor {anchor['txid']}: tree size {anchor['tree_size']}, block {anchor['block_height']}, "
                   f"{anchor['confirmations']} confirmations on the best chain")
     alerts = result.get("reserve_alerts")
-    if alerts and alerts["total"]:
+    if reserves and alerts and alerts["total"]:  # with the proof of reserves (offline, the report lists them)
         counts = alerts["by_status"]
         print(f"reserve alerts (live monitor): {alerts['total']} recorded, {counts['open']} open, {counts['closed']} "
               f"closed, {counts['reorged-out']} reorged out" + "".join(
