@@ -31,6 +31,7 @@ RPC_VERIFY_ERROR = -25
 RPC_VERIFY_REJECTED = -26
 RPC_VERIFY_ALREADY_IN_CHAIN = -27
 COINBASE_MATURITY_BLOCKS = 100
+SCAN_SCRIPTS_MAX = 1_000              # scripts per scantxoutset call (the reserves monitor's first read)
 REPLY_SIZE_MAX_BYTES = 64_000_000     # a verbose block is the largest answer we ask for
 
 
@@ -150,6 +151,18 @@ class CoreRpcClient:
         scan = self.call("scantxoutset", "start", [f"raw({script_pubkey.hex()})"])
         return [Utxo(u["txid"], u["vout"], int(u["amount"] * SATS_PER_BTC)) for u in scan["unspents"]
                 if not u.get("coinbase") or scan["height"] - u["height"] + 1 >= COINBASE_MATURITY_BLOCKS]
+
+    def scan_scripts(self, scripts: list[bytes]) -> list[tuple[bytes, Utxo, int]]:
+        """(script, coin, confirmation height) of the spendable coins at many scripts: one scantxoutset per
+        SCAN_SCRIPTS_MAX scripts (each scan reads the whole UTXO set, so one per script would not do)."""
+        found = []
+        for start in range(0, len(scripts), SCAN_SCRIPTS_MAX):
+            chunk = scripts[start:start + SCAN_SCRIPTS_MAX]
+            scan = self.call("scantxoutset", "start", [f"raw({script.hex()})" for script in chunk])
+            found += [(bytes.fromhex(u["scriptPubKey"]), Utxo(u["txid"], u["vout"], int(u["amount"] * SATS_PER_BTC)),
+                       u["height"]) for u in scan["unspents"]
+                      if not u.get("coinbase") or scan["height"] - u["height"] + 1 >= COINBASE_MATURITY_BLOCKS]
+        return found
 
     def anchor_chain(self, genesis: Outpoint) -> list[bytes]:
         """Core lists no spenders: from the coins unspent now at the genesis's address (scantxoutset) back through

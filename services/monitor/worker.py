@@ -21,7 +21,7 @@ from ledger import commands as cmd
 from ledger import errors, limits
 from ledger import monitor as rules
 from ledger.accounts import Account
-from ledger.anchoring import ChainBackend, Outpoint, display_hex, parse_transaction, sha256d
+from ledger.anchoring import ChainBackend, Outpoint, Utxo, display_hex, parse_transaction, sha256d
 from ledger.application import Outcome, Recorded, ReserveLedger
 from services.audit.chain import scripts_of_account
 from services.bitcoin.regtest.blocks import block_transactions
@@ -121,20 +121,25 @@ class ReservesMonitor:
     def _watch_new_accounts(self) -> None:
         """Scripts not watched yet (a new account) start from the coins they held at the last processed block:
         their history before that is not a movement the monitor saw; coins from later blocks arrive when those
-        blocks are read."""
-        tip_is_processed = None
-        for account in self._custody_accounts():
-            for script in self._scripts_of(account):
-                if script in self._scripts:
-                    continue
-                if tip_is_processed is None:
-                    tip_is_processed = self._chain.tip_height() == self._tip[0]
-                utxos = [u for u in self._chain.utxos(script)   # read before the script counts as watched
-                         if tip_is_processed or self._confirmed_by_processed_tip(u.txid)]
-                self._scripts[script] = account.account_id
-                for utxo in utxos:
-                    if Outpoint(utxo.txid, utxo.vout) not in self._coins:
-                        self._add(Outpoint(utxo.txid, utxo.vout), Coin(account.account_id, utxo.value_sats))
+        blocks are read. The coins are read before the scripts count as watched (a failed read is retried whole)."""
+        new = {script: account.account_id for account in self._custody_accounts()
+               for script in self._scripts_of(account) if script not in self._scripts}
+        if not new:
+            return
+        for script, utxo in self._coins_at(list(new)):
+            if Outpoint(utxo.txid, utxo.vout) not in self._coins:
+                self._add(Outpoint(utxo.txid, utxo.vout), Coin(new[script], utxo.value_sats))
+        self._scripts.update(new)
+
+    def _coins_at(self, scripts: list[bytes]) -> list[tuple[bytes, Utxo]]:
+        """The confirmed coins at these scripts created at or below the last processed block (Bitcoin Core: one
+        scantxoutset for them all; other backends: per script)."""
+        scan = getattr(self._chain, "scan_scripts", None)
+        if scan is not None:
+            return [(script, utxo) for script, utxo, height in scan(scripts) if height <= self._tip[0]]
+        tip_is_processed = self._chain.tip_height() == self._tip[0]
+        return [(script, utxo) for script in scripts for utxo in self._chain.utxos(script)
+                if tip_is_processed or self._confirmed_by_processed_tip(utxo.txid)]
 
     def _scripts_of(self, account: Account) -> list[bytes]:
         """account_scripts, computed again only when the account's addresses or descriptor change."""

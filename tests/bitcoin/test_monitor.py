@@ -3,6 +3,7 @@ movement is recorded as a discrepancy in the block that confirms it, once; a cus
 txid explains exactly its amounts; the alert follows the best chain across reorgs; and the same holds through
 the Bitcoin Core RPC and Esplora clients over real HTTP."""
 
+import contextlib
 import time
 
 import pytest
@@ -184,17 +185,32 @@ def test_the_monitor_catches_the_movement_through_the_http_clients(chain, books,
         assert {d.status for d in books.discrepancies()} == {monitor.REORGED_OUT}
 
 
-def test_an_account_opened_and_funded_between_two_steps_still_has_its_arrival_checked(chain, books):
+@contextlib.contextmanager
+def _backend(kind: str, chain):
+    if kind == "regtest":
+        yield chain
+        return
+    with RegtestNode(chain) as node:
+        yield CoreRpcClient(node.rpc_url, cookie_file=str(node.cookie_file), timeout_s=30) if kind == "core" \
+            else EsploraClient(node.esplora_url, timeout_s=30)
+
+
+@pytest.mark.parametrize("kind", ["regtest", "core", "esplora"])
+def test_an_account_opened_and_funded_between_two_steps_still_has_its_arrival_checked(chain, books, kind):
     """The monitor learns of hot-1 in the same step that reads the block funding it without a ledger event:
-    the coin is an arrival of that block (an alert), not part of the account's starting coins."""
-    watcher = _monitor(books, chain)
-    watcher.step()
-    books.open("hot-1", 3, "hot")
-    chain.send(script_pubkey(3), HALF_BTC)
-    (block_hash,) = chain.mine(1)
-    watcher.step()
-    assert [(d.account_id, d.block_hash, d.movement_sats) for d in books.discrepancies()] == [
-        ("hot-1", block_hash, HALF_BTC)]
+    the coin is an arrival of that block (an alert), not part of the account's starting coins; a coin hot-1
+    already held at the last block read is a starting coin (Core reads them all in one scantxoutset)."""
+    with _backend(kind, chain) as backend:
+        chain.send(script_pubkey(3), BTC)
+        chain.mine(1)
+        watcher = _monitor(books, backend)
+        watcher.step()
+        books.open("hot-1", 3, "hot")
+        chain.send(script_pubkey(3), HALF_BTC)
+        (block_hash,) = chain.mine(1)
+        watcher.step()
+        assert [(d.account_id, d.block_hash, d.movement_sats, d.onchain_sats) for d in books.discrepancies()] == [
+            ("hot-1", block_hash, HALF_BTC, BTC + HALF_BTC)]
 
 
 def test_two_replicas_sharing_one_store_record_each_discrepancy_once(chain, storage_env):
