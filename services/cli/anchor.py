@@ -174,7 +174,7 @@ def cmd_anchor_submit(args) -> int:
     key = _watch_only(args.public_key or request["public_key"], args.network, "--public-key")
     with _opened(args) as (ledger, backend), _refusals("the signed PSBT was refused"):
         txid = _worker(args, ledger, backend, key=key).submit_signed_psbt(request, signed)
-    print(f"recorded and broadcast anchor {txid} (the node accepted it)")
+    print(f"the node accepted it: recorded and broadcast anchor {txid}")
     return 0
 
 
