@@ -148,6 +148,19 @@ def test_a_stale_request_is_refused_and_cannot_replace_the_newer_anchor(ledger, 
     assert again.returncode == 0 and "tree size 4" in again.stdout, again.stdout
 
 
+def test_the_head_a_request_names_stays_signed_while_new_events_arrive(ledger, chain, tmp_path):
+    """Superseded heads are pruned (FORMATS.md §3), but not the one the outstanding request anchors: events
+    recorded while the signer signs do not make the request unanswerable."""
+    spec, signer = f"regtest:{chain.directory}", Signer(chain)
+    ledger.add_events(1)
+    assert _psbt(ledger, spec, signer.public_key, tmp_path / "anchor.psbt").returncode == 0
+    ledger.add_events(2)
+    signer.sign(tmp_path / "anchor.psbt", tmp_path / "signed.psbt")
+    txid = _txid_of(_submit(ledger, spec, tmp_path / "signed.psbt", tmp_path / "anchor.psbt.request.json"))
+    assert chain.mempool_txids() == [txid]
+    assert json.loads((tmp_path / "anchor.psbt.request.json").read_text())["tree_size"] == 3
+
+
 def test_a_request_edited_in_its_file_or_in_the_store_is_refused(ledger, chain, tmp_path):
     """The request file is checked against the request recorded when it was issued, and that one against the
     ledger's own signed heads: an edited file, and an insider's request for a head of 1000 events that was never
