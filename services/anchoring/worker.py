@@ -193,7 +193,7 @@ class AnchorWorker:
             return  # nothing new, nothing sent
         coin = self._change_of(chain[-1]) if chain else self._funding_coin()
         if chain:
-            self._coin_of_this_key(coin)
+            self._check_pays_this_key(coin, self._change_script(chain[-1]))
         fee_rate = fee_rate_for_anchor(self._estimate(), self._policy.fee_rate_max_sat_per_vb)
         anchor = self._record(coin, head, fee_rate, tip, replaces=None)
         if self._send(anchor, tip):
@@ -201,6 +201,10 @@ class AnchorWorker:
 
     def _maybe_replace(self, stuck: Anchor, tip: int, report: StepReport) -> None:
         if not policy_rules.needs_replacement(stuck.broadcast_height, tip, self._policy):
+            return
+        witness = parse_transaction(stuck.raw_tx).witnesses
+        if not witness or witness[0][-1:] != (self._key.public_key,):
+            log.warning("anchor %s is stuck, but another key signed it: bump it with `anchor psbt`", stuck.txid)
             return
         head = self._signer.latest()
         coin = Utxo(stuck.prev_txid, stuck.prev_vout, stuck.prev_value_sats)
@@ -289,7 +293,9 @@ class AnchorWorker:
                 raise NothingToAnchor(planned or f"anchor {in_flight[-1].txid} is in flight: rotate once it is "
                                                  "confirmed (the rotation spends its change)")
             coin, fee_rate, _ = planned
-            self._coin_of_this_key(coin)
+            last = next((a for a in self._anchors() if (a.txid, a.change_vout) == (coin.txid, coin.vout)), None)
+            if last is not None:  # else a confirmed coin of this key (the first anchor)
+                self._check_pays_this_key(coin, self._change_script(last))
             anchor = self._record(coin, head, fee_rate, tip, replaces=None, change_public_key=new_public_key)
             self._send_or_refuse(anchor, tip)
             log.info("anchor %s moves the chain of anchors to key %s", anchor.txid, new_public_key.hex())
@@ -352,14 +358,20 @@ class AnchorWorker:
         moved to another wallet (a rotation), or an earlier anchor may have been signed by another key."""
         raw = self._backend.raw_transaction(coin.txid)
         outputs = parse_transaction(raw).outputs
-        script = outputs[coin.vout].script_pubkey if coin.vout < len(outputs) else b""
+        self._check_pays_this_key(coin, outputs[coin.vout].script_pubkey if coin.vout < len(outputs) else b"")
+        return raw
+
+    @staticmethod
+    def _change_script(anchor: Anchor) -> bytes:
+        return parse_transaction(anchor.raw_tx).outputs[anchor.change_vout].script_pubkey
+
+    def _check_pays_this_key(self, coin: Utxo, script: bytes) -> None:
         if script != self._key.script_pubkey:
             where = address_of_script_pubkey(script, self._key.network) or script.hex()
             raise AnchorWalletMismatch(
                 f"the chain of anchors continues at {coin.txid}:{coin.vout}, which pays {where}, not this key's "
                 f"address {self._key.address}: sign with the key of {where}, or move the chain to this key first "
                 "(`reserve-ledger anchor rotate`, signed by the current key)")
-        return raw
 
     def submit_signed_psbt(self, request: dict, signed_psbt: bytes | str) -> str:
         """Check the signer's PSBT against the outstanding request (recorded when issued) and the ledger's own
