@@ -323,16 +323,20 @@ class AnchorWorker:
             psbt = build_anchor_psbt(coin, self._key.public_key, encode_payload(head.tree_size, head.root_hash),
                                      fee_rate, self._policy.fee_max_sats, tip, prev_raw, key_origin=key_origin,
                                      change_public_key=change_public_key, change_key_origin=change_key_origin)
-            request = {"format": REQUEST_FORMAT, "txid": parse_transaction(psbt_unsigned_tx(read_psbt(psbt))).txid,
-                       "psbt": psbt, "tree_size": head.tree_size, "root_hash": head.root_hash.hex(),
-                       "prev_txid": coin.txid, "prev_vout": coin.vout, "prev_value_sats": coin.value_sats,
-                       "public_key": self._key.public_key.hex(),
-                       "change_public_key": (change_public_key or self._key.public_key).hex(),
-                       "key_origin": None if key_origin is None else str(key_origin),
-                       "replaces": None if stuck is None else stuck.txid, "issued_us": self._clock_us()}
+            request = self._request(psbt, head, coin, change_public_key or self._key.public_key, key_origin, stuck)
             self._store.record_anchor_request(json.dumps(request, sort_keys=True), head.tree_size,
                                               request["issued_us"])
             return request, ""
+
+    def _request(self, psbt: str, head, coin: Utxo, change_public_key: bytes, key_origin: KeyOrigin | None,
+                 stuck: Anchor | None) -> dict:
+        """The request file's content (docs/FORMATS-anchoring.md §7), also recorded in the store as issued."""
+        return {"format": REQUEST_FORMAT, "txid": parse_transaction(psbt_unsigned_tx(read_psbt(psbt))).txid,
+                "psbt": psbt, "tree_size": head.tree_size, "root_hash": head.root_hash.hex(),
+                "prev_txid": coin.txid, "prev_vout": coin.vout, "prev_value_sats": coin.value_sats,
+                "public_key": self._key.public_key.hex(), "change_public_key": change_public_key.hex(),
+                "key_origin": None if key_origin is None else str(key_origin),
+                "replaces": None if stuck is None else stuck.txid, "issued_us": self._clock_us()}
 
     def _plan_next(self, head, tip: int) -> "tuple[Utxo, Decimal, Anchor | None] | str":
         """(coin, fee rate, the stuck anchor it replaces or None) for the next anchor, or why there is none."""
