@@ -12,7 +12,7 @@ import math
 import struct
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 # --- limits -----------------------------------------------------------------------------------------------
 
@@ -435,64 +435,87 @@ def spent_outpoints(tx: ParsedTx) -> list[Outpoint]:
     return [Outpoint(display_hex(i.prev_txid_internal), i.vout) for i in tx.inputs]
 
 
-def _link(raw: bytes, txid: str, script_pubkey: bytes) -> tuple[ParsedTx, int | None]:
-    """The transaction (checked against the txid asked for) and its one output back to the anchor address."""
+def _checked(raw: bytes, txid: str) -> ParsedTx:
     tx = parse_transaction(raw)
     if tx.txid != txid:
         raise AnchorChainBroken(f"asked for transaction {txid}, the node sent {tx.txid}")
+    return tx
+
+
+def continuation(tx: ParsedTx, script_pubkey: bytes) -> tuple[int, bytes] | None:
+    """(vout, its script): the output that continues the chain of anchors after ``tx`` spent an output paying
+    ``script_pubkey``. That is its one output back to the same script; or, when it pays none back, and ``tx`` is
+    an anchor of exactly two outputs (the payload and one coin), that coin: the chain moved to a new wallet (a
+    rotation, signed by the old key). None: the chain ends at ``tx``."""
     paying = [vout for vout, out in enumerate(tx.outputs) if out.script_pubkey == script_pubkey]
     if len(paying) > 1:
-        raise AnchorChainBroken(f"transaction {txid} pays the anchor address {len(paying)} times: which output "
+        raise AnchorChainBroken(f"transaction {tx.txid} pays the anchor address {len(paying)} times: which output "
                                 "continues the chain is ambiguous")
-    return tx, paying[0] if paying else None
+    if paying:
+        return paying[0], script_pubkey
+    found = find_anchor_output(tx)
+    if found is None or len(tx.outputs) != 2:
+        return None
+    coin = tx.outputs[1 - found[0]]
+    if coin.value_sats == 0 or coin.script_pubkey[:1] == bytes([OP_RETURN]):
+        return None
+    return 1 - found[0], coin.script_pubkey
 
 
 def follow_anchor_chain(genesis: Outpoint, script_pubkey: bytes, spender: Callable[[Outpoint], str | None],
                         raw_transaction: Callable[[str], bytes],
                         length_max: int = ANCHOR_CHAIN_LENGTH_MAX) -> list[bytes]:
-    """Forward from the genesis: each confirmed spender of the output paying the anchor address, until that
-    output is unspent. Returns the raw transactions in chain order ([] while the genesis is unspent)."""
-    chain, at = [], genesis
+    """Forward from the genesis (an output paying ``script_pubkey``): each confirmed spender of the output that
+    continues the chain (`continuation`), until that output is unspent. Returns the raw transactions in chain
+    order ([] while the genesis is unspent)."""
+    chain, at, script = [], genesis, script_pubkey
     while (txid := spender(at)) is not None:
         if len(chain) >= length_max:
             raise AnchorChainBroken(f"more than {length_max} transactions descend from the genesis {genesis}")
         raw = raw_transaction(txid)
-        tx, vout = _link(raw, txid, script_pubkey)
+        tx = _checked(raw, txid)
         if at not in spent_outpoints(tx):
             raise AnchorChainBroken(f"the node says {txid} spends {at}, but it does not")
         chain.append(raw)
-        if vout is None:
+        following = continuation(tx, script)
+        if following is None:
             raise AnchorChainBroken(f"the chain from the genesis {genesis} ends at {txid}: it spends the anchor "
                                     "wallet without paying it back (no anchor can follow)")
-        at = Outpoint(txid, vout)
+        at, script = Outpoint(txid, following[0]), following[1]
     return chain
 
 
 def trace_anchor_chain(genesis: Outpoint, script_pubkey: bytes, unspent: list[Outpoint],
                        raw_transaction: Callable[[str], bytes],
                        length_max: int = ANCHOR_CHAIN_LENGTH_MAX) -> list[bytes]:
-    """Backward, for a node that can only list unspent outputs: from each unspent output at the anchor address,
-    through each transaction's input from that address, until one reaches the genesis. Returns the same
-    transactions as `follow_anchor_chain`, in chain order."""
+    """Backward, for a node that can only list unspent outputs: from each of ``unspent`` (the coins at the anchor
+    address, and at any address the chain may have moved to), through the input each transaction continues, until
+    one reaches the genesis. Returns the same transactions as `follow_anchor_chain`, in chain order."""
     if genesis in unspent:
         return []
     for tip in unspent:
         chain, at = [], tip
         while len(chain) < length_max:
             raw = raw_transaction(at.txid)
-            tx, vout = _link(raw, at.txid, script_pubkey)
-            if vout != at.vout:
-                break
-            chain.append(raw)
-            inputs = spent_outpoints(tx)
-            if genesis in inputs:
-                return chain[::-1]
-            previous = [i for i in inputs if _pays(raw_transaction(i.txid), i.vout, script_pubkey)]
+            tx = _checked(raw, at.txid)
+            previous = [i for i in spent_outpoints(tx) if _continued_by(tx, i, at.vout, raw_transaction)]
             if len(previous) != 1:
                 break
+            chain.append(raw)
+            if previous[0] == genesis:
+                return chain[::-1]
             at = previous[0]
-    raise AnchorChainBroken(f"the genesis {genesis} is spent, but no unspent output at the anchor address "
-                            "descends from it: its chain ends (or leaves the anchor address)")
+    raise AnchorChainBroken(f"the genesis {genesis} is spent, but no unspent output at the anchor address (or one "
+                            "it moved to) descends from it: its chain ends (or leaves the anchor wallet)")
+
+
+def _continued_by(tx: ParsedTx, spent: Outpoint, vout: int, raw_transaction: Callable[[str], bytes]) -> bool:
+    """``tx`` spent ``spent``, and the chain continues from there through ``tx``'s output ``vout``."""
+    outputs = parse_transaction(raw_transaction(spent.txid)).outputs
+    if spent.vout >= len(outputs):
+        return False
+    following = continuation(tx, outputs[spent.vout].script_pubkey)
+    return following is not None and following[0] == vout
 
 
 def script_of_outpoint(outpoint: Outpoint, raw: bytes) -> bytes:
@@ -504,11 +527,6 @@ def script_of_outpoint(outpoint: Outpoint, raw: bytes) -> bytes:
     if outpoint.vout >= len(tx.outputs):
         raise LookupError(f"transaction {outpoint.txid} has no output {outpoint.vout}")
     return tx.outputs[outpoint.vout].script_pubkey
-
-
-def _pays(raw: bytes, vout: int, script_pubkey: bytes) -> bool:
-    outputs = parse_transaction(raw).outputs
-    return vout < len(outputs) and outputs[vout].script_pubkey == script_pubkey
 
 
 class ChainBackend(Protocol):
@@ -551,12 +569,14 @@ class ChainBackend(Protocol):
     def utxos(self, script_pubkey: bytes) -> list[Utxo]:
         """Confirmed unspent outputs paying ``script_pubkey``."""
 
-    def anchor_chain(self, genesis: Outpoint) -> list[bytes]:
+    def anchor_chain(self, genesis: Outpoint, moved_to: Sequence[bytes] = ()) -> list[bytes]:
         """The confirmed chain of transactions from the anchor wallet's first funding coin: the one spending
-        ``genesis``, then the one spending its output back to the same address, ... up to the one whose such
-        output is unspent now; raw, in chain order ([] while the genesis is unspent). Each backend walks it its
-        own way (``follow_anchor_chain`` forward, ``trace_anchor_chain`` backward); AnchorChainBroken when the
-        chain cannot be followed, LookupError when the genesis is unknown."""
+        ``genesis``, then the one spending the output that continues it (``continuation``: back to the same
+        address, or to a new wallet's), ... up to the one whose such output is unspent now; raw, in chain order
+        ([] while the genesis is unspent). Each backend walks it its own way (``follow_anchor_chain`` forward,
+        ``trace_anchor_chain`` backward from the coins unspent at the genesis's script and at ``moved_to``, the
+        scripts the chain may have moved to); AnchorChainBroken when the chain cannot be followed, LookupError
+        when the genesis is unknown."""
 
 
 # --- merkleblock (Core gettxoutproof) ---------------------------------------------------------------------

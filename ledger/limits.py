@@ -50,3 +50,8 @@ REPLAY_PAGE_SIZE = 5000
 # Audit API: leaves per StreamLeaves message.
 LEAF_BATCH_DEFAULT = 500
 LEAF_BATCH_MAX = 2000
+
+# The PSBT flow for an external anchor signer (docs/FORMATS-anchoring.md §7).
+KEY_ORIGIN_DEPTH_MAX = 255               # a BIP-32 path is at most 255 levels deep (the depth is one byte)
+ANCHOR_REQUEST_SIZE_MAX_BYTES = 64_000   # FILE.request.json as `anchor psbt` writes it (the PSBT is inside)
+ANCHORS_SHOWN_MAX = 10                   # `anchor status` lists the last anchors only

@@ -16,6 +16,7 @@ new block's confirmations and a reorg are seen within seconds, not at the next p
 """
 
 import dataclasses
+import json
 import logging
 from decimal import Decimal
 from typing import Callable
@@ -23,12 +24,20 @@ from typing import Callable
 from ledger import anchor_policy as policy_rules
 from ledger.anchor_policy import AnchorPolicy
 from ledger.anchors import Anchor
-from ledger.anchoring import ChainBackend, Outpoint, Utxo, encode_payload, fee_rate_for_anchor, parse_transaction
-from services.bitcoin.anchor_tx import AnchorKey, build_anchor_psbt, build_anchor_tx, finalize_signed_psbt
+from ledger.anchoring import (
+    AnchoringError, ChainBackend, Outpoint, Utxo, encode_payload, fee_rate_for_anchor, parse_transaction,
+)
+from ledger.tree_heads import verify_tree_head
+from services.bitcoin.addresses import address_of_script_pubkey
+from services.bitcoin.anchor_tx import (
+    AnchorKey, KeyOrigin, build_anchor_psbt, build_anchor_tx, finalize_signed_psbt, p2wpkh_script_pubkey,
+    psbt_unsigned_tx, read_psbt,
+)
 from services.bitcoin.errors import BroadcastRejected
 from services.store.signing import TreeHeadSigner
 
 log = logging.getLogger("reserve_ledger.anchors")
+REQUEST_FORMAT = "reserve-ledger/anchor-psbt-request/v2"
 
 
 class AnchorTurnTaken(RuntimeError):
@@ -36,7 +45,20 @@ class AnchorTurnTaken(RuntimeError):
 
 
 class AnchorRefusedByNode(RuntimeError):
-    """The backend's test-accept refused a freshly built anchor (nothing was recorded or sent)."""
+    """The node refused an anchor: its test-accept (nothing was recorded or sent) or its broadcast (the anchor is
+    recorded as abandoned)."""
+
+
+class AnchorRequestRefused(AnchoringError):
+    """A signed PSBT that answers no outstanding request, or whose request no longer fits the ledger."""
+
+
+class NothingToAnchor(RuntimeError):
+    """No new signed tree head to anchor, or an anchor is still in flight."""
+
+
+class AnchorWalletMismatch(AnchoringError):
+    """The chain of anchors continues at an output of another key than the one given."""
 
 
 class NoFundingCoin(RuntimeError):
@@ -170,6 +192,8 @@ class AnchorWorker:
         if head is None or head.tree_size == 0 or (chain and chain[-1].tree_size >= head.tree_size):
             return  # nothing new, nothing sent
         coin = self._change_of(chain[-1]) if chain else self._funding_coin()
+        if chain:
+            self._check_pays_this_key(coin, self._change_script(chain[-1]))
         fee_rate = fee_rate_for_anchor(self._estimate(), self._policy.fee_rate_max_sat_per_vb)
         anchor = self._record(coin, head, fee_rate, tip, replaces=None)
         if self._send(anchor, tip):
@@ -177,6 +201,10 @@ class AnchorWorker:
 
     def _maybe_replace(self, stuck: Anchor, tip: int, report: StepReport) -> None:
         if not policy_rules.needs_replacement(stuck.broadcast_height, tip, self._policy):
+            return
+        witness = parse_transaction(stuck.raw_tx).witnesses
+        if not witness or witness[0][-1:] != (self._key.public_key,):
+            log.warning("anchor %s is stuck, but another key signed it: bump it with `anchor psbt`", stuck.txid)
             return
         head = self._signer.latest()
         coin = Utxo(stuck.prev_txid, stuck.prev_vout, stuck.prev_value_sats)
@@ -216,9 +244,10 @@ class AnchorWorker:
         if not any(a.txid == coin.txid and a.change_vout == coin.vout for a in self._anchors()):
             self._store.record_anchor_genesis(Outpoint(coin.txid, coin.vout), self._clock_us())
 
-    def _record(self, coin: Utxo, head, fee_rate: Decimal, tip: int, replaces: int | None) -> Anchor:
+    def _record(self, coin: Utxo, head, fee_rate: Decimal, tip: int, replaces: int | None,
+                change_public_key: bytes | None = None) -> Anchor:
         tx = build_anchor_tx(coin, self._key, encode_payload(head.tree_size, head.root_hash), fee_rate,
-                             self._policy.fee_max_sats, tip)
+                             self._policy.fee_max_sats, tip, change_public_key=change_public_key)
         self._test_accept(tx.raw)
         return self._insert(coin, head.tree_size, head.root_hash, tx.raw, replaces)
 
@@ -243,45 +272,212 @@ class AnchorWorker:
         log.info("anchor %s records tree size %d (fee %d sats, %d vB)", tx.txid, tree_size, fee, tx.vsize)
         return anchor
 
-    # --- the PSBT flow: an external signer holds the key ---------------------------------------------------
+    # --- moving the chain of anchors to another wallet -----------------------------------------------------
 
-    def prepare_psbt(self) -> dict | None:
-        """The next anchor as an unsigned PSBT and what `submit_signed_psbt` needs to check the signed one;
-        None when there is nothing new or an anchor is still in flight."""
+    def rotate(self, new_public_key: bytes) -> Anchor:
+        """Anchor the newest head with this key, paying the change to ``new_public_key``: the next anchor is
+        signed by the new wallet (an external signer, or a new key file), and the chain from the genesis stays
+        one unbroken chain (docs/FORMATS-anchoring.md §7)."""
+        if new_public_key == self._key.public_key:
+            raise AnchorWalletMismatch("the new anchor key is the current one: nothing to move")
+        p2wpkh_script_pubkey(new_public_key)
         with self._store.anchor_turn() as leader:
             if not leader:
-                return None
+                raise AnchorTurnTaken("another replica is anchoring right now; rotate again in a moment")
             tip = self._backend.tip_height()
             self._refresh(tip, StepReport())
-            anchors = self._anchors()
-            chain = [a for a in anchors if a.state not in ("replaced", "abandoned")]
             head = self._signer.latest()
-            if any(a.state in policy_rules.IN_FLIGHT_STATES for a in anchors) or head is None or head.tree_size == 0 or (
-                    chain and chain[-1].tree_size >= head.tree_size):
-                return None
-            coin = self._change_of(chain[-1]) if chain else self._funding_coin()
-            fee_rate = fee_rate_for_anchor(self._estimate(), self._policy.fee_rate_max_sat_per_vb)
-            payload = encode_payload(head.tree_size, head.root_hash)
-            psbt = build_anchor_psbt(coin, self._key.public_key, payload, fee_rate, self._policy.fee_max_sats, tip,
-                                     self._backend.raw_transaction(coin.txid))
-            return {"format": "reserve-ledger/anchor-psbt-request/v1", "psbt": psbt, "tree_size": head.tree_size,
-                    "root_hash": head.root_hash.hex(), "prev_txid": coin.txid, "prev_vout": coin.vout,
-                    "prev_value_sats": coin.value_sats, "public_key": self._key.public_key.hex()}
+            in_flight = [a for a in self._anchors() if a.state in policy_rules.IN_FLIGHT_STATES]
+            planned = "" if in_flight else self._plan_next(head, tip)
+            if isinstance(planned, str):
+                raise NothingToAnchor(planned or f"anchor {in_flight[-1].txid} is in flight: rotate once it is "
+                                                 "confirmed (the rotation spends its change)")
+            coin, fee_rate, _ = planned
+            last = next((a for a in self._anchors() if (a.txid, a.change_vout) == (coin.txid, coin.vout)), None)
+            if last is not None:  # else a confirmed coin of this key (the first anchor)
+                self._check_pays_this_key(coin, self._change_script(last))
+            anchor = self._record(coin, head, fee_rate, tip, replaces=None, change_public_key=new_public_key)
+            self._send_or_refuse(anchor, tip)
+            log.info("anchor %s moves the chain of anchors to key %s", anchor.txid, new_public_key.hex())
+            return anchor
 
-    def submit_signed_psbt(self, request: dict, signed_b64: str) -> str:
-        """Check the signer's PSBT against the request, record the anchor, then broadcast it."""
-        coin = Utxo(request["prev_txid"], request["prev_vout"], request["prev_value_sats"])
-        root = bytes.fromhex(request["root_hash"])
-        payload = encode_payload(request["tree_size"], root)
-        raw = finalize_signed_psbt(signed_b64, unsigned_b64=request["psbt"], prev=coin, payload=payload,
-                                   script_pubkey=self._key.script_pubkey, fee_max_sats=self._policy.fee_max_sats)
-        self._test_accept(raw)
+    # --- the PSBT flow: an external signer holds the key (docs/FORMATS-anchoring.md §7) -----------------------
+
+    def prepare_psbt(self, key_origin: KeyOrigin | None = None, change_public_key: bytes | None = None,
+                     change_key_origin: KeyOrigin | None = None) -> tuple[dict | None, str]:
+        """(the request, "") for the next anchor as an unsigned PSBT, recorded as the one outstanding request; or
+        (None, why not). A stuck anchor (unconfirmed `replace_after_blocks` after its broadcast) gets a
+        replacement request: same coin, higher fee, the newest head. ``change_public_key`` moves the chain of
+        anchors to another wallet (the change pays it)."""
+        with self._store.anchor_turn() as leader:
+            if not leader:
+                return None, "another replica is anchoring right now; try again in a moment"
+            tip = self._backend.tip_height()
+            self._refresh(tip, StepReport())
+            head = self._signer.latest()
+            planned = self._plan_next(head, tip)
+            if isinstance(planned, str):
+                return None, planned
+            coin, fee_rate, stuck = planned
+            prev_raw = self._coin_of_this_key(coin)
+            psbt = build_anchor_psbt(coin, self._key.public_key, encode_payload(head.tree_size, head.root_hash),
+                                     fee_rate, self._policy.fee_max_sats, tip, prev_raw, key_origin=key_origin,
+                                     change_public_key=change_public_key, change_key_origin=change_key_origin)
+            request = self._request(psbt, head, coin, change_public_key or self._key.public_key, key_origin, stuck)
+            self._store.record_anchor_request(json.dumps(request, sort_keys=True), head.tree_size,
+                                              request["issued_us"])
+            return request, ""
+
+    def _request(self, psbt: str, head, coin: Utxo, change_public_key: bytes, key_origin: KeyOrigin | None,
+                 stuck: Anchor | None) -> dict:
+        """The request file's content (docs/FORMATS-anchoring.md §7), also recorded in the store as issued."""
+        return {"format": REQUEST_FORMAT, "txid": parse_transaction(psbt_unsigned_tx(read_psbt(psbt))).txid,
+                "psbt": psbt, "tree_size": head.tree_size, "root_hash": head.root_hash.hex(),
+                "prev_txid": coin.txid, "prev_vout": coin.vout, "prev_value_sats": coin.value_sats,
+                "public_key": self._key.public_key.hex(), "change_public_key": change_public_key.hex(),
+                "key_origin": None if key_origin is None else str(key_origin),
+                "replaces": None if stuck is None else stuck.txid, "issued_us": self._clock_us()}
+
+    def _plan_next(self, head, tip: int) -> "tuple[Utxo, Decimal, Anchor | None] | str":
+        """(coin, fee rate, the stuck anchor it replaces or None) for the next anchor, or why there is none."""
+        anchors = self._anchors()
+        in_flight = [a for a in anchors if a.state in policy_rules.IN_FLIGHT_STATES]
+        if in_flight:
+            stuck = in_flight[-1]
+            if stuck.state != "broadcast" or not policy_rules.needs_replacement(stuck.broadcast_height, tip,
+                                                                                self._policy):
+                return (f"nothing to anchor: anchor {stuck.txid} (tree size {stuck.tree_size}) is in flight; a fee "
+                        f"bump is offered once it is unconfirmed {self._policy.replace_after_blocks} blocks after "
+                        "its broadcast")
+            fee_rate = policy_rules.replacement_fee_rate(stuck.fee_sats, stuck.vsize, self._estimate(), self._policy)
+            return Utxo(stuck.prev_txid, stuck.prev_vout, stuck.prev_value_sats), fee_rate, stuck
+        chain = [a for a in anchors if a.state not in ("replaced", "abandoned")]
+        if head is None or head.tree_size == 0 or (chain and chain[-1].tree_size >= head.tree_size):
+            return "nothing to anchor: the newest tree head is already anchored"
+        coin = self._change_of(chain[-1]) if chain else self._funding_coin()
+        return coin, fee_rate_for_anchor(self._estimate(), self._policy.fee_rate_max_sat_per_vb), None
+
+    def _coin_of_this_key(self, coin: Utxo) -> bytes:
+        """The raw transaction creating ``coin``, which must pay this worker's key: the chain of anchors may have
+        moved to another wallet (a rotation), or an earlier anchor may have been signed by another key."""
+        raw = self._backend.raw_transaction(coin.txid)
+        outputs = parse_transaction(raw).outputs
+        self._check_pays_this_key(coin, outputs[coin.vout].script_pubkey if coin.vout < len(outputs) else b"")
+        return raw
+
+    @staticmethod
+    def _change_script(anchor: Anchor) -> bytes:
+        return parse_transaction(anchor.raw_tx).outputs[anchor.change_vout].script_pubkey
+
+    def _check_pays_this_key(self, coin: Utxo, script: bytes) -> None:
+        if script != self._key.script_pubkey:
+            where = address_of_script_pubkey(script, self._key.network) or script.hex()
+            raise AnchorWalletMismatch(
+                f"the chain of anchors continues at {coin.txid}:{coin.vout}, which pays {where}, not this key's "
+                f"address {self._key.address}: sign with the key of {where}, or move the chain to this key first "
+                "(`reserve-ledger anchor rotate`, signed by the current key)")
+
+    def submit_signed_psbt(self, request: dict, signed_psbt: bytes | str) -> str:
+        """Check the signer's PSBT against the outstanding request (recorded when issued) and the ledger's own
+        signed heads and chain of anchors; record the anchor, broadcast it, and report the node's verdict."""
+        expected = self._outstanding_request(request)
+        coin = Utxo(expected["prev_txid"], expected["prev_vout"], expected["prev_value_sats"])
+        root = bytes.fromhex(expected["root_hash"])
+        raw = finalize_signed_psbt(
+            signed_psbt, unsigned_b64=expected["psbt"], prev=coin,
+            payload=encode_payload(expected["tree_size"], root), script_pubkey=self._key.script_pubkey,
+            fee_max_sats=self._policy.fee_max_sats,
+            change_script_pubkey=p2wpkh_script_pubkey(bytes.fromhex(expected["change_public_key"])))
         with self._store.anchor_turn() as leader:
             if not leader:
                 raise AnchorTurnTaken("another replica is anchoring right now; submit again in a moment")
-            known = {a.txid: a for a in self._anchors()}
-            anchor = known.get(parse_transaction(raw).txid) or self._insert(coin, request["tree_size"], root, raw,
-                                                                            None)
-            if anchor.state == "built":
-                self._send(anchor, self._backend.tip_height())
+            tip = self._backend.tip_height()
+            self._refresh(tip, StepReport())
+            stuck = self._check_request_current(expected)
+            self._test_accept(raw)
+            anchor = self._insert(coin, expected["tree_size"], root, raw, None if stuck is None else stuck.anchor_id)
+            self._send_or_refuse(anchor, tip)
+            if stuck is not None:
+                self._update(stuck, state="replaced")
+            self._store.clear_anchor_request()
             return anchor.txid
+
+    def _outstanding_request(self, request: dict) -> dict:
+        """The recorded request, if ``request`` is exactly it (else a named refusal: stale or edited)."""
+        recorded = self._store.load_anchor_request()
+        if recorded is None:
+            raise AnchorRequestRefused("no anchor request is outstanding (none was issued, or its anchor was "
+                                       "submitted already): run `reserve-ledger anchor psbt` for a new one")
+        expected = json.loads(recorded[0])
+        if request.get("txid") != expected["txid"] or request.get("psbt") != expected["psbt"]:
+            raise AnchorRequestRefused(
+                f"stale request (tree size {request.get('tree_size')!r}, txid {request.get('txid')!r}): the "
+                f"outstanding request is for tree size {expected['tree_size']} (txid {expected['txid']}); sign "
+                "that one, or run `reserve-ledger anchor psbt` for a new one")
+        edited = sorted(k for k in set(request) | set(expected) if request.get(k) != expected.get(k))
+        if edited:
+            raise AnchorRequestRefused(f"the request file differs from the request recorded when it was issued, "
+                                       f"in {', '.join(edited)}: it was edited")
+        if expected["public_key"] != self._key.public_key.hex():
+            raise AnchorRequestRefused(f"the request is for the signer key {expected['public_key']}, not "
+                                       f"{self._key.public_key.hex()}")
+        return expected
+
+    def _check_request_current(self, expected: dict) -> Anchor | None:
+        """The request still fits the ledger: a head this ledger signed, larger than the last anchored one, and
+        the coin where the chain of anchors continues now (or the stuck anchor it replaces, still unconfirmed).
+        Returns that stuck anchor, or None."""
+        size, root = expected["tree_size"], bytes.fromhex(expected["root_hash"])
+        head = self._store.load_tree_head(size)
+        if head is None or head.root_hash != root or not verify_tree_head(self._signer.public_key_raw, head):
+            raise AnchorRequestRefused(f"tree size {size} with root {root.hex()[:16]}… is not a head this ledger "
+                                       "signed")
+        anchors = self._anchors()
+        coin = Outpoint(expected["prev_txid"], expected["prev_vout"])
+        if expected["replaces"] is not None:
+            return self._check_replacement(anchors, expected["replaces"], coin, size)
+        in_flight = [a for a in anchors if a.state in policy_rules.IN_FLIGHT_STATES]
+        if in_flight:
+            raise AnchorRequestRefused(f"stale request: anchor {in_flight[-1].txid} (tree size "
+                                       f"{in_flight[-1].tree_size}) was made since; run `anchor psbt` again")
+        chain = [a for a in anchors if a.state not in ("replaced", "abandoned")]
+        if chain and chain[-1].tree_size >= size:
+            raise AnchorRequestRefused(f"stale request: tree size {chain[-1].tree_size} is anchored already "
+                                       f"(by {chain[-1].txid})")
+        if chain and coin != Outpoint(chain[-1].txid, chain[-1].change_vout):
+            raise AnchorRequestRefused(f"stale request: it spends {coin}, but the chain of anchors continues at "
+                                       f"{chain[-1].txid}:{chain[-1].change_vout}")
+        if not chain:
+            self._check_first_coin(coin)
+        return None
+
+    def _check_replacement(self, anchors: list[Anchor], replaced_txid: str, coin: Outpoint, size: int) -> Anchor:
+        stuck = next((a for a in anchors if a.txid == replaced_txid), None)
+        if stuck is None or stuck.state != "broadcast":
+            raise AnchorRequestRefused(f"stale request: the anchor it replaces, {replaced_txid}, is "
+                                       f"{stuck.state if stuck else 'unknown'} now; run `anchor psbt` again")
+        if coin != Outpoint(stuck.prev_txid, stuck.prev_vout) or size < stuck.tree_size:
+            raise AnchorRequestRefused(f"the request does not replace {replaced_txid}: another coin or a smaller "
+                                       "tree")
+        return stuck
+
+    def _check_first_coin(self, coin: Outpoint) -> None:
+        genesis = self._store.load_anchor_genesis()
+        if genesis is not None and coin != genesis:
+            raise AnchorRequestRefused(f"the request spends {coin}, not the anchor genesis {genesis}")
+        if genesis is None and coin not in {Outpoint(c.txid, c.vout) for c in self._backend.utxos(
+                self._key.script_pubkey)}:
+            raise AnchorRequestRefused(f"the request spends {coin}, which is no confirmed unspent coin of "
+                                       f"{self._key.address}")
+
+    def _send_or_refuse(self, anchor: Anchor, tip: int) -> None:
+        """Broadcast a recorded anchor; if the node refuses it, record it as abandoned and say why (every backend:
+        Esplora cannot test-accept, so its broadcast is the first verdict)."""
+        try:
+            self._backend.broadcast(anchor.raw_tx)
+        except BroadcastRejected as error:
+            if self._status(anchor.txid)[0] is None:
+                self._update(anchor, state="abandoned")
+                raise AnchorRefusedByNode(f"{anchor.txid}: the node refused it: {error}; recorded as abandoned "
+                                          "(not broadcast)") from None
+        self._update(anchor, state="broadcast", broadcast_height=tip)

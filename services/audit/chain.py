@@ -52,7 +52,7 @@ def check_anchor_chain(directory: pathlib.Path, facts: dict, backend: ChainBacke
                 "note": "no anchor genesis (none in the bundle, none pinned): the anchors on chain were not looked "
                         "for; pin the genesis of an earlier report with --anchor-genesis TXID:VOUT"}
     try:
-        raws = backend.anchor_chain(genesis)
+        raws = backend.anchor_chain(genesis, _change_scripts(directory))
     except LookupError as error:
         findings.add("chain", audit.GENESIS_WHERE, f"the node does not know the genesis {genesis} ({error}); a "
                                                    "Bitcoin Core node needs -txindex to look transactions up")
@@ -66,6 +66,20 @@ def check_anchor_chain(directory: pathlib.Path, facts: dict, backend: ChainBacke
     rows = audit.check_anchors_on_chain(raws, facts["anchors"], _roots_at(directory, sizes) if sizes else {},
                                         facts["events"], findings)
     return {"genesis": str(genesis), "anchors": rows, "note": ""}
+
+
+def _change_scripts(directory: pathlib.Path) -> list[bytes]:
+    """The scripts the bundle's anchors pay their change to: where the chain of anchors may have moved (wallet
+    rotations). A backend that walks backward from unspent coins needs them; a hidden later move still breaks
+    the walk (a finding)."""
+    scripts, anchors = [], bundle.read_json(directory, bundle.ANCHORS, default=[])
+    for anchor in anchors if isinstance(anchors, list) else []:
+        try:
+            scripts.append(parse_transaction(bytes.fromhex(anchor["raw_tx"])).outputs[anchor["change_vout"]]
+                           .script_pubkey)
+        except (AnchoringError, ValueError, TypeError, KeyError, IndexError):
+            continue  # already a finding of the offline checks
+    return list(dict.fromkeys(scripts))
 
 
 def _roots_at(directory: pathlib.Path, sizes: set[int]) -> dict[int, bytes]:

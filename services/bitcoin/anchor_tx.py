@@ -35,6 +35,7 @@ from ledger.anchoring import (
     change_value_sats, check_fee_cap, compact_size, decode_payload, fee_sats, internal_from_display,
     op_return_script, parse_transaction, sha256d,
 )
+from ledger.limits import KEY_ORIGIN_DEPTH_MAX
 
 # (WIF prefix, bech32 human-readable part) per network.
 NETWORKS = {
@@ -81,6 +82,10 @@ class SignatureInvalid(AnchoringError):
 
 class AnchorKeyError(ValueError):
     pass
+
+
+class KeyOriginInvalid(AnchorKeyError):
+    """Not `FINGERPRINT/PATH` (8 hex digits, then BIP-32 steps such as 84h/1h/0h/0/0)."""
 
 
 class KeyNetworkWrong(AnchorKeyError):
@@ -267,29 +272,34 @@ def _validated_prev(prev: Utxo) -> None:
         raise ValueError(f"value {prev.value_sats!r} must be a positive int of sats")
 
 
-def _unsigned(prev: Utxo, public_key: bytes, payload: bytes, change_sats: int, locktime_height: int) -> Transaction:
+def _unsigned(prev: Utxo, change_public_key: bytes, payload: bytes, change_sats: int,
+              locktime_height: int) -> Transaction:
     txin = TxInput(prev.txid, prev.vout, sequence=ANCHOR_SEQUENCE.to_bytes(4, "little"))
     outputs = [
         TxOutput(0, Script(["OP_RETURN", payload.hex()])),
-        TxOutput(change_sats, Script(["OP_0", hash160(public_key).hex()])),
+        TxOutput(change_sats, Script(["OP_0", hash160(change_public_key).hex()])),
     ]
     return Transaction([txin], outputs, locktime=Locktime(locktime_height).for_transaction(),
                        version=TX_VERSION.to_bytes(4, "little"), has_segwit=True)
 
 
 def _plan(prev: Utxo, public_key: bytes, payload: bytes, fee_rate_sat_per_vb: FeeRate, fee_max_sats: int,
-          locktime_height: int) -> _Plan:
+          locktime_height: int, change_public_key: bytes | None = None) -> _Plan:
+    """The unsigned anchor; its change pays ``change_public_key`` (another key only to move the chain of anchors
+    to a new wallet: docs/FORMATS-anchoring.md §7), else ``public_key``, whose witness it is sized for."""
+    change_public_key = change_public_key or public_key
+    p2wpkh_script_pubkey(change_public_key)
     decode_payload(payload)
     _validated_prev(prev)
     if not isinstance(locktime_height, int) or not 0 <= locktime_height <= LOCKTIME_HEIGHT_MAX:
         raise ValueError(f"locktime height {locktime_height!r} is not a block height")
-    sized = _unsigned(prev, public_key, payload, prev.value_sats, locktime_height)
+    sized = _unsigned(prev, change_public_key, payload, prev.value_sats, locktime_height)
     sized.witnesses = [TxWitnessInput(["00" * DUMMY_SIGNATURE_SIZE_BYTES, public_key.hex()])]
     vsize = parse_transaction(sized.to_bytes(True)).vsize
     fee = fee_sats(vsize, fee_rate_sat_per_vb)
     check_fee_cap(fee, fee_max_sats)
     change = change_value_sats(prev.value_sats, fee, DUST_P2WPKH_SATS)
-    return _Plan(_unsigned(prev, public_key, payload, change, locktime_height), vsize, fee, change)
+    return _Plan(_unsigned(prev, change_public_key, payload, change, locktime_height), vsize, fee, change)
 
 
 def _signing_key(key: "AnchorKey | str") -> PrivateKey:
@@ -300,8 +310,9 @@ def _signing_key(key: "AnchorKey | str") -> PrivateKey:
 
 
 def build_anchor_tx(prev: Utxo, key: "AnchorKey | str", payload: bytes, fee_rate_sat_per_vb: FeeRate,
-                    fee_max_sats: int, locktime_height: int) -> AnchorTx:
-    """Build and sign the anchor spending ``prev`` (a P2WPKH output of ``key``).
+                    fee_max_sats: int, locktime_height: int, change_public_key: bytes | None = None) -> AnchorTx:
+    """Build and sign the anchor spending ``prev`` (a P2WPKH output of ``key``); its change pays ``key`` again,
+    or ``change_public_key`` when the chain of anchors moves to a new wallet.
 
     Refuses with FeeAboveCap or ChangeBelowDust; the result is checked with check_anchor_shape and
     libbitcoinkernel before it is returned. The txid is the hash of the bytes returned.
@@ -309,14 +320,15 @@ def build_anchor_tx(prev: Utxo, key: "AnchorKey | str", payload: bytes, fee_rate
     signing_key = _signing_key(key)
     public_key = bytes.fromhex(signing_key.get_public_key().to_hex(compressed=True))
     script_pubkey = p2wpkh_script_pubkey(public_key)
-    plan = _plan(prev, public_key, payload, fee_rate_sat_per_vb, fee_max_sats, locktime_height)
+    plan = _plan(prev, public_key, payload, fee_rate_sat_per_vb, fee_max_sats, locktime_height, change_public_key)
+    change_script = p2wpkh_script_pubkey(change_public_key or public_key)
     # BIP143 scriptCode of a P2WPKH input is the P2PKH template, not the scriptPubKey.
     script_code = Script(["OP_DUP", "OP_HASH160", hash160(public_key).hex(), "OP_EQUALVERIFY", "OP_CHECKSIG"])
     signature = minimal_der_signature(signing_key.sign_segwit_input(plan.tx, 0, script_code, prev.value_sats))
     plan.tx.witnesses = [TxWitnessInput([signature, public_key.hex()])]
     raw = plan.tx.to_bytes(True)
     parsed = parse_transaction(raw)
-    fee = check_anchor_shape(parsed, prev, payload, script_pubkey, fee_max_sats)
+    fee = check_anchor_shape(parsed, prev, payload, change_script, fee_max_sats)
     assert fee == plan.fee_sats and parsed.vsize <= plan.vsize, (fee, parsed.vsize, plan)
     if not verify_p2wpkh_input(raw, script_pubkey, prev.value_sats):
         raise SignatureInvalid(f"{parsed.txid}: the signature does not verify; is the UTXO paying this key?")
@@ -373,37 +385,94 @@ def _prev_tx_checked(prev: Utxo, prev_tx_raw: bytes, script_pubkey: bytes) -> Tr
     return prev_tx
 
 
+@dataclass(frozen=True)
+class KeyOrigin:
+    """Where an HD signer finds a key: its root's BIP-32 fingerprint and the derivation path (BIP-174
+    PSBT_IN_BIP32_DERIVATION / PSBT_OUT_BIP32_DERIVATION)."""
+
+    fingerprint: bytes                 # 4 bytes: the first 4 bytes of HASH160 of the root public key
+    path: tuple[int, ...]              # hardened steps have bit 31 set
+
+    def __str__(self) -> str:
+        steps = (f"{i & 0x7FFFFFFF}h" if i & 0x80000000 else str(i) for i in self.path)
+        return "/".join([self.fingerprint.hex(), *steps])
+
+
+def parse_key_origin(text: str) -> KeyOrigin:
+    """`FINGERPRINT/PATH` as in a descriptor's key origin (`d34db33f/84h/1h/0h/0/0`; `'` for `h` and the
+    surrounding brackets are accepted) -> KeyOrigin; KeyOriginInvalid for anything else."""
+    parts = text.strip().strip("[]").split("/") if isinstance(text, str) else [""]
+    fingerprint, steps = parts[0], parts[1:]
+    if len(fingerprint) != 8 or not all(c in "0123456789abcdefABCDEF" for c in fingerprint):
+        raise KeyOriginInvalid(f"{text!r}: the fingerprint must be 8 hex digits (FINGERPRINT/PATH)")
+    if len(steps) > KEY_ORIGIN_DEPTH_MAX:
+        raise KeyOriginInvalid(f"{text!r}: a path is at most {KEY_ORIGIN_DEPTH_MAX} steps")
+    return KeyOrigin(bytes.fromhex(fingerprint), tuple(_path_step(text, step) for step in steps))
+
+
+def _path_step(text: str, step: str) -> int:
+    hardened = step[-1:] in ("h", "H", "'")
+    number = step[:-1] if hardened else step
+    if not number.isdigit() or len(number) > 10 or int(number) >= 0x80000000:
+        raise KeyOriginInvalid(f"{text!r}: {step!r} is not a BIP-32 step (0 to 2^31-1, `h` for hardened)")
+    return int(number) | (0x80000000 if hardened else 0)
+
+
 def build_anchor_psbt(prev: Utxo, key: "AnchorKey | bytes", payload: bytes, fee_rate_sat_per_vb: FeeRate,
-                      fee_max_sats: int, locktime_height: int, prev_tx_raw: bytes | None = None) -> str:
+                      fee_max_sats: int, locktime_height: int, prev_tx_raw: bytes | None = None, *,
+                      key_origin: KeyOrigin | None = None, change_public_key: bytes | None = None,
+                      change_key_origin: KeyOrigin | None = None) -> str:
     """The unsigned anchor as a base64 PSBT (BIP174 v0) with witness_utxo, and non_witness_utxo when the
     previous transaction is given (hardware signers need it against the segwit-v0 fee lie).
 
-    ``key`` is an AnchorKey or just the 33-byte compressed public key of the external signer.
+    ``key`` is an AnchorKey or just the 33-byte compressed public key of the external signer. With
+    ``key_origin`` the input (and the change, when it pays the same key) carries the BIP-32 derivation, so a
+    signer holding only an HD root finds the key. ``change_public_key`` moves the chain to a new wallet.
     """
     public_key = _public_key_of(key)
     script_pubkey = p2wpkh_script_pubkey(public_key)
-    plan = _plan(prev, public_key, payload, fee_rate_sat_per_vb, fee_max_sats, locktime_height)
+    change_public_key = change_public_key or public_key
+    plan = _plan(prev, public_key, payload, fee_rate_sat_per_vb, fee_max_sats, locktime_height, change_public_key)
     psbt = PSBT(plan.tx)
     psbt.update_input(
         0,
         witness_utxo=TxOutput(prev.value_sats, Script(["OP_0", script_pubkey[2:].hex()])),
         non_witness_utxo=None if prev_tx_raw is None else _prev_tx_checked(prev, prev_tx_raw, script_pubkey),
+        bip32_derivs=None if key_origin is None else {public_key: (key_origin.fingerprint, list(key_origin.path))},
     )
+    if change_public_key == public_key:
+        change_key_origin = change_key_origin or key_origin
+    if change_key_origin is not None:
+        psbt.update_output(1, bip32_derivs={change_public_key: (change_key_origin.fingerprint,
+                                                                list(change_key_origin.path))})
     encoded = psbt.to_bytes()
     unsigned = psbt_unsigned_tx(encoded)
-    check_anchor_shape(parse_transaction(unsigned), prev, payload, script_pubkey, fee_max_sats)
+    check_anchor_shape(parse_transaction(unsigned), prev, payload, p2wpkh_script_pubkey(change_public_key),
+                       fee_max_sats)
     assert unsigned == plan.tx.to_bytes(False), "bitcoin-utils changed the unsigned transaction"
     return base64.b64encode(encoded).decode("ascii")
 
 
-def _decode_b64(text: str) -> bytes:
+def _decode_b64(text: "str | bytes") -> bytes:
+    if len(text) > PSBT_SIZE_MAX_BYTES * 4 // 3 + 4:
+        raise PsbtMalformed(f"PSBT larger than {PSBT_SIZE_MAX_BYTES} bytes")
     try:
-        data = base64.b64decode(text, validate=True)
+        data = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError) as error:
         raise PsbtMalformed(f"not base64: {error}") from None
     if len(data) > PSBT_SIZE_MAX_BYTES:
         raise PsbtMalformed(f"PSBT larger than {PSBT_SIZE_MAX_BYTES} bytes")
     return data
+
+
+def read_psbt(data: "bytes | str") -> bytes:
+    """A PSBT in either form signers write: binary (BIP-174's file form, starting `psbt` 0xff) or base64 text.
+    Returns the binary form; PsbtMalformed for anything else."""
+    if isinstance(data, bytes) and data.startswith(b"psbt\xff"):
+        if len(data) > PSBT_SIZE_MAX_BYTES:
+            raise PsbtMalformed(f"PSBT larger than {PSBT_SIZE_MAX_BYTES} bytes")
+        return data
+    return _decode_b64(data)
 
 
 def psbt_unsigned_tx(psbt: bytes) -> bytes:
@@ -456,20 +525,22 @@ def _with_witness(unsigned: bytes, stack: list[bytes]) -> bytes:
     return unsigned[:4] + b"\x00\x01" + unsigned[4:-4] + witness + unsigned[-4:]
 
 
-def finalize_signed_psbt(signed_b64: str, *, unsigned_b64: str, prev: Utxo, payload: bytes,
-                         script_pubkey: bytes, fee_max_sats: int) -> bytes:
-    """The broadcastable anchor from a PSBT an external signer returned, or a named refusal.
+def finalize_signed_psbt(signed_psbt: "str | bytes", *, unsigned_b64: str, prev: Utxo, payload: bytes,
+                         script_pubkey: bytes, fee_max_sats: int, change_script_pubkey: bytes | None = None) -> bytes:
+    """The broadcastable anchor from a PSBT an external signer returned (binary or base64), or a named refusal.
 
     The signer must return exactly the unsigned transaction of ``unsigned_b64`` (what we built); that
-    transaction must be the anchor of ``payload`` spending ``prev`` with change to ``script_pubkey`` and a
-    fee within the cap; the witness must be a SIGHASH_ALL signature that Core's consensus code accepts.
+    transaction must be the anchor of ``payload`` spending ``prev`` (an output of ``script_pubkey``) with change
+    to ``change_script_pubkey`` (default: the same script) and a fee within the cap; the witness must be a
+    SIGHASH_ALL signature that Core's consensus code accepts.
     The raw transaction is assembled here from those checked bytes, never re-serialised from a parse.
     """
     unsigned = psbt_unsigned_tx(_decode_b64(unsigned_b64))
-    signed = _decode_b64(signed_b64)
+    signed = read_psbt(signed_psbt)
     if psbt_unsigned_tx(signed) != unsigned:
         raise SignedPsbtChanged("the signer returned a different unsigned transaction")
-    check_anchor_shape(parse_transaction(unsigned), prev, payload, script_pubkey, fee_max_sats)
+    check_anchor_shape(parse_transaction(unsigned), prev, payload, change_script_pubkey or script_pubkey,
+                       fee_max_sats)
     raw = _with_witness(unsigned, _signed_witness(signed, script_pubkey))
     parsed = parse_transaction(raw)
     assert parsed.no_witness == unsigned, "witness assembly changed the transaction"

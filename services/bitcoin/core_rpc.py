@@ -17,6 +17,7 @@ import pathlib
 import urllib.error
 import urllib.request
 from decimal import Decimal
+from typing import Sequence
 
 from ledger.anchoring import (Outpoint, Utxo, display_hex, parse_transaction, script_of_outpoint, sha256d,
                               trace_anchor_chain)
@@ -164,11 +165,13 @@ class CoreRpcClient:
                       if not u.get("coinbase") or scan["height"] - u["height"] + 1 >= COINBASE_MATURITY_BLOCKS]
         return found
 
-    def anchor_chain(self, genesis: Outpoint) -> list[bytes]:
-        """Core lists no spenders: from the coins unspent now at the genesis's address (scantxoutset) back through
-        each transaction's input (getrawtransaction; a node with -txindex) to the genesis."""
+    def anchor_chain(self, genesis: Outpoint, moved_to: Sequence[bytes] = ()) -> list[bytes]:
+        """Core lists no spenders: from the coins unspent now at the genesis's address and at the addresses the
+        chain may have moved to (scantxoutset) back through each transaction's input (getrawtransaction; a node
+        with -txindex) to the genesis."""
         script = script_of_outpoint(genesis, self.raw_transaction(genesis.txid))
-        unspent = [Outpoint(coin.txid, coin.vout) for coin in self.utxos(script)]
+        scripts = list(dict.fromkeys([script, *moved_to]))
+        unspent = [Outpoint(coin.txid, coin.vout) for s in scripts for coin in self.utxos(s)]
         return trace_anchor_chain(genesis, script, unspent, self.raw_transaction)
 
 

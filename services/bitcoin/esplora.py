@@ -14,6 +14,7 @@ import re
 import urllib.error
 import urllib.request
 from decimal import Decimal
+from typing import Sequence
 
 from ledger.anchoring import (Outpoint, Utxo, display_hex, follow_anchor_chain, parse_transaction, script_of_outpoint,
                               sha256d)
@@ -147,7 +148,7 @@ class EsploraClient:
             raise OSError(f"Esplora's outspend of {outpoint} names no txid: {answer!r:.100}")
         return txid
 
-    def anchor_chain(self, genesis: Outpoint) -> list[bytes]:
+    def anchor_chain(self, genesis: Outpoint, moved_to: Sequence[bytes] = ()) -> list[bytes]:
         """Forward from the genesis through each output's confirmed spender (outspend)."""
         script = script_of_outpoint(genesis, self.raw_transaction(genesis.txid))
         return follow_anchor_chain(genesis, script, self.outspend, self.raw_transaction)

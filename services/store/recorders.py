@@ -10,6 +10,7 @@ library's EXCLUSIVE lock on the events table, so commit order = position order):
   tree_heads(tree_size, ...)          signed tree heads
   anchors(anchor_id, ...)             Bitcoin anchor transactions (written by the anchor worker)
   anchor_genesis(txid, vout)          the anchor wallet's first funding coin, recorded once
+  anchor_request(request, ...)        the one outstanding PSBT request for an external anchor signer
 The recorders also implement ledger.application.LogStore.
 """
 
@@ -61,9 +62,11 @@ SIDE_TABLES = (
     "CREATE TABLE IF NOT EXISTS {store_format} (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS {anchor_genesis} (id INTEGER PRIMARY KEY CHECK (id = 1), txid TEXT NOT NULL, "
     "vout BIGINT NOT NULL, recorded_us BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {anchor_request} (id INTEGER PRIMARY KEY CHECK (id = 1), request TEXT NOT NULL, "
+    "tree_size BIGINT NOT NULL, issued_us BIGINT NOT NULL)",
 )
 TABLES = ("ledger_log", "merkle_nodes", "projections", "checkpoints", "state_seals", "tree_heads", "anchors",
-          "store_format", "anchor_genesis")
+          "store_format", "anchor_genesis", "anchor_request")
 INDEXES = ("ledger_log_time_us",)
 # One column per field of ledger.anchors.Anchor (the CREATE TABLE above must name the same columns).
 ANCHOR_COLUMNS = ANCHOR_FIELDS
@@ -228,14 +231,15 @@ class _LedgerTables:
 
     def _sign_commit(self, cursor, size_before: int, leaves: list[bytes]) -> None:
         """The commit's signed head, in its own transaction; the head it supersedes is pruned unless kept
-        (services/store/signing.py) or an anchor commits to it."""
+        (services/store/signing.py), an anchor commits to it or the outstanding PSBT request names it."""
         head, pruned_size = self.commit_signer.sign_commit(_CommitLog(self, cursor), size_before, leaves)
         self._execute(cursor, "INSERT INTO {tree_heads} (tree_size, root_hash, timestamp_us, signature, key_id) "
                               "VALUES (?, ?, ?, ?, ?)",
                       (head.tree_size, head.root_hash, head.timestamp_us, head.signature, head.key_id))
         if pruned_size is not None:
             self._execute(cursor, "DELETE FROM {tree_heads} WHERE tree_size = ? AND NOT EXISTS "
-                                  "(SELECT 1 FROM {anchors} a WHERE a.tree_size = {tree_heads}.tree_size)",
+                                  "(SELECT 1 FROM {anchors} a WHERE a.tree_size = {tree_heads}.tree_size) AND NOT EXISTS "
+                                  "(SELECT 1 FROM {anchor_request} r WHERE r.tree_size = {tree_heads}.tree_size)",
                           (pruned_size,))
 
     def _nodes(self, cursor, keys) -> dict:
@@ -400,6 +404,23 @@ class _LedgerTables:
     def load_anchor_genesis(self) -> Outpoint | None:
         row = self._read_one("SELECT txid, vout FROM {anchor_genesis} WHERE id = 1")
         return None if row is None else Outpoint(row["txid"], row["vout"])
+
+    # --- the outstanding PSBT request (docs/FORMATS-anchoring.md §7): at most one, the newest issued -----
+
+    def record_anchor_request(self, request_text: str, tree_size: int, issued_us: int) -> None:
+        """Make this request the outstanding one (any earlier request is no longer accepted). The signed head
+        at `tree_size` is kept while the request is outstanding (the submit checks the request against it)."""
+        self._write("INSERT INTO {anchor_request} (id, request, tree_size, issued_us) VALUES (1, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET request = excluded.request, tree_size = excluded.tree_size, "
+                    "issued_us = excluded.issued_us", (request_text, tree_size, issued_us))
+
+    def load_anchor_request(self) -> tuple[str, int] | None:
+        """(request text, issued_us) of the outstanding request; None when none is."""
+        row = self._read_one("SELECT request, issued_us FROM {anchor_request} WHERE id = 1")
+        return None if row is None else (row["request"], row["issued_us"])
+
+    def clear_anchor_request(self) -> None:
+        self._write("DELETE FROM {anchor_request} WHERE id = 1", ())
 
     # --- raw reads for `reserve-ledger verify` (no trust in any derived table) --------------------------
 

@@ -100,3 +100,14 @@ def test_sqlite_store_is_stamped_with_its_format(tmp_path):
         assert app.recorder._read_one("SELECT value FROM {store_format}")["value"] == "canonical-bytes-v1"
     finally:
         app.close()
+
+
+def test_one_psbt_request_is_outstanding_at_a_time(ledger):
+    """Issuing a request replaces the outstanding one (on both backends); submitting clears it."""
+    store = ledger.store
+    assert store.load_anchor_request() is None
+    store.record_anchor_request('{"txid": "a"}', 5, 1_000)
+    store.record_anchor_request('{"txid": "b"}', 7, 2_000)
+    assert store.load_anchor_request() == ('{"txid": "b"}', 2_000)
+    store.clear_anchor_request()
+    assert store.load_anchor_request() is None

@@ -568,3 +568,63 @@ def test_minimal_der_strips_only_needless_zero_bytes_and_refuses_what_is_not_der
     for broken in ("", "01", minimal[:-10] + "01", "31" + minimal[2:], padded.replace("3044", "3045", 1)):
         with pytest.raises(ValueError):
             at.minimal_der_signature(broken)
+
+
+def test_a_signed_psbt_reads_the_same_in_binary_and_in_base64(key, funded):
+    """BIP-174's file form (binary) and base64 give the same transaction; anything else is PsbtMalformed."""
+    first, prev = funded
+    unsigned = at.build_anchor_psbt(prev, key.public_key, PAYLOAD, 1, 10_000, 201, prev_tx_raw=first.raw)
+    signed_b64 = _signed(unsigned, key.signing_key)
+    binary = base64.b64decode(signed_b64)
+    assert _finalize(binary, unsigned, prev, key) == _finalize(signed_b64, unsigned, prev, key) == \
+        _finalize(signed_b64.encode() + b"\n", unsigned, prev, key)
+    for garbage in (b"\xff\xfe", "not base64!", binary[:-3]):
+        with pytest.raises(at.PsbtMalformed):
+            _finalize(garbage, unsigned, prev, key)
+
+
+@pytest.mark.parametrize("text, fingerprint, path", [
+    ("d34db33f/84h/1h/0h/0/7", "d34db33f", (84 | 2**31, 1 | 2**31, 2**31, 0, 7)),
+    ("[D34DB33F/84'/0]", "d34db33f", (84 | 2**31, 0)),
+    ("00000000", "00000000", ()),
+])
+def test_key_origins_parse_as_descriptors_write_them(text, fingerprint, path):
+    origin = at.parse_key_origin(text)
+    assert (origin.fingerprint.hex(), origin.path) == (fingerprint, path)
+    assert at.parse_key_origin(str(origin)) == origin
+
+
+@pytest.mark.parametrize("text", ["d34db33", "d34db33g/1", "d34db33f/", "d34db33f/1x", "d34db33f/2147483648",
+                                  "d34db33f/-1", "d34db33f" + "/0" * 256, ""])
+def test_malformed_key_origins_are_refused(text):
+    with pytest.raises(at.KeyOriginInvalid):
+        at.parse_key_origin(text)
+
+
+def test_the_key_origin_is_on_the_input_and_on_the_change(key, funded):
+    """PSBT_IN_BIP32_DERIVATION (0x06) and PSBT_OUT_BIP32_DERIVATION (0x02), keyed by the public key, valued
+    fingerprint || path as little-endian uint32s (BIP-174)."""
+    first, prev = funded
+    origin = at.parse_key_origin("d34db33f/84h/1h/0h/0/7")
+    psbt = PSBT.from_base64(at.build_anchor_psbt(prev, key.public_key, PAYLOAD, 1, 10_000, 201, first.raw,
+                                                 key_origin=origin))
+    expected = {key.public_key: (origin.fingerprint, list(origin.path))}
+    assert psbt.inputs[0].bip32_derivs == expected and psbt.outputs[1].bip32_derivs == expected
+    assert psbt.outputs[0].bip32_derivs == {}
+
+
+def test_a_rotation_anchor_pays_its_change_to_the_new_key_and_nothing_else_passes_for_it(key, funded):
+    """The old key signs, the change pays the new key; checked against our own change script, a PSBT paying the
+    change elsewhere is refused."""
+    first, prev = funded
+    new = at.AnchorKey(hashlib.sha256(b"new anchor key").digest(), "regtest")
+    unsigned = at.build_anchor_psbt(prev, key.public_key, PAYLOAD, 1, 10_000, 201, first.raw,
+                                    change_public_key=new.public_key)
+    signed = _signed(unsigned, key.signing_key)
+    raw = at.finalize_signed_psbt(signed, unsigned_b64=unsigned, prev=prev, payload=PAYLOAD,
+                                  script_pubkey=key.script_pubkey, fee_max_sats=10_000,
+                                  change_script_pubkey=new.script_pubkey)
+    assert an.parse_transaction(raw).outputs[1].script_pubkey == new.script_pubkey
+    assert an.continuation(an.parse_transaction(raw), key.script_pubkey) == (1, new.script_pubkey)
+    with pytest.raises(at.AnchorTxUnexpected):
+        _finalize(signed, unsigned, prev, key)  # expecting the change back to the old key

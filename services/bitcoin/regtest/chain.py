@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from decimal import Decimal
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import pbk
 
@@ -424,7 +424,7 @@ class RegtestChain:
                 raise LookupError(f"No such blockchain transaction: {outpoint.txid}")
             return self._view.spenders.get((outpoint.txid, outpoint.vout))
 
-    def anchor_chain(self, genesis: Outpoint) -> list[bytes]:
+    def anchor_chain(self, genesis: Outpoint, moved_to: Sequence[bytes] = ()) -> list[bytes]:
         with self._locked():
             script = script_of_outpoint(genesis, self.raw_transaction(genesis.txid))
             return follow_anchor_chain(genesis, script, self.outspend, self.raw_transaction)
