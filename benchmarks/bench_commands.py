@@ -28,7 +28,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests
 from reserve_ledger.v1 import ledger_pb2 as pb
 from services.api.certs import init_certs
 from services.api.client import ledger_stub, secure_channel
-from services.api.server import WORKER_THREADS, server_credentials
+from services.api.server import server_credentials
+from services.compose import CALL_THREADS
 from tests.e2e.processes import free_port, start_server
 
 ECHO_METHOD = "/bench.Echo/Echo"
@@ -39,7 +40,7 @@ def serve_echo(port: int, certs_dir: str) -> None:
     """The echo server: one unary method that returns its request bytes, nothing else."""
     handler = grpc.method_handlers_generic_handler("bench.Echo", {
         "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)})
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKER_THREADS), handlers=[handler],
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=CALL_THREADS), handlers=[handler],
                          options=[("grpc.so_reuseport", 0)])
     server.add_secure_port(f"127.0.0.1:{port}", server_credentials(certs_dir))
     server.start()

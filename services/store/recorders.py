@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
-from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore, SQLiteFactory
 from psycopg import sql
 
 from ledger import merkle
@@ -69,6 +69,19 @@ INDEXES = ("ledger_log_time_us",)
 ANCHOR_COLUMNS = ANCHOR_FIELDS
 COMPILED_STATEMENTS_MAX = 1024
 SQLITE_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SizedSQLiteFactory(SQLiteFactory):
+    """eventsourcing's SQLite factory with a pool of SQLITE_POOL_SIZE connections (services/store/config.py
+    sized_pool): the library reads no pool size from its environment on SQLite."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        size = int(self.env.get("SQLITE_POOL_SIZE"))
+        built = self.datastore
+        self.datastore = SQLiteDatastore(
+            db_name=built.pool.db_name, lock_timeout=built.pool.lock_timeout, pool_size=size, max_overflow=0,
+            single_row_tracking=built.single_row_tracking, originator_id_type=built.originator_id_type)
 
 
 class MerkleNodeMissing(RuntimeError):
