@@ -118,6 +118,8 @@ class LedgerServer:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
 
     def _close_loop(self) -> None:
+        """Cancel what still runs on the loop (waits of streams the server stop cut), then stop it."""
+        self._in_loop(_cancel_other_tasks())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join()
         self._loop.close()
@@ -306,6 +308,13 @@ class LedgerServer:
     def wait(self) -> None:
         """Until stop() has finished (from a signal handler or another thread)."""
         self._stopped.wait()
+
+
+async def _cancel_other_tasks() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class AnchorSchedule:

@@ -32,6 +32,11 @@ class StreamSlots:
                                          "retry later")
             self._open[identity] = mine + 1
 
+    def open_count(self, identity: str | None = None) -> int:
+        """Streams open now, for one identity or (None) in all."""
+        with self._lock:
+            return self._open.get(identity, 0) if identity is not None else sum(self._open.values())
+
     def release(self, identity: str) -> None:
         with self._lock:
             self._open[identity] -= 1
