@@ -48,6 +48,7 @@ AUDIT_SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_
 # (the service still answers, from a replay; the WARNING log names the row). grpc.health carries no detail.
 SAVED_STATES_HEALTH_NAME = "reserve_ledger.v1.SavedStates"
 HEALTH_SET_TIMEOUT_S = 10.0
+STORE_PROBLEM_CHARS_MAX = 200
 SYSTEM_CALLER = Caller("system", "system")
 WRITES_HEALTH_NAME = "reserve_ledger.v1.ReserveLedgerService.writes"   # NOT_SERVING while the store refuses writes
 WORKER_HEALTH_PREFIX = "reserve_ledger.worker."                        # + expiry, tree-heads, anchors, store-probe
@@ -222,6 +223,7 @@ class LedgerServer:
 
     def _probe_writes_if_down(self) -> None:
         if not self.writes_serving:
+            self.ledger.store.reopen_connections()  # one opened while the store was read-only stays read-only
             self.ledger.store.probe_write(self._clock_us())
             self._writes_recovered()
 
@@ -239,7 +241,7 @@ class LedgerServer:
 
     def _writes_failed(self, error: BaseException) -> None:
         incident = self.faults.record("store writes", error)
-        self.writes_problem = f"the store refuses writes: {type(error).__name__} (incident {incident})"
+        self.writes_problem = f"the store refuses writes: {store_problem(error)} (incident {incident})"
         if self.writes_serving:
             self.writes_serving = False
             log.warning("writes NOT_SERVING: %s", self.writes_problem)
@@ -315,6 +317,15 @@ async def _cancel_other_tasks() -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def store_problem(error: BaseException) -> str:
+    """The store's own words for a failure, for the operator's log (never sent to clients): the first line of the
+    innermost error, e.g. 'attempt to write a readonly database', 'permission denied for table ...'."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:STORE_PROBLEM_CHARS_MAX] if lines else '(no message)'}"
 
 
 class AnchorSchedule:
