@@ -12,6 +12,7 @@ method runs through the one adapter in services/api/calls.py (a sync method in t
 async generator), so an open stream holds no thread. Streams count against per-identity and total caps.
 """
 
+import asyncio
 import logging
 import time
 
@@ -67,6 +68,9 @@ class _Guard:
         try:
             call = calls.CallContext(context)
             return await calls.run_unary(self.handler.unary_unary, self.admit(raw, call)[1], call)
+        except asyncio.CancelledError:  # the caller went away (cancel, deadline) or the server stopped
+            outcome = "CANCELLED"
+            raise
         except Exception as error:  # noqa: BLE001 - every failure becomes a documented status below
             status = self.status_of(error)
             outcome = code_pb2.Code.Name(status.code)
