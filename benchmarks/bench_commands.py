@@ -2,16 +2,20 @@
 
     python benchmarks/bench_commands.py [--clients 16] [--seconds 20] [--database URL]
 
-Starts two real servers as child processes on loopback, both with mTLS and the same worker pool:
+Starts real servers as child processes on loopback, all with mTLS:
   * `reserve-ledger serve` on a fresh SQLite data dir (or the given PostgreSQL database);
-  * an echo server (`python benchmarks/bench_commands.py echo-server ...`) whose one unary method returns
-    its request: the ceiling this machine's gRPC stack allows.
+  * an echo server (`python benchmarks/bench_commands.py echo-server PORT CERTS aio`) on the ledger's own
+    stack: grpc.aio with a plain sync handler that returns its request, run in a pool of the same size as
+    the ledger's call pool: the ceiling this server model allows on this machine (the ratio's baseline);
+  * for reference, the same echo on gRPC's sync server (`... sync`, a thread pool of the same size), the
+    model the ledger used before it moved to grpc.aio (`--no-sync-echo` skips it).
 Then N client threads (one channel each) send RecordPurchase commands (each one a durable event, acknowledged
 only after its commit) for the given time, and the same number of threads send requests of the same size to
-the echo server. Prints calls/s, p50 and p99 latency for both, and the ratio ledger / echo.
+each echo server in turn. Prints calls/s, p50 and p99 latency for each, and the ratio ledger / echo (aio).
 """
 
 import argparse
+import asyncio
 import pathlib
 import statistics
 import subprocess
@@ -28,18 +32,25 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests
 from reserve_ledger.v1 import ledger_pb2 as pb
 from services.api.certs import init_certs
 from services.api.client import ledger_stub, secure_channel
-from services.api.server import WORKER_THREADS, server_credentials
+from services.api.server import server_credentials
+from services.compose import CALL_THREADS
 from tests.e2e.processes import free_port, start_server
 
 ECHO_METHOD = "/bench.Echo/Echo"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def serve_echo(port: int, certs_dir: str) -> None:
-    """The echo server: one unary method that returns its request bytes, nothing else."""
-    handler = grpc.method_handlers_generic_handler("bench.Echo", {
+def _echo_handler():
+    """One unary method that returns its request bytes, nothing else (a plain sync function)."""
+    return grpc.method_handlers_generic_handler("bench.Echo", {
         "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)})
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKER_THREADS), handlers=[handler],
+
+
+def serve_echo(port: int, certs_dir: str, stack: str) -> None:
+    if stack == "aio":
+        asyncio.run(_serve_echo_aio(port, certs_dir))
+        return
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=CALL_THREADS), handlers=[_echo_handler()],
                          options=[("grpc.so_reuseport", 0)])
     server.add_secure_port(f"127.0.0.1:{port}", server_credentials(certs_dir))
     server.start()
@@ -47,9 +58,19 @@ def serve_echo(port: int, certs_dir: str) -> None:
     server.wait_for_termination()
 
 
-def start_echo(certs_dir: str) -> tuple[subprocess.Popen, str]:
+async def _serve_echo_aio(port: int, certs_dir: str) -> None:
+    """grpc.aio runs the sync handler in its migration pool: the same hop as the ledger's call pool."""
+    server = grpc.aio.server(futures.ThreadPoolExecutor(max_workers=CALL_THREADS), handlers=[_echo_handler()],
+                             options=[("grpc.so_reuseport", 0)])
+    server.add_secure_port(f"127.0.0.1:{port}", server_credentials(certs_dir))
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+def start_echo(certs_dir: str, stack: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, "echo-server", str(port), certs_dir],
+    process = subprocess.Popen([sys.executable, __file__, "echo-server", str(port), certs_dir, stack],
                                stdout=subprocess.PIPE, cwd=ROOT)
     if process.stdout.readline().strip() != b"ready":
         raise RuntimeError("echo server did not start")
@@ -97,7 +118,7 @@ def measure(args) -> float:
         init_certs(certs_dir)
     data_dir = tempfile.mkdtemp(prefix="bench-data-")
     ledger_process, ledger_address = start_server(certs_dir, data_dir, args.database)
-    echo_process, echo_address = start_echo(certs_dir)
+    processes, echo_latencies = [ledger_process], {}
     try:
         stubs = [ledger_stub(ledger_address, certs_dir, "alice") for _ in range(args.clients)]
         for account in range(4):
@@ -105,33 +126,43 @@ def measure(args) -> float:
                 request_id=f"open-bench-{account}-{time.time_ns()}", account_id=f"bench-{account}",
                 kind=pb.ACCOUNT_KIND_COLD, custodian="Bench Custody", wallet_label="bench",
                 quorum=pb.Quorum(required=2, total=3)), timeout=10)
-        echo_calls = [secure_channel(echo_address, certs_dir, "alice").unary_unary(ECHO_METHOD)
-                      for _ in range(args.clients)]
-        payload = purchase_request(0, 0).SerializeToString()
         ledger_latencies = run_clients(lambda c, n: stubs[c].RecordPurchase(purchase_request(c, n), timeout=30),
                                        args.clients, args.seconds)
-        echo_latencies = run_clients(lambda c, n: echo_calls[c](payload, timeout=30), args.clients, args.seconds)
+        for stack in ("aio", "sync") if args.sync_echo else ("aio",):
+            echo_process, echo_address = start_echo(certs_dir, stack)
+            processes.append(echo_process)
+            echo_latencies[stack] = run_echo(echo_address, certs_dir, args)
     finally:
-        for process in (ledger_process, echo_process):
+        for process in processes:
             process.terminate()
             process.wait(timeout=30)
     print(f"{args.clients} concurrent clients, {args.seconds:.0f} s each, mTLS on loopback")
     ledger_rate = summary("ledger RecordPurchase", ledger_latencies, args.seconds)
-    echo_rate = summary("echo (same request bytes)", echo_latencies, args.seconds)
+    echo_rate = summary("echo, grpc.aio (same bytes)", echo_latencies["aio"], args.seconds)
+    if "sync" in echo_latencies:
+        summary("echo, sync server (reference)", echo_latencies["sync"], args.seconds)
     ratio = ledger_rate / echo_rate
-    print(f"ledger / echo: {ratio:.2f}")
+    print(f"ledger / echo: {ratio:.2f} (echo on grpc.aio, the ledger's own stack)")
     return ratio
+
+
+def run_echo(address: str, certs_dir: str, args) -> list[float]:
+    calls = [secure_channel(address, certs_dir, "alice").unary_unary(ECHO_METHOD) for _ in range(args.clients)]
+    payload = purchase_request(0, 0).SerializeToString()
+    return run_clients(lambda c, n: calls[c](payload, timeout=30), args.clients, args.seconds)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "echo-server":
-        serve_echo(int(sys.argv[2]), sys.argv[3])
+        serve_echo(int(sys.argv[2]), sys.argv[3], sys.argv[4])
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--database", help="PostgreSQL URL (default: SQLite in a temporary data dir)")
     parser.add_argument("--certs", help="existing certs dir (default: a fresh development CA)")
+    parser.add_argument("--no-sync-echo", dest="sync_echo", action="store_false",
+                        help="skip the reference echo on gRPC's sync server")
     measure(parser.parse_args())
 
 

@@ -20,7 +20,8 @@ from ledger.rules import Policy
 from ledger.tree_heads import raw_public_key
 from services.bitcoin.backends import check_spec, open_backend
 from services.errors import ConfigurationInvalid, NothingStoredHere
-from services.store.config import SQLITE_FILE_NAME, postgres_env, sqlite_env
+from services.api.streams import STREAMS_PER_IDENTITY_MAX, STREAMS_TOTAL_MAX
+from services.store.config import SQLITE_FILE_NAME, postgres_env, sized_pool, sqlite_env
 from services.store.seals import StateProofs
 from services.store.signing import (SIGNING_KEY_FILE_NAME, TREE_HEAD_KEEP_EVERY_EVENTS, TreeHeadSigner,
                                     load_or_create_signing_key)
@@ -31,6 +32,10 @@ NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 POSTGRES_PROBE_TIMEOUT_S = 5
 CERT_FILES = ("ca.pem", "server.pem", "server.key")
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+CALL_THREADS = 32
+CALL_THREADS_MAX = 512
+# Store connections beyond the call threads: the command writer, the supervised workers, a metrics scrape.
+BACKGROUND_CONNECTIONS = 6
 
 
 def clock_us() -> int:
@@ -111,9 +116,11 @@ def _postgres_holds_ledger(env: dict) -> bool:
 
 
 def open_ledger(storage: StorageConfig, *, create: bool = False, policy: Policy = Policy(),
-                backoff=lambda attempt: None, proofs=None, repair: bool = False) -> ReserveLedger:
+                backoff=lambda attempt: None, proofs=None, repair: bool = False,
+                connections_max: int | None = None) -> ReserveLedger:
     """The ledger on this storage; an existing one unless `create`. `proofs` (sealing_proofs or
-    checking_proofs) decides which saved states it may use; `repair` replaces the unproven ones."""
+    checking_proofs) decides which saved states it may use; `repair` replaces the unproven ones;
+    `connections_max` sizes the store's connection pool (the library's default otherwise)."""
     if create:
         env = storage.env()
         if storage.database_url:
@@ -123,6 +130,8 @@ def open_ledger(storage: StorageConfig, *, create: bool = False, policy: Policy 
     else:
         check_store_exists(storage)
         env = storage.env()
+    if connections_max is not None:
+        env = sized_pool(env, connections_max)
     return ReserveLedger(env, policy, backoff, proofs, repair)
 
 
@@ -259,6 +268,11 @@ class ServerConfig:
                                          "tip and reads each new block (alerts within one block)")
     metrics_listen: str | None = _setting(DEFAULT_METRICS_LISTEN, "HOST:PORT of the Prometheus metrics endpoint "
                                           "(GET /metrics; 'off' to disable)")
+    call_threads: int = _setting(CALL_THREADS, "threads that run the RPC handlers' blocking work (the store's "
+                                 "connection pool is sized to match); open streams hold none")
+    streams_per_identity_max: int = _setting(STREAMS_PER_IDENTITY_MAX, "open server streams per identity; more "
+                                             "are refused with RESOURCE_EXHAUSTED")
+    streams_total_max: int = _setting(STREAMS_TOTAL_MAX, "open server streams in all")
 
     @property
     def storage(self) -> StorageConfig:
@@ -304,6 +318,10 @@ def check_server_config(config: ServerConfig) -> None:
         raise ConfigurationInvalid("--monitor-interval-s must be more than 0")
     if not config.tree_head_keep_every_events >= 1:
         raise ConfigurationInvalid("--tree-head-keep-every-events must be at least 1")
+    if not 1 <= config.call_threads <= CALL_THREADS_MAX:
+        raise ConfigurationInvalid(f"--call-threads must be 1..{CALL_THREADS_MAX}")
+    if not 1 <= config.streams_per_identity_max <= config.streams_total_max:
+        raise ConfigurationInvalid("--streams-per-identity-max must be at least 1 and at most --streams-total-max")
     _check_anchor_policy(config.anchor_policy)
     if config.anchor_network not in NETWORKS:
         raise ConfigurationInvalid(f"--network {config.anchor_network!r}: expected one of {', '.join(NETWORKS)}")
@@ -364,7 +382,8 @@ def build_server(config: ServerConfig):
     try:
         create_key = config.create_store or storage.database_url is None
         ledger = open_ledger(storage, create=config.create_store, policy=Policy(config.purchase_approval_threshold_sats),
-                             backoff=jittered_backoff, proofs=sealing_proofs(key_path, create=create_key), repair=True)
+                             backoff=jittered_backoff, proofs=sealing_proofs(key_path, create=create_key), repair=True,
+                             connections_max=config.call_threads + BACKGROUND_CONNECTIONS)
         signer = tree_head_signer(ledger, key_path, create=create_key,
                                   keep_every_events=config.tree_head_keep_every_events)
         anchor_key = open_anchor_key(storage, config.anchor_key_path, config.anchor_network) if chain else None

@@ -1,14 +1,14 @@
 """AlertService: the reserves monitor's alerts (ReserveDiscrepancyObserved and what resolved them), read from the
 projection (ListAlerts) or followed in the log (StreamAlerts, built like StreamEvents). No business rules here."""
 
-import time
+import asyncio
 
 from ledger import errors, limits
 from ledger import monitor
 from ledger.application import ReserveLedger
 from reserve_ledger.v1 import alerts_pb2 as pb
 from reserve_ledger.v1 import alerts_pb2_grpc
-from services.api.ledger_servicer import STREAM_HEARTBEAT_S, STREAM_POLL_S, page_size_of, timestamp_of
+from services.api.ledger_servicer import STREAM_HEARTBEAT_S, STREAM_RETRY_S, page_size_of, timestamp_of
 from services.api.paging import offset_of, token_of, within_bytes
 
 STATUS_TO_PROTO = {monitor.OPEN: pb.ALERT_STATUS_OPEN, monitor.CLOSED: pb.ALERT_STATUS_CLOSED,
@@ -44,8 +44,9 @@ def alert_event_of(event: dict) -> pb.AlertEvent | None:
 
 
 class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
-    def __init__(self, ledger: ReserveLedger):
+    def __init__(self, ledger: ReserveLedger, tail):
         self._ledger = ledger
+        self._tail = tail  # the log's size, awaited by StreamAlerts (services/api/tail.py LogTail)
 
     def ListAlerts(self, request, context):
         size = page_size_of(request.page_size)
@@ -69,20 +70,24 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
         sent = within_bytes(found)
         return sent, start + len(read) if len(sent) == len(found) else sent[-1].position + 1
 
-    def StreamAlerts(self, request, context):
+    async def StreamAlerts(self, request, context):
+        """A follow stream built like StreamEvents (services/api/calls.py): each read runs in the executor; while
+        the log holds nothing new it awaits the tail, holding no thread, and sends a heartbeat now and then."""
         size = page_size_of(request.batch_size, "batch_size") if request.batch_size else limits.STREAM_BATCH_DEFAULT
         if request.start_position < 0:
             raise errors.RequestInvalid([errors.Violation("start_position", "POSITION_INVALID",
                                                           "start_position must not be negative")])
-        position, idle_since = request.start_position, time.monotonic()
-        while context.is_active():  # a follow stream runs until the client cancels or the server stops
-            events, next_position = self._alert_events(position, min(size, limits.STREAM_BATCH_MAX))
-            moved, position = next_position > position, next_position
+        position = request.start_position
+        while True:  # runs until the client cancels or the server stops (the call's task is cancelled)
+            read_to = position
+            events, position = await asyncio.to_thread(self._alert_events, position,
+                                                       min(size, limits.STREAM_BATCH_MAX))
             if events:
-                idle_since = time.monotonic()
                 yield pb.StreamAlertsResponse(events=events, next_position=position)
-            elif time.monotonic() - idle_since >= STREAM_HEARTBEAT_S:
-                idle_since = time.monotonic()
+                continue
+            if position > read_to:  # log events that touch no alert: read on
+                continue
+            if self._tail.size > position:  # the tail saw more than the read did: read again soon, never spin
+                await asyncio.sleep(STREAM_RETRY_S)
+            while not await self._tail.wait_beyond(position, STREAM_HEARTBEAT_S):
                 yield pb.StreamAlertsResponse(next_position=position)
-            elif not moved:
-                time.sleep(STREAM_POLL_S)

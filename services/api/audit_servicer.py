@@ -4,6 +4,8 @@ Proofs are computed from stored subtree hashes (ledger.merkle), never by rehashi
 Errors are LedgerErrors, mapped to statuses by the interceptor.
 """
 
+import asyncio
+
 from ledger import errors, limits, merkle
 from ledger.anchors import BUNDLE_FIELDS, Anchor
 from ledger.application import ReserveLedger
@@ -101,20 +103,26 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         _not_negative(position=request.position)
         return pb.GetEventBytesResponse(leaf=self._leaf(request.position))
 
-    def StreamLeaves(self, request, context):
+    async def StreamLeaves(self, request, context):
+        """Bounded (to the log's size when the call began); an async generator whose reads run in the executor
+        (services/api/calls.py)."""
         _not_negative(start_position=request.start_position)
         if not 0 <= request.batch_size <= limits.LEAF_BATCH_MAX:
             raise errors.RequestInvalid([errors.Violation(
                 "batch_size", "BATCH_SIZE_OUT_OF_RANGE", f"batch_size must be 0..{limits.LEAF_BATCH_MAX}")])
-        end = self._store.log_size()
-        self._within_log(request.start_position, "start_position")
+        end = await asyncio.to_thread(self._store.log_size)
+        if request.start_position > end:
+            raise errors.TreeSizeBeyondLog(f"start_position {request.start_position} is beyond the log's {end} "
+                                           "events", field="start_position")
         batch_size, position = request.batch_size or limits.LEAF_BATCH_DEFAULT, request.start_position
-        while position < end and context.is_active():  # bounded: stops at the log's size when the call began
-            rows = self._ledger.read_events(position, min(batch_size, end - position))
-            leaves = within_bytes([pb.Leaf(position=event["position"], canonical_bytes=data,
-                                           leaf_hash=merkle.leaf_hash(data)) for event, data in rows])
+        while position < end:
+            leaves = await asyncio.to_thread(self._leaves, position, min(batch_size, end - position))
             yield pb.StreamLeavesResponse(leaves=leaves)
             position = leaves[-1].position + 1
+
+    def _leaves(self, position: int, count: int) -> list[pb.Leaf]:
+        return within_bytes([pb.Leaf(position=event["position"], canonical_bytes=data, leaf_hash=merkle.leaf_hash(data))
+                             for event, data in self._ledger.read_events(position, count)])
 
     def GetPublicKey(self, request, context):
         return pb.GetPublicKeyResponse(ed25519_public_key=self._signer.public_key_raw, key_id=self._signer.key_id)

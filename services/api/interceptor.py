@@ -6,8 +6,13 @@ authenticated and authorised: garbage from a caller who may not call the method 
 garbage from one who may is INVALID_ARGUMENT. LedgerError -> services/api/status.py's table; a storage
 failure or any other fault -> UNAVAILABLE with ErrorInfo and an incident id, never INTERNAL/UNKNOWN and
 never internal text. Health and reflection are open to any authenticated TLS peer.
+
+The server is grpc.aio: authentication, parsing and the status mapping run in the event loop; the servicer's
+method runs through the one adapter in services/api/calls.py (a sync method in the executor, a stream as an
+async generator), so an open stream holds no thread. Streams count against per-identity and total caps.
 """
 
+import asyncio
 import logging
 import time
 
@@ -18,6 +23,7 @@ from grpc_status import rpc_status
 
 from ledger.errors import InvariantBroken, LedgerError, RequestInvalid, Violation
 from services.api import auth
+from services.api import calls
 from services.api.faults import FaultLog
 from services.api.status import fault_status, rich_status
 from services.api.streams import StreamSlots
@@ -57,45 +63,52 @@ class _Guard:
             return rich_status(error)
         return fault_status(error, self.faults.record(self.method, error))
 
-    def unary(self, raw: bytes, context):
+    async def unary(self, raw: bytes, context):
         outcome, started_s = "OK", time.perf_counter()
         try:
-            return self.handler.unary_unary(self.admit(raw, context)[1], context)
+            call = calls.CallContext(context)
+            return await calls.run_unary(self.handler.unary_unary, self.admit(raw, call)[1], call)
+        except asyncio.CancelledError:  # the caller went away (cancel, deadline) or the server stopped
+            outcome = "CANCELLED"
+            raise
         except Exception as error:  # noqa: BLE001 - every failure becomes a documented status below
             status = self.status_of(error)
             outcome = code_pb2.Code.Name(status.code)
         finally:
             self.observe(self.method, outcome, time.perf_counter() - started_s)
-        context.abort_with_status(rpc_status.to_status(status))
+        await context.abort_with_status(rpc_status.to_status(status))
 
-    def stream(self, raw: bytes, context):
+    async def stream(self, raw: bytes, context):
         try:
-            caller, request = self.admit(raw, context)
+            call = calls.CallContext(context)
+            caller, request = self.admit(raw, call)
             self.slots.acquire(caller.identity)
             self.streams(+1)
             try:
-                yield from self.handler.unary_stream(request, context)
+                async for response in calls.iterate_stream(self.handler.unary_stream, request, call):
+                    yield response
             finally:
                 self.streams(-1)
                 self.slots.release(caller.identity)
             return
         except Exception as error:  # noqa: BLE001 - every failure becomes a documented status below
             status = self.status_of(error)
-        context.abort_with_status(rpc_status.to_status(status))
+        await context.abort_with_status(rpc_status.to_status(status))
 
 
-class LedgerInterceptor(grpc.ServerInterceptor):
+class LedgerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, dev_mode: bool, faults: FaultLog | None = None,
-                 observe=lambda method, outcome, seconds: None, streams=lambda change: None):
+                 observe=lambda method, outcome, seconds: None, streams=lambda change: None,
+                 slots: StreamSlots | None = None):
         """`observe(method, outcome, seconds)` hears how each unary call ended, `streams(±1)` of each stream
-        opening and closing (metrics)."""
+        opening and closing (metrics); `slots` holds the stream caps."""
         self._dev_mode = dev_mode
         self.faults = faults or FaultLog()
         self._observe, self._streams = observe, streams
-        self.slots = StreamSlots()
+        self.slots = slots or StreamSlots()
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not method.startswith(OWN_PREFIXES):
             return handler

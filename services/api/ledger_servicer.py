@@ -1,8 +1,8 @@
 """ReserveLedgerService: proto -> one ledger call -> proto. No business rules and no try/except here;
 errors raised as LedgerError are turned into statuses by the interceptor (services/api/interceptor.py)."""
 
+import asyncio
 import json
-import time
 
 from google.protobuf import timestamp_pb2
 
@@ -16,6 +16,7 @@ from reserve_ledger.v1 import ledger_pb2 as pb
 from reserve_ledger.v1 import ledger_pb2_grpc
 from services.api.auth import caller_of
 from services.api.paging import offset_of, token_of, within_bytes
+from services.api.tail import LogTail
 from services.store.writer import CommandWriter
 
 KIND_TO_PROTO = {"cold": pb.ACCOUNT_KIND_COLD, "warm": pb.ACCOUNT_KIND_WARM, "hot": pb.ACCOUNT_KIND_HOT,
@@ -25,7 +26,7 @@ PROTO_TO_KIND = {KIND_TO_PROTO[kind]: kind for kind in CUSTODY_KINDS}
 STATUS_TO_PROTO = {"open": pb.ACCOUNT_STATUS_OPEN, "frozen": pb.ACCOUNT_STATUS_FROZEN,
                    "closed": pb.ACCOUNT_STATUS_CLOSED}
 STREAM_HEARTBEAT_S = 5.0
-STREAM_POLL_S = 0.2
+STREAM_RETRY_S = 0.2
 
 
 def time_us_of(stamp: timestamp_pb2.Timestamp, field: str) -> int:
@@ -80,11 +81,14 @@ def page_size_of(requested: int, field: str = "page_size") -> int:
 
 
 class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
-    def __init__(self, ledger: ReserveLedger, writer: CommandWriter, leaf_of, dev_mode: bool = False):
+    def __init__(self, ledger: ReserveLedger, writer: CommandWriter, leaf_of, dev_mode: bool = False,
+                 tail: LogTail | None = None):
+        """`tail` tells follow streams when the log grows (the server shares one; by default one of its own)."""
         self._ledger = ledger
         self._writer = writer
         self._leaf_of = leaf_of
         self._dev_mode = dev_mode
+        self._tail = tail or LogTail(ledger.store.log_size)
 
     def _run(self, command: cmd.Command, context) -> Recorded:
         command.validate()
@@ -253,20 +257,21 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
         return pb.ListEventsResponse(events=page,
                                      next_page_token=token_of("events", start + len(page)) if more else "")
 
-    def StreamEvents(self, request, context):
+    async def StreamEvents(self, request, context):
+        """A follow stream (an async generator: services/api/calls.py): each read runs in the executor; while
+        the log holds nothing new it awaits the tail, holding no thread, and sends a heartbeat now and then."""
         size = page_size_of(request.batch_size, "batch_size") if request.batch_size else limits.STREAM_BATCH_DEFAULT
         if request.start_position < 0:
             raise errors.RequestInvalid([errors.Violation("start_position", "POSITION_INVALID",
                                                           "start_position must not be negative")])
-        position, idle_since = request.start_position, time.monotonic()
-        while context.is_active():  # a follow stream runs until the client cancels or the server stops
-            events = within_bytes(self._events(position, min(size, limits.STREAM_BATCH_MAX)))
+        position = request.start_position
+        while True:  # runs until the client cancels or the server stops (the call's task is cancelled)
+            events = within_bytes(await asyncio.to_thread(self._events, position, min(size, limits.STREAM_BATCH_MAX)))
             if events:
                 position = events[-1].position + 1
-                idle_since = time.monotonic()
                 yield pb.StreamEventsResponse(events=events, next_position=position)
-            elif time.monotonic() - idle_since >= STREAM_HEARTBEAT_S:
-                idle_since = time.monotonic()
+                continue
+            if self._tail.size > position:  # the tail saw more than the read did: read again soon, never spin
+                await asyncio.sleep(STREAM_RETRY_S)
+            while not await self._tail.wait_beyond(position, STREAM_HEARTBEAT_S):
                 yield pb.StreamEventsResponse(next_position=position)
-            else:
-                time.sleep(STREAM_POLL_S)

@@ -1,14 +1,18 @@
 """The gRPC server: servicers, interceptor, health, reflection and the background workers; graceful stop.
 
 Its parts are opened by the composition root (services/compose.py), which checks the configuration first.
+The server is grpc.aio on an event loop of its own thread; the servicers' blocking work runs in a bounded
+thread pool (`call_threads`, the loop's default executor) through services/api/calls.py, so open streams
+hold no thread. Everything else (command writer, supervised workers, metrics) keeps its own threads.
 """
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import pathlib
 import threading
 import time
-from concurrent import futures
 from typing import Callable
 
 import grpc
@@ -29,6 +33,8 @@ from services.api.interceptor import LedgerInterceptor
 from services.api.ledger_servicer import LedgerServicer
 from services.api.metrics import AnchorWatch, Metrics, seconds_since
 from services.api.status import STORE_FAILURES
+from services.api.streams import StreamSlots
+from services.api.tail import LogTail
 from services.api.workers import Supervisor, WorkerStatus
 from services.bitcoin.anchor_tx import AnchorKey
 from services.bitcoin.backends import close_backend
@@ -44,7 +50,8 @@ ALERT_SERVICE_NAME = alerts_pb2.DESCRIPTOR.services_by_name["AlertService"].full
 # Health entry for saved states: NOT_SERVING once a saved projection or checkpoint failed its proof since start
 # (the service still answers, from a replay; the WARNING log names the row). grpc.health carries no detail.
 SAVED_STATES_HEALTH_NAME = "reserve_ledger.v1.SavedStates"
-WORKER_THREADS = 64
+HEALTH_SET_TIMEOUT_S = 10.0
+STORE_PROBLEM_CHARS_MAX = 200
 SYSTEM_CALLER = Caller("system", "system")
 WRITES_HEALTH_NAME = "reserve_ledger.v1.ReserveLedgerService.writes"   # NOT_SERVING while the store refuses writes
 WORKER_HEALTH_PREFIX = "reserve_ledger.worker."   # + expiry, tree-heads, anchors, reserves-monitor, store-probe
@@ -77,21 +84,18 @@ class LedgerServer:
         self._clock_us = parts.clock_us
         self.metrics = Metrics()
         self.faults = FaultLog(on_record=lambda kind: self.metrics.faults.labels(kind).inc())
+        self.tail = LogTail(self.ledger.store.log_size)
         self.writer = CommandWriter(self.ledger, parts.clock_us, self._on_batch, refusal=lambda: self.signer.alarm)
-        self.health = health.HealthServicer(experimental_non_blocking=True,
-                                            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKER_THREADS),
-                                  interceptors=[LedgerInterceptor(config.insecure_loopback, self.faults,
-                                                                  self._on_call, self._on_stream)],
-                                  options=[("grpc.so_reuseport", 0)])
-        ledger_pb2_grpc.add_ReserveLedgerServiceServicer_to_server(
-            LedgerServicer(self.ledger, self.writer, merkle.leaf_hash, config.insecure_loopback), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, AUDIT_SERVICE_NAME, ALERT_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            self.server)
-        self.port = self._bind(config)
+        self.health = health.aio.HealthServicer()
+        self.slots = StreamSlots(config.streams_per_identity_max, config.streams_total_max)
         self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._open_loop(config.call_threads)
+        try:
+            self.port = self._in_loop(self._build(config))
+        except BaseException:
+            self._close_loop()
+            raise
         self.workers = Supervisor(self._stopping, self.faults, self._on_worker_change)
         self.writes_serving = True
         self.writes_problem = ""
@@ -107,9 +111,46 @@ class LedgerServer:
         self._anchor_watch = AnchorWatch(self.ledger.store)
         self.metrics.add_state_collector(self._state_for_metrics)
         self.metrics_port = None
+
+    # --- the event loop -------------------------------------------------------------------------------
+
+    def _open_loop(self, call_threads: int) -> None:
+        """The loop's thread, and the bounded pool that runs the servicers' blocking work (its default executor)."""
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=call_threads, thread_name_prefix="call")
+        self._loop = asyncio.new_event_loop()
+        self._loop.set_default_executor(self.executor)
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
+        self._loop_thread.start()
+
+    def _in_loop(self, coroutine, timeout_s: float | None = None):
+        """Run a coroutine on the server's loop from another thread and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
+
+    def _close_loop(self) -> None:
+        """Cancel what still runs on the loop (waits of streams the server stop cut), then stop it."""
+        self._in_loop(_cancel_other_tasks())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join()
+        self._loop.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _build(self, config) -> int:
+        """The aio server with its servicers, bound to the listen address (created in the loop: aio needs it)."""
+        self.server = grpc.aio.server(
+            migration_thread_pool=self.executor, options=[("grpc.so_reuseport", 0)],
+            interceptors=[LedgerInterceptor(config.insecure_loopback, self.faults, self._on_call, self._on_stream,
+                                            self.slots)])
+        ledger_pb2_grpc.add_ReserveLedgerServiceServicer_to_server(
+            LedgerServicer(self.ledger, self.writer, merkle.leaf_hash, config.insecure_loopback, self.tail),
+            self.server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.ledger, self.signer, self.chain),
                                                           self.server)
-        alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(self.ledger), self.server)
+        alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(self.ledger, self.tail), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, AUDIT_SERVICE_NAME, ALERT_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server)
+        return self._bind(config)
 
     def _bind(self, config) -> int:
         try:
@@ -120,14 +161,21 @@ class LedgerServer:
             raise ConfigurationInvalid(f"cannot listen on {config.listen}: the port is in use or the address is "
                                        "not this machine's; choose another --listen") from None
 
+    def _set_health(self, name: str, status: int) -> None:
+        """Set a health entry from any thread (the aio health servicer lives on the loop)."""
+        if threading.current_thread() is self._loop_thread:
+            self._loop.create_task(self.health.set(name, status))
+        elif self._loop.is_running():
+            self._in_loop(self.health.set(name, status), HEALTH_SET_TIMEOUT_S)
+
     def start(self) -> "LedgerServer":
         if self.config.metrics_listen:
             self.metrics_port = self.metrics.serve(self.config.metrics_listen)
         self._open_log()
         self.ledger.projection_position()  # load (prove or replay) the projection now: a refused log stops here
-        self.server.start()
-        self.health.set(AUDIT_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        self.health.set(ALERT_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._in_loop(self.server.start())
+        self._set_health(AUDIT_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._set_health(ALERT_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._set_saved_states_health()
         self.ledger.on_unproven = lambda row: self._set_saved_states_health()
         self._probe_writes()
@@ -144,7 +192,7 @@ class LedgerServer:
 
     def _set_saved_states_health(self) -> None:
         status = health_pb2.HealthCheckResponse
-        self.health.set(SAVED_STATES_HEALTH_NAME, status.NOT_SERVING if self.ledger.unproven_rows else status.SERVING)
+        self._set_health(SAVED_STATES_HEALTH_NAME, status.NOT_SERVING if self.ledger.unproven_rows else status.SERVING)
 
     def _open_log(self) -> None:
         """Check the stored log against the latest signed head before taking writes (services/store/signing.py):
@@ -153,7 +201,7 @@ class LedgerServer:
         self.signer.on_alarm = self._alarm_raised
         alarm = self.signer.open_log()
         log.info("checked the stored log against its latest signed tree head in %.2f s", time.monotonic() - started_s)
-        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING if alarm is None
+        self._set_health(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING if alarm is None
                         else health_pb2.HealthCheckResponse.NOT_SERVING)
         if alarm is not None:
             self._limit_reads(alarm)
@@ -166,7 +214,7 @@ class LedgerServer:
     def _alarm_raised(self, alarm) -> None:
         log.error("refusing writes: %s", alarm)
         self._limit_reads(alarm)
-        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._set_health(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._set_writes_health()
 
     # --- supervised workers -------------------------------------------------------------------------
@@ -188,6 +236,7 @@ class LedgerServer:
 
     def _probe_writes_if_down(self) -> None:
         if not self.writes_serving:
+            self.ledger.store.reopen_connections()  # one opened while the store was read-only stays read-only
             self.ledger.store.probe_write(self._clock_us())
             self._writes_recovered()
 
@@ -195,6 +244,7 @@ class LedgerServer:
 
     def _on_batch(self, size: int, error: BaseException | None) -> None:
         self.metrics.batch_size.observe(size)
+        self.tail.poke()
         if isinstance(error, InvariantBroken):
             self.signer.refuse_log(error)
         elif error is None:
@@ -204,7 +254,7 @@ class LedgerServer:
 
     def _writes_failed(self, error: BaseException) -> None:
         incident = self.faults.record("store writes", error)
-        self.writes_problem = f"the store refuses writes: {type(error).__name__} (incident {incident})"
+        self.writes_problem = f"the store refuses writes: {store_problem(error)} (incident {incident})"
         if self.writes_serving:
             self.writes_serving = False
             log.warning("writes NOT_SERVING: %s", self.writes_problem)
@@ -219,11 +269,11 @@ class LedgerServer:
     def _set_writes_health(self) -> None:
         """SERVING only while the store takes writes and no integrity alarm stands."""
         serving = self.writes_serving and self.signer.alarm is None
-        self.health.set(WRITES_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING if serving
+        self._set_health(WRITES_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING if serving
                         else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _on_worker_change(self, status: WorkerStatus) -> None:
-        self.health.set(WORKER_HEALTH_PREFIX + status.name, health_pb2.HealthCheckResponse.SERVING
+        self._set_health(WORKER_HEALTH_PREFIX + status.name, health_pb2.HealthCheckResponse.SERVING
                         if status.healthy else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _on_call(self, method: str, outcome: str, seconds: float) -> None:
@@ -250,10 +300,14 @@ class LedgerServer:
                 "worker_failures": {s.name: s.failures_total for s in statuses}}
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Refuse new calls, let running ones finish, commit what is queued, save the projection."""
+        """Refuse new calls, let running ones finish (open streams are cancelled after `grace_s`), commit what is
+        queued, save the projection."""
+        if self._stopping.is_set():
+            self._stopped.wait()
+            return
         self._stopping.set()
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace_s).wait()
+        self._in_loop(self.health.enter_graceful_shutdown())
+        self._in_loop(self.server.stop(grace_s))
         self.writer.stop()  # every commit signed its own head: nothing is left to sign here
         self.workers.join()
         try:
@@ -263,10 +317,29 @@ class LedgerServer:
         if self.chain is not None:
             close_backend(self.chain)
         self.metrics.stop()
+        self._close_loop()
         self.ledger.close()
+        self._stopped.set()
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        """Until stop() has finished (from a signal handler or another thread)."""
+        self._stopped.wait()
+
+
+async def _cancel_other_tasks() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def store_problem(error: BaseException) -> str:
+    """The store's own words for a failure, for the operator's log (never sent to clients): the first line of the
+    innermost error, e.g. 'attempt to write a readonly database', 'permission denied for table ...'."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:STORE_PROBLEM_CHARS_MAX] if lines else '(no message)'}"
 
 
 class AnchorSchedule:

@@ -1,12 +1,14 @@
-"""Caps on concurrent server streams: each open stream holds one of the server's worker threads, so one
-identity (or all of them together) must not be able to take every thread and starve unary calls."""
+"""Caps on concurrent server streams. An open stream holds no thread (services/api/calls.py), only a coroutine,
+its call's buffers and at most one response in flight; the caps bound that memory and the heartbeat traffic,
+per identity (one auditor cannot crowd out the others) and in total. Configurable: ServerConfig
+streams_per_identity_max / streams_total_max (`serve --streams-per-identity-max N --streams-total-max N`)."""
 
 import threading
 
 from ledger.errors import LedgerError
 
-STREAMS_PER_IDENTITY_MAX = 8
-STREAMS_TOTAL_MAX = 24          # of the server's 64 worker threads: 40 always remain for unary calls
+STREAMS_PER_IDENTITY_MAX = 256
+STREAMS_TOTAL_MAX = 2048
 
 
 class StreamLimitReached(LedgerError):
@@ -29,6 +31,11 @@ class StreamSlots:
                 raise StreamLimitReached(f"the server has {total} open streams (at most {self._total_max}); "
                                          "retry later")
             self._open[identity] = mine + 1
+
+    def open_count(self, identity: str | None = None) -> int:
+        """Streams open now, for one identity or (None) in all."""
+        with self._lock:
+            return self._open.get(identity, 0) if identity is not None else sum(self._open.values())
 
     def release(self, identity: str) -> None:
         with self._lock:

@@ -36,6 +36,8 @@ def _server_config(args) -> compose.ServerConfig:
         chain=args.chain, anchor_key_path=args.anchor_key, anchor_network=args.anchor_network,
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
         monitor_interval_s=args.monitor_interval_s,
+        call_threads=args.call_threads, streams_per_identity_max=args.streams_per_identity_max,
+        streams_total_max=args.streams_total_max,
         anchor_policy=AnchorPolicy(interval_s=args.anchor_interval_s, fee_rate_max_sat_per_vb=args.fee_rate_max,
                                    fee_max_sats=args.fee_max_sats, block_poll_interval_s=args.block_poll_interval_s))
 
@@ -159,6 +161,9 @@ def _add_serve(commands) -> None:
                        "DATA_DIR/tree-head-signing.key, created on first start; required with --database)")
     add_setting(serve, "--tree-head-keep-every-events", config, "tree_head_keep_every_events", type=int, metavar="N")
     add_setting(serve, "--metrics-listen", config, "metrics_listen", metavar="HOST:PORT")
+    add_setting(serve, "--call-threads", config, "call_threads", type=int, metavar="N")
+    add_setting(serve, "--streams-per-identity-max", config, "streams_per_identity_max", type=int, metavar="N")
+    add_setting(serve, "--streams-total-max", config, "streams_total_max", type=int, metavar="N")
     serve.add_argument("--chain", metavar="SPEC", help=f"anchor tree heads in Bitcoin: {CHAIN_SPEC_HELP} "
                        "(default: no anchoring)")
     serve.add_argument("--anchor-key", metavar="FILE", help="WIF key of the fee-only anchor wallet "

@@ -66,6 +66,22 @@ def postgres_env(database_url: str) -> dict:
     }
 
 
+# The store's connection pool, sized by the server to the threads that use it (sized_pool); the library's own
+# default otherwise (5 kept + 10 more on SQLite).
+SQLITE_POOL_SIZE = "SQLITE_POOL_SIZE"
+SIZED_SQLITE_FACTORY_TOPIC = "services.store.recorders:SizedSQLiteFactory"
+POSTGRES_POOL_KEPT = 4
+
+
+def sized_pool(env: dict, connections_max: int) -> dict:
+    """The env with a connection pool of `connections_max` connections at most. PostgreSQL keeps a few open and
+    opens the rest on demand; SQLite (connections are a file handle each) keeps every one it opened."""
+    if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres":
+        kept = min(POSTGRES_POOL_KEPT, connections_max)
+        return {**env, "POSTGRES_POOL_SIZE": str(kept), "POSTGRES_MAX_OVERFLOW": str(connections_max - kept)}
+    return {**env, "PERSISTENCE_MODULE": SIZED_SQLITE_FACTORY_TOPIC, SQLITE_POOL_SIZE: str(connections_max)}
+
+
 def storage_env(data_dir: str | None, database_url: str | None) -> dict:
     if database_url:
         return postgres_env(database_url)

@@ -21,9 +21,9 @@ import threading
 import zlib
 from typing import Any, Iterator, Sequence
 
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
-from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore, SQLiteFactory
 from psycopg import sql
 
 from ledger import merkle
@@ -72,6 +72,19 @@ INDEXES = ("ledger_log_time_us",)
 ANCHOR_COLUMNS = ANCHOR_FIELDS
 COMPILED_STATEMENTS_MAX = 1024
 SQLITE_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SizedSQLiteFactory(SQLiteFactory):
+    """eventsourcing's SQLite factory with a pool of SQLITE_POOL_SIZE connections (services/store/config.py
+    sized_pool): the library reads no pool size from its environment on SQLite."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        size = int(self.env.get("SQLITE_POOL_SIZE"))
+        built = self.datastore
+        self.datastore = SQLiteDatastore(
+            db_name=built.pool.db_name, lock_timeout=built.pool.lock_timeout, pool_size=size, max_overflow=0,
+            single_row_tracking=built.single_row_tracking, originator_id_type=built.originator_id_type)
 
 
 class MerkleNodeMissing(RuntimeError):
@@ -165,8 +178,14 @@ class _LedgerTables:
     # --- schema and format --------------------------------------------------------------------------
 
     def create_table(self) -> None:
-        """eventsourcing's public create_table, then: refuse a store whose events are in another format."""
-        super().create_table()
+        """eventsourcing's public create_table, then: refuse a store whose events are in another format.
+        A store this process may read but not change (a PostgreSQL role without CREATE) is opened when every
+        table already exists: reads are served, and the server reports writes NOT_SERVING."""
+        try:
+            super().create_table()
+        except PersistenceError:
+            if not self._tables_readable():
+                raise
         with self.datastore.transaction(commit=True) as cursor:
             self._execute(cursor, "SELECT value FROM {store_format} WHERE name = ?", (STORE_FORMAT[0],))
             row = cursor.fetchone()
@@ -182,6 +201,14 @@ class _LedgerTables:
             elif row["value"] != STORE_FORMAT[1]:
                 raise StoreFormatUnsupported(f"this store holds events in format {row['value']!r}; this version "
                                              f"reads {STORE_FORMAT[1]!r} only")
+
+    def _tables_readable(self) -> bool:
+        try:
+            for name in ("events", *TABLES):
+                self._read_all(f"SELECT 1 FROM {{{name}}} LIMIT 1")
+        except PersistenceError:
+            return False
+        return True
 
     # --- write path: called inside the events' insert transaction ---------------------------------------
 
@@ -509,6 +536,18 @@ class SQLiteLedgerRecorder(_LedgerTables, SQLiteApplicationRecorder):
         """SQLite serialises writers with its database lock; nothing to add."""
         yield
 
+    def reopen_connections(self) -> None:
+        """Close the pool's idle connections now and the ones in use when they come back: a SQLite connection
+        opened while the file was read-only stays read-only for its life, so a store made writable again is
+        written only through new connections. Uses the PRIVATE pool state of eventsourcing 9.5.6 (no public
+        way exists); tests/e2e/test_read_only_store.py fails if that changes."""
+        pool = self.datastore.pool
+        with pool._put_condition:
+            for connection in pool._pool:
+                connection.close()
+            for connection in pool._in_use.values():
+                connection._closing.set()
+
     # Override of a PRIVATE eventsourcing hook (checked against eventsourcing 9.5.6): SQLiteApplicationRecorder
     # offers no public hook inside the insert transaction. insert_events above fails loudly if it stops being called.
     def _insert_events(self, c, stored_events, **kwargs):
@@ -527,6 +566,9 @@ class PostgresLedgerRecorder(_LedgerTables, PostgresApplicationRecorder):
     def __init__(self, datastore, **kwargs):
         super().__init__(datastore, **kwargs)
         self.sql_create_statements.extend(self.side_table_statements())
+
+    def reopen_connections(self) -> None:
+        """Nothing to do: PostgreSQL checks privileges and read-only state per statement, not per connection."""
 
     def _compose(self, template: str, identifiers: dict) -> sql.Composed:
         return sql.SQL(template).format(**{name: sql.Identifier(*value) if isinstance(value, tuple)

@@ -234,7 +234,8 @@ def test_a_history_of_maximal_accounts_exports_over_grpc_with_default_client_lim
 
 
 def test_streams_are_capped_per_identity_and_unary_calls_keep_their_threads(clients, certs_dir):
-    """One auditor cannot take the server's worker threads with idle follow streams."""
+    """One auditor's idle follow streams stop at the per-identity cap (RESOURCE_EXHAUSTED with ErrorInfo), while
+    another identity still opens one and unary calls and health are served."""
     from services.api.streams import STREAMS_PER_IDENTITY_MAX
     funded(clients, "cold-a", 1)
     streams = []
