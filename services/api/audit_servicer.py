@@ -15,6 +15,7 @@ from ledger.event_proofs import dumps_proof
 from services.anchoring.event_proofs import event_proof
 from services.api.paging import offset_of, token_of, within_bytes
 from services.store.signing import TreeHeadSigner
+from services.witness.log import LogCheckpoints
 
 
 def head_to_proto(head: TreeHead) -> pb.SignedTreeHead:
@@ -46,7 +47,9 @@ def _not_negative(**values: int) -> None:
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, ledger: ReserveLedger, signer: TreeHeadSigner, chain: ChainBackend | None = None):
+    def __init__(self, ledger: ReserveLedger, signer: TreeHeadSigner, chain: ChainBackend | None = None,
+                 checkpoints: LogCheckpoints | None = None):
+        self._checkpoints = checkpoints
         self._ledger = ledger
         self._store = ledger.store
         self._signer = signer
@@ -63,18 +66,21 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         _, event_bytes = self._ledger.read_events(position, 1)[0]
         return pb.Leaf(position=position, canonical_bytes=event_bytes, leaf_hash=merkle.leaf_hash(event_bytes))
 
-    def GetTreeHead(self, request, context):
-        _not_negative(tree_size=request.tree_size)
-        if request.tree_size == 0:  # the latest head: every commit signs its own, so it covers the whole log
+    def _head(self, tree_size: int) -> TreeHead:
+        _not_negative(tree_size=tree_size)
+        if tree_size == 0:  # the latest head: every commit signs its own, so it covers the whole log
             head = self._signer.latest()
             if head is None:
                 raise errors.TreeHeadNotFound("no tree head was ever signed", field="tree_size")
-            return pb.GetTreeHeadResponse(tree_head=head_to_proto(head))
-        self._within_log(request.tree_size, "tree_size")
-        head = self._store.load_tree_head(request.tree_size)
+            return head
+        self._within_log(tree_size, "tree_size")
+        head = self._store.load_tree_head(tree_size)
         if head is None:
-            raise errors.TreeHeadNotFound(f"no tree head was signed at size {request.tree_size}", field="tree_size")
-        return pb.GetTreeHeadResponse(tree_head=head_to_proto(head))
+            raise errors.TreeHeadNotFound(f"no tree head was signed at size {tree_size}", field="tree_size")
+        return head
+
+    def GetTreeHead(self, request, context):
+        return pb.GetTreeHeadResponse(tree_head=head_to_proto(self._head(request.tree_size)))
 
     def GetInclusionProof(self, request, context):
         _not_negative(position=request.position, tree_size=request.tree_size)
@@ -117,7 +123,15 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             position = leaves[-1].position + 1
 
     def GetPublicKey(self, request, context):
-        return pb.GetPublicKeyResponse(ed25519_public_key=self._signer.public_key_raw, key_id=self._signer.key_id)
+        return pb.GetPublicKeyResponse(ed25519_public_key=self._signer.public_key_raw, key_id=self._signer.key_id,
+                                       vkey=self._checkpoints.vkey.text() if self._checkpoints else "")
+
+    def GetCheckpoint(self, request, context):
+        head = self._head(request.tree_size)
+        signed, rows = self._checkpoints.with_cosignatures(head, self._store)
+        return pb.GetCheckpointResponse(
+            note=signed.encode().decode(), tree_size=head.tree_size,
+            cosignatures=[pb.WitnessCosignature(witness=r["witness"], timestamp_s=r["timestamp_s"]) for r in rows])
 
     def GetEventProof(self, request, context):
         _not_negative(position=request.position)

@@ -52,6 +52,7 @@ ALLOWED_ROLES: dict[str, frozenset[str]] = {
     AUDIT_SERVICE + "ListTreeHeads": frozenset({"auditor", "admin"}),
     AUDIT_SERVICE + "ListAnchors": frozenset({"auditor", "admin"}),
     AUDIT_SERVICE + "GetAnchorGenesis": frozenset({"auditor", "admin"}),
+    AUDIT_SERVICE + "GetCheckpoint": frozenset({"auditor", "admin"}),
 }
 
 

@@ -70,7 +70,10 @@ class _StateCollector:
         "writes_serving": "1 while the store accepts writes, 0 while it does not",
         "worker_healthy": "1 while a background worker's last step succeeded",
         "worker_failures": "failed steps of a background worker since start",
+        "witness_lag_events": "events of the latest signed tree head a witness has not cosigned yet",
+        "witness_cosignature_age_seconds": "seconds since a witness's last cosignature was gathered",
     }
+    LABELS = {"witness_lag_events": "witness", "witness_cosignature_age_seconds": "witness"}  # others: worker
 
     def __init__(self, read_state: Callable[[], dict]):
         self._read_state = read_state
@@ -83,7 +86,7 @@ class _StateCollector:
             if value is None:
                 continue
             if isinstance(value, dict):
-                family = GaugeMetricFamily(f"{PREFIX}_{name}", self.HELP[name], labels=["worker"])
+                family = GaugeMetricFamily(f"{PREFIX}_{name}", self.HELP[name], labels=[self.LABELS.get(name, "worker")])
                 for label, number in value.items():
                     family.add_metric([label], number)
             else:

@@ -34,6 +34,8 @@ from services.bitcoin.backends import close_backend
 from services.errors import ConfigurationInvalid
 from services.store.signing import TreeHeadSigner
 from services.store.writer import CommandWriter
+from services.witness.gatherer import WitnessEndpoint, start_feeds
+from services.witness.log import LogCheckpoints
 
 log = logging.getLogger("reserve_ledger.server")
 SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["ReserveLedgerService"].full_name
@@ -57,6 +59,8 @@ class ServerParts:
     chain: ChainBackend | None
     anchor_key: AnchorKey | None
     clock_us: Callable[[], int]
+    checkpoints: LogCheckpoints | None = None         # C2SP checkpoints of the heads (services/witness/log.py)
+    witnesses: tuple[WitnessEndpoint, ...] = ()       # whose cosignatures to gather (services/witness/gatherer.py)
 
 
 def server_credentials(certs_dir: str) -> grpc.ServerCredentials:
@@ -98,8 +102,9 @@ class LedgerServer:
         self._anchor_watch = AnchorWatch(self.ledger.store)
         self.metrics.add_state_collector(self._state_for_metrics)
         self.metrics_port = None
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.ledger, self.signer, self.chain),
-                                                          self.server)
+        self.checkpoints, self._witnesses, self.witness_feeds = parts.checkpoints, parts.witnesses, []
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(self.ledger, self.signer, self.chain, self.checkpoints), self.server)
 
     def _bind(self, config) -> int:
         try:
@@ -126,6 +131,8 @@ class LedgerServer:
         if self.anchor_worker is not None:
             schedule = AnchorSchedule(self.anchor_worker, self.config.anchor_policy)
             self.workers.start("anchors", schedule.tick, self.config.anchor_policy.block_poll_interval_s)
+        if self._witnesses:
+            self.witness_feeds = start_feeds(self.workers, self.ledger.store, self.checkpoints, list(self._witnesses))
         log.info("serving on port %s", self.port)
         return self
 
@@ -233,7 +240,18 @@ class LedgerServer:
                 "seconds_since_last_anchor_confirmation": seconds_since(self._anchor_watch.confirmed_block_time_s),
                 "writes_serving": 1 if self.writes_serving else 0,
                 "worker_healthy": {s.name: 1 if s.healthy else 0 for s in statuses},
-                "worker_failures": {s.name: s.failures_total for s in statuses}}
+                "worker_failures": {s.name: s.failures_total for s in statuses},
+                **self._witness_state(head)}
+
+    def _witness_state(self, head) -> dict:
+        """Witness lag: events of the latest head each witness has not cosigned yet, and the age of its last
+        cosignature gathered since start (services/witness/gatherer.py)."""
+        if not self.witness_feeds:
+            return {}
+        size = 0 if head is None else head.tree_size
+        return {"witness_lag_events": {f.witness.name: max(0, size - f.cosigned_size) for f in self.witness_feeds},
+                "witness_cosignature_age_seconds": {f.witness.name: seconds_since(f.cosigned_at_s)
+                                                    for f in self.witness_feeds if f.cosigned_at_s is not None}}
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new calls, let running ones finish, commit what is queued, save the projection."""

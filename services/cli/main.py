@@ -35,11 +35,14 @@ def _server_config(args) -> compose.ServerConfig:
         signing_key_path=args.signing_key, tree_head_keep_every_events=args.tree_head_keep_every_events,
         chain=args.chain, anchor_key_path=args.anchor_key, anchor_network=args.anchor_network,
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
+        log_origin=args.log_origin, witnesses=tuple(args.witness or ()), witness_quorum=args.witness_quorum,
         anchor_policy=AnchorPolicy(interval_s=args.anchor_interval_s, fee_rate_max_sat_per_vb=args.fee_rate_max,
                                    fee_max_sats=args.fee_max_sats, block_poll_interval_s=args.block_poll_interval_s))
 
 
 def cmd_serve(args) -> int:
+    if args.witness_quorum is None:
+        args.witness_quorum = len(args.witness or ())
     server = compose.build_server(_server_config(args)).start()
     print(f"reserve-ledger serving on port {server.port}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
@@ -174,6 +177,12 @@ def _add_serve(commands) -> None:
                        help=f"cap on the anchor fee rate (default {ANCHOR_DEFAULTS.fee_rate_max_sat_per_vb} sat/vB)")
     serve.add_argument("--fee-max-sats", type=positive_number(int), default=ANCHOR_DEFAULTS.fee_max_sats,
                        metavar="SATS", help=f"cap on one anchor's fee (default {ANCHOR_DEFAULTS.fee_max_sats})")
+    add_setting(serve, "--log-origin", config, "log_origin", metavar="ORIGIN")
+    serve.add_argument("--witness", action="append", metavar="NAME=VKEY@URL",
+                       help="a witness to send every new tree head to (C2SP tlog-witness; repeatable); its "
+                            "cosignatures are stored and carried by GetCheckpoint and bundles")
+    serve.add_argument("--witness-quorum", type=int, default=None, metavar="K",
+                       help="cosignatures that make a head witnessed (default: every --witness)")
     serve.set_defaults(run=cmd_serve)
 
 
@@ -227,6 +236,7 @@ def build_parser() -> OneLineArgumentParser:
     add_regtest_node_command(commands)
     audit.add_audit_commands(commands)
     witness.add_witness_commands(commands)
+    witness.add_checkpoint_command(commands)
     return parser
 
 

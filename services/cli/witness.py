@@ -125,3 +125,43 @@ def cmd_witness_show(args) -> int:
         witness.close()
     print(json.dumps({"vkey": witness.vkey.text(), "cosigned": cosigned, "refused": refused}, indent=1))
     return 0
+
+
+def add_checkpoint_command(subparsers) -> None:
+    from services.cli.options import add_storage_options
+    checkpoint = subparsers.add_parser("checkpoint", help="print the latest signed tree head as a C2SP checkpoint "
+                                                          "note with its witnesses' cosignatures, or the log's vkey")
+    add_storage_options(checkpoint)
+    checkpoint.add_argument("--signing-key", metavar="FILE", help="the tree-head key that signs the checkpoint "
+                            "(default DATA_DIR/tree-head-signing.key; required with --database)")
+    checkpoint.add_argument("--log-origin", metavar="ORIGIN", help="the origin serve uses (default "
+                            "reserve-ledger.local/ + 16 hex digits of the key's SHA-256)")
+    checkpoint.add_argument("--tree-size", type=int, default=0, metavar="N",
+                            help="a stored head of N events (default: the latest)")
+    checkpoint.add_argument("--vkey", action="store_true", help="print the log's verifier key (vkey) instead, "
+                            "for witnesses' --log ORIGIN=VKEY and other signed-note tools")
+    checkpoint.set_defaults(run=cmd_checkpoint)
+
+
+def cmd_checkpoint(args) -> int:
+    from services import compose
+    from services.cli.options import storage_from
+    storage = storage_from(args)
+    if args.tree_size < 0:
+        raise ConfigurationInvalid("--tree-size must be 0 (the latest) or more")
+    compose.check_store_exists(storage)
+    checkpoints = compose.log_checkpoints(compose.signing_key_path(storage, args.signing_key), args.log_origin)
+    if args.vkey:
+        print(checkpoints.vkey.text())
+        return 0
+    ledger = compose.open_ledger(storage)
+    try:
+        head = ledger.store.load_tree_head(args.tree_size or None)
+        if head is None:
+            raise NothingStoredHere("no tree head is signed " + (f"at size {args.tree_size}" if args.tree_size
+                                                                  else "yet (the log is empty)"))
+        signed, _ = checkpoints.with_cosignatures(head, ledger.store)
+    finally:
+        ledger.close()
+    print(signed.encode().decode(), end="")
+    return 0

@@ -1,0 +1,51 @@
+"""The log's side of witnessing: each signed tree head as a C2SP checkpoint note signed with the tree-head key,
+and the cosignatures witnesses returned for it (stored by services/witness/gatherer.py).
+
+The checkpoint signs only (origin, size, root): the same tree-head key signs it as a plain Ed25519 note
+signature (key ID byte 0x01), so any signed-note implementation checks it with the log's vkey. Ed25519 is
+deterministic: the note of a given head is the same bytes every time it is made.
+"""
+
+import hashlib
+
+from ledger.tree_heads import TreeHead
+from services.witness import note
+
+DEFAULT_ORIGIN_PREFIX = "reserve-ledger.local/"
+
+
+def default_origin(public_key_raw: bytes) -> str:
+    """A name unique to this log when none is configured: derived from its first tree-head key.
+    Production logs set --log-origin to a name they control (reserves.bank.example/ledger)."""
+    return DEFAULT_ORIGIN_PREFIX + hashlib.sha256(public_key_raw).hexdigest()[:16]
+
+
+class LogCheckpoints:
+    """Makes signed checkpoints of tree heads, and joins them with the stored cosignatures."""
+
+    def __init__(self, origin: str | None, signer: note.Signer):
+        self.origin = origin or default_origin(signer.public_key_raw)
+        self._signer = signer
+        self.vkey = note.verifier_key(self.origin, note.ALG_ED25519, signer.public_key_raw)
+
+    def signed(self, head: TreeHead) -> note.Note:
+        return note.sign_checkpoint(note.checkpoint(self.origin, head.tree_size, head.root_hash), self._signer)
+
+    def with_cosignatures(self, head: TreeHead, store) -> tuple[note.Note, list[dict]]:
+        """The head's checkpoint with every cosignature stored for it (rows: witness, signature_line, timestamp_s)."""
+        signed = self.signed(head)
+        rows = [row for row in store.list_cosignatures(head.tree_size)
+                if note.parse_note(row["checkpoint"].encode()).text == signed.text]
+        lines = tuple(note.parse_signature_line(row["signature_line"].rstrip("\n")) for row in rows)
+        return note.Note(signed.text, signed.signatures + lines), rows
+
+
+def stored_checkpoint(store, tree_size: int) -> bytes | None:
+    """The log-signed checkpoint of ``tree_size`` with every stored cosignature, read without the key (export)."""
+    rows = store.list_cosignatures(tree_size)
+    if not rows:
+        return None
+    signed = note.parse_note(rows[0]["checkpoint"].encode())
+    lines = tuple(note.parse_signature_line(row["signature_line"].rstrip("\n")) for row in rows
+                  if row["checkpoint"] == rows[0]["checkpoint"])
+    return note.Note(signed.text, signed.signatures + lines).encode()
