@@ -105,6 +105,21 @@ class AuditServiceSource:
         assert self._state.position == size - 1, (self._state.position, size)  # event_pages replayed them all
         return custody_accounts(self._state)
 
+    def checkpoints(self, sizes: list[int]) -> dict:
+        """The server's checkpoints of these sizes that carry at least one cosignature (as a local export)."""
+        vkey = self._stub.GetPublicKey(pb.GetPublicKeyRequest(), timeout=CALL_TIMEOUT_S).vkey
+        found = []
+        for size in sizes:
+            try:
+                answer = self._stub.GetCheckpoint(pb.GetCheckpointRequest(tree_size=size), timeout=CALL_TIMEOUT_S)
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:  # a head pruned since: nothing to carry
+                    continue
+                raise
+            if answer.cosignatures:
+                found.append({"tree_size": size, "note": answer.note})
+        return {"vkey": vkey, "checkpoints": found}
+
     def _pages(self, call, request_type, field: str, size: int) -> Iterator:
         token = ""
         while True:  # bounded by the server's rows: each page moves the token on, the last one has none

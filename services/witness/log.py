@@ -49,3 +49,12 @@ def stored_checkpoint(store, tree_size: int) -> bytes | None:
     lines = tuple(note.parse_signature_line(row["signature_line"].rstrip("\n")) for row in rows
                   if row["checkpoint"] == rows[0]["checkpoint"])
     return note.Note(signed.text, signed.signatures + lines).encode()
+
+
+def log_vkey_text(origin: str | None, public_key_raw: bytes) -> str:
+    """The log's vkey: its origin (or the default one) and its tree-head key."""
+    return note.verifier_key(origin or default_origin(public_key_raw), note.ALG_ED25519, public_key_raw).text()
+
+
+def origin_of(note_text: str) -> str:
+    return note.parse_checkpoint(note.parse_note(note_text.encode()).text).origin
