@@ -74,6 +74,12 @@ def _print_summary(result: dict) -> None:
         print(f"anchors on chain from the genesis {followed['genesis']}: {len(followed['anchors'])}")
     elif followed.get("note"):
         print(f"anchors on chain: {followed['note']}")
+    witnessing = result.get("witnessing") or {}
+    if witnessing.get("witnesses"):
+        cosigned = {c["tree_size"]: len(c["cosigners"]) for c in witnessing["checkpoints"]}
+        for row in witnessing["required"]:
+            print(f"witnesses {row['why']} (size {row['tree_size']}): {cosigned.get(row['tree_size'], 0)} valid "
+                  f"cosignature(s), quorum {witnessing['quorum']}")
     summary = (f"{result['events']} events, {len(result['tree_heads'])} signed tree heads, "
                f"{len(result['anchors'])} anchors, replay to position {result['as_of_position']}")
     if result.get("anchor_genesis"):
