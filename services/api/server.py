@@ -250,7 +250,7 @@ class LedgerServer:
             return {}
         size = 0 if head is None else head.tree_size
         return {"witness_lag_events": {f.witness.name: max(0, size - f.cosigned_size) for f in self.witness_feeds},
-                "witness_cosignature_age_seconds": {f.witness.name: seconds_since(f.cosigned_at_s)
+                "witness_cosignature_age_seconds": {f.witness.name: max(0.0, time.monotonic() - f.cosigned_at_s)
                                                     for f in self.witness_feeds if f.cosigned_at_s is not None}}
 
     def stop(self, grace_s: float = 5.0) -> None:

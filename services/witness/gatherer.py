@@ -1,7 +1,8 @@
 """The ledger gathers witnesses' cosignatures: one supervised worker per witness (services/api/workers.py).
 
-Heads are signed per commit; each worker sends only the latest head, at most once per step (~1 s), with the
-consistency proof from the size that witness last cosigned. A 409 names the witness's size: the worker
+Heads are signed per commit; each worker looks for a new latest head every POLL_INTERVAL_S and sends it at
+most once per SEND_GAP_S (a burst of commits costs one request a second; the first head after a quiet spell
+goes out at once), with the consistency proof from the size that witness last cosigned. A 409 names the witness's size: the worker
 adopts it and retries once with the proof from there. A witness that is down or refuses makes its own
 worker fail and back off (health `reserve_ledger.worker.witness-NAME`); commands never wait for witnesses.
 A cosignature is checked against the witness's configured key before it is stored.
@@ -20,7 +21,8 @@ from services.witness import note
 from services.witness.log import LogCheckpoints
 from services.witness.witness import format_add_checkpoint
 
-WITNESS_INTERVAL_S = 1.0
+POLL_INTERVAL_S = 0.25
+SEND_GAP_S = 1.0
 HTTP_TIMEOUT_S = 10.0
 RESPONSE_SIZE_MAX_BYTES = 1 << 16
 
@@ -91,6 +93,7 @@ class WitnessFeed:
             note.parse_note(latest[1].encode()).text).root_hash
         self.cosigned_at_s: float | None = None
         self.head_size = 0
+        self._sent_at_s: float | None = None
 
     def step(self) -> None:
         head = self._store.load_tree_head()
@@ -99,8 +102,12 @@ class WitnessFeed:
         self.head_size = head.tree_size
         if (head.tree_size, head.root_hash) == (self.cosigned_size, self._cosigned_root):
             return
+        now_s = self._clock_s()
+        if self._sent_at_s is not None and now_s - self._sent_at_s < SEND_GAP_S:
+            return  # batch: the next step sends whatever head is latest then
         for _ in range(2):  # a 409 tells the size the witness holds: one retry from there
             if self._send(head):
+                self._sent_at_s = now_s
                 return
         raise WitnessRefused(f"witness {self.witness.name} still disagrees about the size it holds")
 
@@ -138,8 +145,8 @@ class WitnessFeed:
 
 
 def start_feeds(supervisor, store, checkpoints: LogCheckpoints, witnesses: list[WitnessEndpoint]) -> list[WitnessFeed]:
-    """One supervised worker per witness (`witness-NAME`), every WITNESS_INTERVAL_S."""
-    feeds = [WitnessFeed(store, checkpoints, witness, time.time) for witness in witnesses]
+    """One supervised worker per witness (`witness-NAME`), every POLL_INTERVAL_S."""
+    feeds = [WitnessFeed(store, checkpoints, witness, time.monotonic) for witness in witnesses]
     for feed in feeds:
-        supervisor.start(f"witness-{feed.witness.name}", feed.step, WITNESS_INTERVAL_S, first_delay_s=0.1)
+        supervisor.start(f"witness-{feed.witness.name}", feed.step, POLL_INTERVAL_S, first_delay_s=0.1)
     return feeds

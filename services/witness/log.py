@@ -32,12 +32,18 @@ class LogCheckpoints:
         return note.sign_checkpoint(note.checkpoint(self.origin, head.tree_size, head.root_hash), self._signer)
 
     def with_cosignatures(self, head: TreeHead, store) -> tuple[note.Note, list[dict]]:
-        """The head's checkpoint with every cosignature stored for it (rows: witness, signature_line, timestamp_s)."""
-        signed = self.signed(head)
-        rows = [row for row in store.list_cosignatures(head.tree_size)
-                if note.parse_note(row["checkpoint"].encode()).text == signed.text]
-        lines = tuple(note.parse_signature_line(row["signature_line"].rstrip("\n")) for row in rows)
-        return note.Note(signed.text, signed.signatures + lines), rows
+        """The head's checkpoint with every cosignature stored for it (rows: witness, signature_line, timestamp_s).
+
+        A head that was cosigned is served as it was sent to the witnesses (the same bytes a local export
+        reads), whatever origin this process is configured with; any other head is signed now."""
+        rows = store.list_cosignatures(head.tree_size)
+        if rows:
+            first = note.parse_note(rows[0]["checkpoint"].encode())
+            if note.parse_checkpoint(first.text).root_hash == head.root_hash:
+                same = [row for row in rows if row["checkpoint"] == rows[0]["checkpoint"]]
+                lines = tuple(note.parse_signature_line(row["signature_line"].rstrip("\n")) for row in same)
+                return note.Note(first.text, first.signatures + lines), same
+        return self.signed(head), []
 
 
 def stored_checkpoint(store, tree_size: int) -> bytes | None:

@@ -54,3 +54,8 @@ def test_audit_benchmark_exports_and_audits_a_log_that_passes(tmp_path):
     assert size >= 600 and (tmp_path / "bundle" / "events.bin").stat().st_size > size * 100
     assert re.search(r"export: [\d.]+ s, peak \d+ MB, bundle [\d.]+ MB", out)
     assert re.search(r"audit: [\d.]+ s, peak \d+ MB \([\d,]+ events/s\)", out)
+
+
+def test_witness_benchmark_reports_the_time_to_a_quorum_of_cosignatures(tmp_path):
+    out = run("bench_witness.py", "--witnesses", "2", "--heads", "2", "--pause-s", "1.2", "--data-dir", str(tmp_path))
+    assert re.search(r"new head -> quorum of cosignatures: p50 \d+ ms, p95 \d+ ms", out), out
