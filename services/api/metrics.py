@@ -86,7 +86,8 @@ class _StateCollector:
             if value is None:
                 continue
             if isinstance(value, dict):
-                family = GaugeMetricFamily(f"{PREFIX}_{name}", self.HELP[name], labels=[self.LABELS.get(name, "worker")])
+                label = self.LABELS.get(name, "worker")
+                family = GaugeMetricFamily(f"{PREFIX}_{name}", self.HELP[name], labels=[label])
                 for label, number in value.items():
                     family.add_metric([label], number)
             else:

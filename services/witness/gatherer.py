@@ -2,9 +2,9 @@
 
 Heads are signed per commit; each worker looks for a new latest head every POLL_INTERVAL_S and sends it at
 most once per SEND_GAP_S (a burst of commits costs one request a second; the first head after a quiet spell
-goes out at once), with the consistency proof from the size that witness last cosigned. A 409 names the witness's size: the worker
-adopts it and retries once with the proof from there. A witness that is down or refuses makes its own
-worker fail and back off (health `reserve_ledger.worker.witness-NAME`); commands never wait for witnesses.
+goes out at once), with the consistency proof from the size that witness last cosigned. A 409 names the
+witness's size: the worker adopts it and retries once with the proof from there. A witness that is down or
+refuses makes its own worker fail and back off (health `reserve_ledger.worker.witness-NAME`); commands never wait for witnesses.
 A cosignature is checked against the witness's configured key before it is stored.
 """
 

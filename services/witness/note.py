@@ -237,7 +237,8 @@ class Checkpoint:
 
 
 def checkpoint(origin: str, tree_size: int, root_hash: bytes, extensions: tuple[str, ...] = ()) -> Checkpoint:
-    if not origin or len(origin) > limits.KEY_NAME_LENGTH_MAX or tree_size < 0 or len(root_hash) != merkle.HASH_SIZE_BYTES:
+    if not origin or len(origin) > limits.KEY_NAME_LENGTH_MAX or tree_size < 0 or \
+            len(root_hash) != merkle.HASH_SIZE_BYTES:
         raise NoteInvalid("a checkpoint has a non-empty origin, a size of 0 or more and a 32-byte root")
     made = Checkpoint(origin, tree_size, bytes(root_hash), tuple(extensions))
     check_text(made.text())

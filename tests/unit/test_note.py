@@ -105,7 +105,8 @@ def test_a_checkpoint_body_has_the_documented_three_lines_and_reads_back():
 
 @pytest.mark.parametrize("text", [
     "origin\n12\n", "origin\n012\n" + base64.b64encode(ROOT).decode() + "\n",
-    "origin\n-1\n" + base64.b64encode(ROOT).decode() + "\n", "origin\n1\n" + base64.b64encode(ROOT[:31]).decode() + "\n",
+    "origin\n-1\n" + base64.b64encode(ROOT).decode() + "\n",
+    "origin\n1\n" + base64.b64encode(ROOT[:31]).decode() + "\n",
     "\n1\n" + base64.b64encode(ROOT).decode() + "\n", "origin\n1\n" + base64.b64encode(ROOT).decode() + "\n\n",
     "origin\n１\n" + base64.b64encode(ROOT).decode() + "\n",
 ])

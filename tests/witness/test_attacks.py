@@ -58,7 +58,8 @@ def test_a_history_rewritten_with_the_logs_key_is_refused_by_every_witness_and_f
     witness_args = [f"witness.test/w{i}={k}" for i, k in zip((1, 2), keys)]
     with WitnessProcess(tmp_path / "w1", {ORIGIN: vkey}) as w1, WitnessProcess(tmp_path / "w2", {ORIGIN: vkey}) as w2:
         endpoints = [f"{a}@{w.url}" for a, w in zip(witness_args, (w1, w2))]
-        record((str(honest / "data"), None), certs_dir, tmp_path, endpoints, ["cold-a", "cold-b", "cold-c", "cold-d"], 2)
+        record((str(honest / "data"), None), certs_dir, tmp_path, endpoints,
+               ["cold-a", "cold-b", "cold-c", "cold-d"], 2)
         answer = record((str(rewritten / "data"), None), certs_dir, tmp_path, endpoints,
                         ["cold-a", "cold-x", "cold-c", "cold-d", "cold-e"], 0)
     assert not answer.cosignatures
