@@ -34,7 +34,7 @@ from services.bitcoin.backends import close_backend
 from services.errors import ConfigurationInvalid
 from services.store.signing import TreeHeadSigner
 from services.store.writer import CommandWriter
-from services.witness.gatherer import WitnessEndpoint, start_feeds
+from services.witness.gatherer import WitnessEndpoint, start_feeds, witnessed_head_choice
 from services.witness.log import LogCheckpoints
 
 log = logging.getLogger("reserve_ledger.server")
@@ -97,8 +97,10 @@ class LedgerServer:
         self.writes_problem = ""
         self.anchor_worker = None
         if self.chain is not None:
-            self.anchor_worker = AnchorWorker(self.ledger.store, self.signer, self.chain, parts.anchor_key,
-                                              config.anchor_policy, parts.clock_us)
+            self.anchor_worker = AnchorWorker(
+                self.ledger.store, self.signer, self.chain, parts.anchor_key, config.anchor_policy, parts.clock_us,
+                witnessed_head_choice(self.ledger.store, self.signer.latest, config.witness_quorum)
+                if parts.witnesses and config.witness_quorum else None)
         self._anchor_watch = AnchorWatch(self.ledger.store)
         self.metrics.add_state_collector(self._state_for_metrics)
         self.metrics_port = None

@@ -30,6 +30,7 @@ def check_witnesses(directory: pathlib.Path, facts: dict, witnesses: list[Witnes
     findings: Findings = facts["findings"]
     public_key_raw = _public_key(facts)
     roots = {h["tree_size"]: h["root_hash"] for h in facts["tree_heads"]}
+    roots.update(_anchor_roots(directory, facts, roots))
     entries = bundle_checkpoints(directory)
     rows, by_size = [], {}
     for entry in entries.get("checkpoints") or []:
@@ -47,6 +48,17 @@ def check_witnesses(directory: pathlib.Path, facts: dict, witnesses: list[Witnes
     return {"vkey": entries.get("vkey"), "quorum": quorum if witnesses else None,
             "witnesses": [w.vkey.text() for w in witnesses], "checkpoints": rows,
             "required": [{"tree_size": s, "why": why} for s, why in required]}
+
+
+def _anchor_roots(directory: pathlib.Path, facts: dict, head_roots: dict) -> dict:
+    """The roots anchors commit to (the anchors check compares each with the rebuilt log): an anchored head
+    may have been pruned from tree_heads.json once superseded, its checkpoint still names it."""
+    from services.audit.bundle import read_json
+    anchors = read_json(directory, "anchors.json")
+    failed = {f.where for f in facts["findings"].kept if f.check == "anchors"}
+    return {a["tree_size"]: a["root_hash"] for a in anchors if isinstance(a, dict)
+            and isinstance(a.get("tree_size"), int) and f"anchor {a.get('txid')}" not in failed
+            and a["tree_size"] not in head_roots and isinstance(a.get("root_hash"), str)}
 
 
 def _public_key(facts: dict) -> bytes | None:

@@ -426,6 +426,12 @@ class _LedgerTables:
                              "ORDER BY tree_size DESC LIMIT 1", (witness,))
         return None if row is None else (row["tree_size"], row["checkpoint"])
 
+    def latest_witnessed(self, quorum: int) -> tuple[int, str] | None:
+        """The largest tree size cosigned by at least ``quorum`` witnesses, with its checkpoint note."""
+        row = self._read_one("SELECT tree_size, MIN(checkpoint) AS checkpoint FROM {cosignatures} GROUP BY tree_size "
+                             "HAVING COUNT(*) >= ? ORDER BY tree_size DESC LIMIT 1", (quorum,))
+        return None if row is None else (row["tree_size"], row["checkpoint"])
+
     def cosigned_sizes(self, tree_size_max: int) -> list[int]:
         """Every tree size up to ``tree_size_max`` with at least one stored cosignature."""
         rows = self._read_all("SELECT DISTINCT tree_size FROM {cosignatures} WHERE tree_size <= ? "

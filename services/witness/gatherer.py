@@ -4,8 +4,8 @@ Heads are signed per commit; each worker looks for a new latest head every POLL_
 most once per SEND_GAP_S (a burst of commits costs one request a second; the first head after a quiet spell
 goes out at once), with the consistency proof from the size that witness last cosigned. A 409 names the
 witness's size: the worker adopts it and retries once with the proof from there. A witness that is down or
-refuses makes its own worker fail and back off (health `reserve_ledger.worker.witness-NAME`); commands never wait for witnesses.
-A cosignature is checked against the witness's configured key before it is stored.
+refuses makes its own worker fail and back off (health `reserve_ledger.worker.witness-NAME`); commands never
+wait for witnesses. A cosignature is checked against the witness's configured key before it is stored.
 """
 
 import dataclasses
@@ -142,6 +142,28 @@ class WitnessFeed:
                 self.cosigned_at_s = self._clock_s()
                 return
         raise WitnessRefused(f"witness {self.witness.name} answered 200 without a valid cosignature by its key")
+
+
+@dataclasses.dataclass(frozen=True)
+class WitnessedHead:
+    tree_size: int
+    root_hash: bytes
+
+
+def witnessed_head_choice(store, latest: Callable[[], TreeHead | None], quorum: int):
+    """What the anchor worker anchors when witnesses are configured: the largest head a quorum cosigned, when
+    it is newer than the last anchor; otherwise the latest signed head (a witness outage never stops
+    anchoring; the audit then names that anchored head as not witnessed)."""
+    def choose():
+        head = latest()
+        witnessed = store.latest_witnessed(quorum)
+        chain = [a for a in store.list_anchors() if a.state not in ("replaced", "abandoned")]
+        anchored_size = chain[-1].tree_size if chain else 0
+        if witnessed is None or witnessed[0] <= anchored_size or head is None:
+            return head
+        made = note.parse_checkpoint(note.parse_note(witnessed[1].encode()).text)
+        return WitnessedHead(made.tree_size, made.root_hash)
+    return choose
 
 
 def start_feeds(supervisor, store, checkpoints: LogCheckpoints, witnesses: list[WitnessEndpoint]) -> list[WitnessFeed]:

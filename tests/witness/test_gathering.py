@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from ledger import merkle
 from reserve_ledger.v1 import audit_pb2 as apb
 from reserve_ledger.v1 import audit_pb2_grpc
 from services.api.client import secure_channel
@@ -94,3 +95,33 @@ def test_a_witness_that_is_down_holds_up_no_command_and_catches_up_when_it_comes
     finally:
         server.stop(grace_s=1)
     assert answer.cosignatures[0].witness == "witness.test/w1"
+
+
+def test_the_anchor_worker_is_offered_the_newest_witnessed_head_not_a_newer_unwitnessed_one(certs_dir, tmp_path):
+    """With witnesses configured the anchor worker's head choice is the largest head a quorum cosigned (3 here,
+    cosigned before the witness went away), not the latest (5, which no witness saw); without any witnessed
+    head it is the latest, so a witness outage never stops anchoring."""
+    from services.witness.gatherer import witnessed_head_choice
+    vkey = log_vkey_of(tmp_path)
+    key = init_witness(tmp_path / "w1", "witness.test/w1")
+    port = free_port()
+    server = serve((str(tmp_path / "data"), None), certs_dir, tmp_path,
+                   [f"witness.test/w1={key}@http://127.0.0.1:{port}"], 1)
+    try:
+        store = server.ledger.store
+        choose = witnessed_head_choice(store, server.signer.latest, 1)
+        clients = Clients(f"127.0.0.1:{server.port}", certs_dir)
+        open_account(clients.alice, "cold-0")
+        assert choose().tree_size == 1                               # nothing witnessed yet: the latest
+        stub = audit_stub(clients.address, certs_dir, "dave")
+        with WitnessProcess(tmp_path / "w1", {"reserve.test/ledger": vkey}, port=port):
+            for i in (1, 2):
+                open_account(clients.alice, f"cold-{i}")
+            wait_for_cosigners(stub, 3, 1)
+        for i in (3, 4):
+            open_account(clients.alice, f"cold-{i}")
+        chosen = choose()
+        assert (chosen.tree_size, chosen.root_hash) == (3, merkle.root_hash(store, 3))
+        assert server.signer.latest().tree_size == 5
+    finally:
+        server.stop(grace_s=1)
