@@ -15,7 +15,8 @@ from ledger.event_proofs import dumps_proof
 from services.anchoring.event_proofs import event_proof
 from services.api.paging import offset_of, token_of, within_bytes
 from services.store.signing import TreeHeadSigner
-from services.witness.log import LogCheckpoints
+from services.witness.log import LogCheckpoints, cosigned
+from services.witness.note import parse_checkpoint
 
 
 def head_to_proto(head: TreeHead) -> pb.SignedTreeHead:
@@ -127,10 +128,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                                        vkey=self._checkpoints.vkey.text() if self._checkpoints else "")
 
     def GetCheckpoint(self, request, context):
-        head = self._head(request.tree_size)
-        signed, rows = self._checkpoints.with_cosignatures(head, self._store)
+        found = self._pruned_but_cosigned(request.tree_size)
+        signed, rows = found or self._checkpoints.with_cosignatures(self._head(request.tree_size), self._store)
         return pb.GetCheckpointResponse(
-            note=signed.encode().decode(), tree_size=head.tree_size,
+            note=signed.encode().decode(), tree_size=parse_checkpoint(signed.text).tree_size,
             cosignatures=[pb.WitnessCosignature(witness=r["witness"], timestamp_s=r["timestamp_s"]) for r in rows])
 
     def GetEventProof(self, request, context):
@@ -175,6 +176,13 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         anchors = self._store.list_anchors(first, tree_size_max, page_size + 1)
         page, token = _page(anchors, page_size, anchor_to_proto, "anchors", lambda anchor: anchor.anchor_id)
         return pb.ListAnchorsResponse(anchors=page, next_page_token=token)
+
+    def _pruned_but_cosigned(self, tree_size: int):
+        """A head pruned once superseded (docs/FORMATS.md §3) whose cosigned checkpoint is stored (an anchored
+        witnessed head, §8): served from the store."""
+        if tree_size <= 0 or tree_size > self._store.log_size() or self._store.load_tree_head(tree_size):
+            return None
+        return cosigned(self._store, tree_size)
 
     def GetAnchorGenesis(self, request, context):
         genesis = self._store.load_anchor_genesis()

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 
-from services.compose import is_loopback, listen_address
+from services.compose import listen_address
 from services.errors import AlreadyExists, ConfigurationInvalid, NothingStoredHere
 
 STOP_POLL_S = 0.5
@@ -99,7 +99,7 @@ def cmd_witness_serve(args) -> int:
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stopping.set())
     server.serve_in_thread()
-    shown_host = host if is_loopback(args.listen) or host else "0.0.0.0"
+    shown_host = f"[{host}]" if ":" in host else host or "0.0.0.0"
     print(f"witness {witness.vkey.text()}\nlistening on http://{shown_host}:{server.port}", flush=True)
     try:
         while not stopping.wait(STOP_POLL_S):  # runs until SIGTERM or Ctrl-C

@@ -36,25 +36,26 @@ class LogCheckpoints:
 
         A head that was cosigned is served as it was sent to the witnesses (the same bytes a local export
         reads), whatever origin this process is configured with; any other head is signed now."""
-        rows = store.list_cosignatures(head.tree_size)
-        if rows:
-            first = note.parse_note(rows[0]["checkpoint"].encode())
-            if note.parse_checkpoint(first.text).root_hash == head.root_hash:
-                same = [row for row in rows if row["checkpoint"] == rows[0]["checkpoint"]]
-                lines = tuple(note.parse_signature_line(row["signature_line"].rstrip("\n")) for row in same)
-                return note.Note(first.text, first.signatures + lines), same
-        return self.signed(head), []
+        return cosigned(store, head.tree_size, head.root_hash) or (self.signed(head), [])
 
 
-def stored_checkpoint(store, tree_size: int) -> bytes | None:
-    """The log-signed checkpoint of ``tree_size`` with every stored cosignature, read without the key (export)."""
+def cosigned(store, tree_size: int, root_hash: bytes | None = None) -> tuple[note.Note, list[dict]] | None:
+    """The log-signed checkpoint of ``tree_size`` as stored when it was sent, with every stored cosignature of
+    it (read without the key: exports, and heads pruned since); None when none is stored (for that root)."""
     rows = store.list_cosignatures(tree_size)
     if not rows:
         return None
-    signed = note.parse_note(rows[0]["checkpoint"].encode())
-    lines = tuple(note.parse_signature_line(row["signature_line"].rstrip("\n")) for row in rows
-                  if row["checkpoint"] == rows[0]["checkpoint"])
-    return note.Note(signed.text, signed.signatures + lines).encode()
+    first = note.parse_note(rows[0]["checkpoint"].encode())
+    if root_hash is not None and note.parse_checkpoint(first.text).root_hash != root_hash:
+        return None
+    same = [row for row in rows if row["checkpoint"] == rows[0]["checkpoint"]]
+    lines = tuple(note.parse_signature_line(row["signature_line"].rstrip("\n")) for row in same)
+    return note.Note(first.text, first.signatures + lines), same
+
+
+def stored_checkpoint(store, tree_size: int) -> bytes | None:
+    found = cosigned(store, tree_size)
+    return None if found is None else found[0].encode()
 
 
 def log_vkey_text(origin: str | None, public_key_raw: bytes) -> str:

@@ -123,5 +123,8 @@ def test_the_anchor_worker_is_offered_the_newest_witnessed_head_not_a_newer_unwi
         chosen = choose()
         assert (chosen.tree_size, chosen.root_hash) == (3, merkle.root_hash(store, 3))
         assert server.signer.latest().tree_size == 5
+        assert store.load_tree_head(3) is None                     # pruned once superseded ...
+        kept = stub.GetCheckpoint(apb.GetCheckpointRequest(tree_size=3), timeout=30)
+        assert [c.witness for c in kept.cosignatures] == ["witness.test/w1"]   # ... its cosigned checkpoint is not
     finally:
         server.stop(grace_s=1)
