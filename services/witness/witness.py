@@ -90,6 +90,7 @@ def init_state(directory: str | pathlib.Path, name: str) -> note.VerifierKey:
     directory = pathlib.Path(directory)
     note.check_key_name(name)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)  # an existing empty directory keeps its mode otherwise
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
