@@ -108,10 +108,13 @@ def test_unknown_logs_bad_signatures_and_bad_proofs_get_the_specs_statuses(state
     assert statuses == [422, 422, 422]
 
 
-def test_a_restarted_witness_keeps_its_state(state, log, tmp_path):
-    """The size cosigned before a restart is the one the witness holds after it (409 for old 0)."""
+def test_a_witness_killed_right_after_answering_keeps_what_it_cosigned(state, log, tmp_path):
+    """It persists before it answers: killed with SIGKILL just after a 200, the restarted witness holds that
+    size (409 for old 0) and goes on from it."""
     with WitnessProcess(state, {log.origin: log.vkey.text()}) as witness:
         assert post(witness.url, log.request(0))[0] == 200
+        witness.process.kill()
+        witness.process.wait(timeout=30)
     log.append(2)
     with WitnessProcess(state, {log.origin: log.vkey.text()}) as witness:
         assert post(witness.url, log.request(0))[:3:2] == (409, "5\n")
@@ -133,3 +136,17 @@ def test_witness_mistakes_are_one_line_and_exit_2(state, tmp_path):
         done = run(*args)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
     assert not (tmp_path / "new").exists() and not (tmp_path / "none").exists()
+
+
+def test_concurrent_requests_never_roll_the_witness_back(state, log):
+    """Twenty requests at once, each from old 0 to another size: exactly one is cosigned, the others get 409
+    with that size, and the witness then holds it (the check and the update are one transaction)."""
+    from concurrent.futures import ThreadPoolExecutor
+    log.append(15)
+    with WitnessProcess(state, {log.origin: log.vkey.text()}) as witness:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            answers = list(pool.map(lambda size: (size, post(witness.url, log.request(0, size))), range(1, 21)))
+        won = [size for size, (status, _, _) in answers if status == 200]
+        assert len(won) == 1, answers
+        assert {body for _, (status, _, body) in answers if status == 409} == {f"{won[0]}\n"}
+        assert post(witness.url, log.request(0))[:3:2] == (409, f"{won[0]}\n")
