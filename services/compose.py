@@ -212,6 +212,18 @@ def log_checkpoints(key_path: pathlib.Path, origin: str | None):
         raise ConfigurationInvalid(f"--log-origin {origin!r}: {invalid}") from None
 
 
+def _warn_if_origin_changed(ledger: ReserveLedger, origin: str) -> None:
+    """Witnesses know the log by its origin: a different --log-origin than the cosigned checkpoints' is worth
+    a warning (they will answer 404 for the new one until reconfigured)."""
+    import logging
+    from services.witness.log import origin_of
+    found = ledger.store.latest_witnessed(1)
+    if found is not None and origin_of(found[1]) != origin:
+        logging.getLogger("reserve_ledger.witnesses").warning(
+            "--log-origin %r differs from the origin %r of the checkpoints witnesses cosigned so far; witnesses "
+            "configured with the old origin will not cosign the new one", origin, origin_of(found[1]))
+
+
 def witness_endpoints(config: "ServerConfig") -> list:
     """--witness NAME=VKEY@URL ... and --witness-quorum K, checked."""
     from services.witness.gatherer import check_witnesses, parse_witness
@@ -394,6 +406,7 @@ def build_server(config: ServerConfig):
                                   keep_every_events=config.tree_head_keep_every_events)
         anchor_key = open_anchor_key(storage, config.anchor_key_path, config.anchor_network) if chain else None
         checkpoints = log_checkpoints(key_path, config.log_origin)
+        _warn_if_origin_changed(ledger, checkpoints.origin)
         return LedgerServer(config, ServerParts(ledger, signer, chain, anchor_key, clock_us, checkpoints,
                                                 tuple(witness_endpoints(config))))
     except BaseException:
