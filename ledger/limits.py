@@ -55,3 +55,10 @@ LEAF_BATCH_MAX = 2000
 KEY_ORIGIN_DEPTH_MAX = 255               # a BIP-32 path is at most 255 levels deep (the depth is one byte)
 ANCHOR_REQUEST_SIZE_MAX_BYTES = 64_000   # FILE.request.json as `anchor psbt` writes it (the PSBT is inside)
 ANCHORS_SHOWN_MAX = 10                   # `anchor status` lists the last anchors only
+# C2SP signed notes, checkpoints and the witness protocol (services/witness/).
+NOTE_SIGNATURES_MAX = 100              # signed-note: a verifier refuses a note with more signature lines
+NOTE_SIZE_MAX_BYTES = 1 << 16          # a checkpoint note with its signatures; far above any real one
+WITNESS_PROOF_HASHES_MAX = 63          # tlog-witness: at most 63 consistency proof lines
+WITNESS_REQUEST_SIZE_MAX_BYTES = 1 << 17
+WITNESSES_MAX = 32                     # --witness options of serve and audit
+KEY_NAME_LENGTH_MAX = 256              # origin lines and key names

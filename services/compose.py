@@ -211,6 +211,42 @@ def tree_head_signer(ledger: ReserveLedger, key_path: pathlib.Path, *, create: b
     return TreeHeadSigner(ledger.store, load_signing_key(key_path, create=create), clock_us, keep_every_events)
 
 
+def log_checkpoints(key_path: pathlib.Path, origin: str | None):
+    """The log's C2SP checkpoints, signed with the tree-head key (services/witness/log.py)."""
+    from services.witness import note
+    from services.witness.log import LogCheckpoints
+    try:
+        return LogCheckpoints(origin, note.KeySigner(load_signing_key(key_path, create=False)))
+    except note.NoteInvalid as invalid:
+        raise ConfigurationInvalid(f"--log-origin {origin!r}: {invalid}") from None
+
+
+def _warn_if_origin_changed(ledger: ReserveLedger, origin: str) -> None:
+    """Witnesses know the log by its origin: a different --log-origin than the cosigned checkpoints' is worth
+    a warning (they will answer 404 for the new one until reconfigured)."""
+    import logging
+    from services.witness.log import origin_of
+    found = ledger.store.latest_witnessed(1)
+    if found is not None and origin_of(found[1]) != origin:
+        logging.getLogger("reserve_ledger.witnesses").warning(
+            "--log-origin %r differs from the origin %r of the checkpoints witnesses cosigned so far; witnesses "
+            "configured with the old origin will not cosign the new one", origin, origin_of(found[1]))
+
+
+def witness_endpoints(config: "ServerConfig") -> list:
+    """--witness NAME=VKEY@URL ... and --witness-quorum K, checked."""
+    from services.witness.gatherer import check_witnesses, parse_witness
+    from services.witness import note
+    if config.log_origin is not None:
+        try:
+            note.check_key_name(config.log_origin)
+        except note.NoteInvalid as invalid:
+            raise ConfigurationInvalid(f"--log-origin: {invalid}") from None
+    endpoints = [parse_witness(value, with_url=True) for value in config.witnesses]
+    check_witnesses(endpoints, config.witness_quorum)
+    return endpoints
+
+
 # --- chain ------------------------------------------------------------------------------------------------
 
 
@@ -273,6 +309,10 @@ class ServerConfig:
     streams_per_identity_max: int = _setting(STREAMS_PER_IDENTITY_MAX, "open server streams per identity; more "
                                              "are refused with RESOURCE_EXHAUSTED")
     streams_total_max: int = _setting(STREAMS_TOTAL_MAX, "open server streams in all")
+    log_origin: str | None = _setting(None, "the log's name in its C2SP checkpoints (default reserve-ledger.local/ "
+                                      "+ 16 hex digits of the tree-head key's SHA-256)")
+    witnesses: tuple[str, ...] = ()           # NAME=VKEY@URL each (services/witness/gatherer.py)
+    witness_quorum: int = 0
 
     @property
     def storage(self) -> StorageConfig:
@@ -333,6 +373,7 @@ def check_server_config(config: ServerConfig) -> None:
     _check_port_free(config.listen)
     if config.metrics_listen:
         _check_metrics_listen(config)
+    witness_endpoints(config)
 
 
 def _check_metrics_listen(config: ServerConfig) -> None:
@@ -387,7 +428,10 @@ def build_server(config: ServerConfig):
         signer = tree_head_signer(ledger, key_path, create=create_key,
                                   keep_every_events=config.tree_head_keep_every_events)
         anchor_key = open_anchor_key(storage, config.anchor_key_path, config.anchor_network) if chain else None
-        return LedgerServer(config, ServerParts(ledger, signer, chain, anchor_key, clock_us))
+        checkpoints = log_checkpoints(key_path, config.log_origin)
+        _warn_if_origin_changed(ledger, checkpoints.origin)
+        return LedgerServer(config, ServerParts(ledger, signer, chain, anchor_key, clock_us, checkpoints,
+                                                tuple(witness_endpoints(config))))
     except BaseException:
         if ledger is not None:
             ledger.close()

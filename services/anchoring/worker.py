@@ -75,8 +75,11 @@ class StepReport:
 
 class AnchorWorker:
     def __init__(self, store, signer: TreeHeadSigner, backend: ChainBackend, key: AnchorKey,
-                 policy: AnchorPolicy, clock_us: Callable[[], int]):
+                 policy: AnchorPolicy, clock_us: Callable[[], int], head_choice: Callable[[], object] | None = None):
         self._store, self._signer, self._backend = store, signer, backend
+        # which head to anchor (tree_size, root_hash): the latest signed one unless the server prefers a
+        # witnessed one (services/witness/gatherer.py `witnessed_head_choice`)
+        self._anchor_head = head_choice or signer.latest
         self._key, self._policy, self._clock_us = key, policy, clock_us
         self._tip_seen: tuple[int, str] | None = None
 
@@ -187,7 +190,7 @@ class AnchorWorker:
     # --- building ---------------------------------------------------------------------------------------
 
     def _maybe_anchor(self, tip: int, report: StepReport) -> None:
-        head = self._signer.latest()
+        head = self._anchor_head()
         chain = [a for a in self._anchors() if a.state not in ("replaced", "abandoned")]
         if head is None or head.tree_size == 0 or (chain and chain[-1].tree_size >= head.tree_size):
             return  # nothing new, nothing sent
@@ -206,7 +209,7 @@ class AnchorWorker:
         if not witness or witness[0][-1:] != (self._key.public_key,):
             log.warning("anchor %s is stuck, but another key signed it: bump it with `anchor psbt`", stuck.txid)
             return
-        head = self._signer.latest()
+        head = self._anchor_head()
         coin = Utxo(stuck.prev_txid, stuck.prev_vout, stuck.prev_value_sats)
         fee_rate = policy_rules.replacement_fee_rate(stuck.fee_sats, stuck.vsize, self._estimate(), self._policy)
         replacement = self._record(coin, head, fee_rate, tip, replaces=stuck.anchor_id)

@@ -17,6 +17,8 @@ from ledger.event_proofs import dumps_proof
 from services.anchoring.event_proofs import event_proof
 from services.api.paging import offset_of, token_of, within_bytes
 from services.store.signing import TreeHeadSigner
+from services.witness.log import LogCheckpoints, cosigned
+from services.witness.note import parse_checkpoint
 
 
 def head_to_proto(head: TreeHead) -> pb.SignedTreeHead:
@@ -48,7 +50,9 @@ def _not_negative(**values: int) -> None:
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, ledger: ReserveLedger, signer: TreeHeadSigner, chain: ChainBackend | None = None):
+    def __init__(self, ledger: ReserveLedger, signer: TreeHeadSigner, chain: ChainBackend | None = None,
+                 checkpoints: LogCheckpoints | None = None):
+        self._checkpoints = checkpoints
         self._ledger = ledger
         self._store = ledger.store
         self._signer = signer
@@ -65,18 +69,21 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         _, event_bytes = self._ledger.read_events(position, 1)[0]
         return pb.Leaf(position=position, canonical_bytes=event_bytes, leaf_hash=merkle.leaf_hash(event_bytes))
 
-    def GetTreeHead(self, request, context):
-        _not_negative(tree_size=request.tree_size)
-        if request.tree_size == 0:  # the latest head: every commit signs its own, so it covers the whole log
+    def _head(self, tree_size: int) -> TreeHead:
+        _not_negative(tree_size=tree_size)
+        if tree_size == 0:  # the latest head: every commit signs its own, so it covers the whole log
             head = self._signer.latest()
             if head is None:
                 raise errors.TreeHeadNotFound("no tree head was ever signed", field="tree_size")
-            return pb.GetTreeHeadResponse(tree_head=head_to_proto(head))
-        self._within_log(request.tree_size, "tree_size")
-        head = self._store.load_tree_head(request.tree_size)
+            return head
+        self._within_log(tree_size, "tree_size")
+        head = self._store.load_tree_head(tree_size)
         if head is None:
-            raise errors.TreeHeadNotFound(f"no tree head was signed at size {request.tree_size}", field="tree_size")
-        return pb.GetTreeHeadResponse(tree_head=head_to_proto(head))
+            raise errors.TreeHeadNotFound(f"no tree head was signed at size {tree_size}", field="tree_size")
+        return head
+
+    def GetTreeHead(self, request, context):
+        return pb.GetTreeHeadResponse(tree_head=head_to_proto(self._head(request.tree_size)))
 
     def GetInclusionProof(self, request, context):
         _not_negative(position=request.position, tree_size=request.tree_size)
@@ -125,7 +132,15 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                              for event, data in self._ledger.read_events(position, count)])
 
     def GetPublicKey(self, request, context):
-        return pb.GetPublicKeyResponse(ed25519_public_key=self._signer.public_key_raw, key_id=self._signer.key_id)
+        return pb.GetPublicKeyResponse(ed25519_public_key=self._signer.public_key_raw, key_id=self._signer.key_id,
+                                       vkey=self._checkpoints.vkey.text() if self._checkpoints else "")
+
+    def GetCheckpoint(self, request, context):
+        found = self._pruned_but_cosigned(request.tree_size)
+        signed, rows = found or self._checkpoints.with_cosignatures(self._head(request.tree_size), self._store)
+        return pb.GetCheckpointResponse(
+            note=signed.encode().decode(), tree_size=parse_checkpoint(signed.text).tree_size,
+            cosignatures=[pb.WitnessCosignature(witness=r["witness"], timestamp_s=r["timestamp_s"]) for r in rows])
 
     def GetEventProof(self, request, context):
         _not_negative(position=request.position)
@@ -169,6 +184,13 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         anchors = self._store.list_anchors(first, tree_size_max, page_size + 1)
         page, token = _page(anchors, page_size, anchor_to_proto, "anchors", lambda anchor: anchor.anchor_id)
         return pb.ListAnchorsResponse(anchors=page, next_page_token=token)
+
+    def _pruned_but_cosigned(self, tree_size: int):
+        """A head pruned once superseded (docs/FORMATS.md §3) whose cosigned checkpoint is stored (an anchored
+        witnessed head, §8): served from the store."""
+        if tree_size <= 0 or tree_size > self._store.log_size() or self._store.load_tree_head(tree_size):
+            return None
+        return cosigned(self._store, tree_size)
 
     def GetAnchorGenesis(self, request, context):
         genesis = self._store.load_anchor_genesis()

@@ -55,6 +55,7 @@ ALLOWED_ROLES: dict[str, frozenset[str]] = {
     AUDIT_SERVICE + "GetAnchorGenesis": frozenset({"auditor", "admin"}),
     ALERT_SERVICE + "ListAlerts": frozenset({"auditor", "admin"}),
     ALERT_SERVICE + "StreamAlerts": frozenset({"auditor", "admin"}),
+    AUDIT_SERVICE + "GetCheckpoint": frozenset({"auditor", "admin"}),
 }
 
 

@@ -74,7 +74,10 @@ class _StateCollector:
         "reserve_alerts_open": "reserve alerts (unexplained on-chain movements) not yet closed or reorged out",
         "worker_healthy": "1 while a background worker's last step succeeded",
         "worker_failures": "failed steps of a background worker since start",
+        "witness_lag_events": "events of the latest signed tree head a witness has not cosigned yet",
+        "witness_cosignature_age_seconds": "seconds since a witness's last cosignature was gathered",
     }
+    LABELS = {"witness_lag_events": "witness", "witness_cosignature_age_seconds": "witness"}  # others: worker
 
     def __init__(self, read_state: Callable[[], dict]):
         self._read_state = read_state
@@ -87,7 +90,8 @@ class _StateCollector:
             if value is None:
                 continue
             if isinstance(value, dict):
-                family = GaugeMetricFamily(f"{PREFIX}_{name}", self.HELP[name], labels=["worker"])
+                label = self.LABELS.get(name, "worker")
+                family = GaugeMetricFamily(f"{PREFIX}_{name}", self.HELP[name], labels=[label])
                 for label, number in value.items():
                     family.add_metric([label], number)
             else:

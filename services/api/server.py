@@ -42,6 +42,8 @@ from services.errors import ConfigurationInvalid
 from services.monitor.worker import ReservesMonitor
 from services.store.signing import TreeHeadSigner
 from services.store.writer import CommandWriter
+from services.witness.gatherer import WitnessEndpoint, start_feeds, witnessed_head_choice
+from services.witness.log import LogCheckpoints
 
 log = logging.getLogger("reserve_ledger.server")
 SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["ReserveLedgerService"].full_name
@@ -67,6 +69,8 @@ class ServerParts:
     chain: ChainBackend | None
     anchor_key: AnchorKey | None
     clock_us: Callable[[], int]
+    checkpoints: LogCheckpoints | None = None         # C2SP checkpoints of the heads (services/witness/log.py)
+    witnesses: tuple[WitnessEndpoint, ...] = ()       # whose cosignatures to gather (services/witness/gatherer.py)
 
 
 def server_credentials(certs_dir: str) -> grpc.ServerCredentials:
@@ -90,6 +94,7 @@ class LedgerServer:
         self.slots = StreamSlots(config.streams_per_identity_max, config.streams_total_max)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self.checkpoints, self._witnesses, self.witness_feeds = parts.checkpoints, parts.witnesses, []
         self._open_loop(config.call_threads)
         try:
             self.port = self._in_loop(self._build(config))
@@ -101,8 +106,10 @@ class LedgerServer:
         self.writes_problem = ""
         self.anchor_worker = None
         if self.chain is not None:
-            self.anchor_worker = AnchorWorker(self.ledger.store, self.signer, self.chain, parts.anchor_key,
-                                              config.anchor_policy, parts.clock_us)
+            self.anchor_worker = AnchorWorker(
+                self.ledger.store, self.signer, self.chain, parts.anchor_key, config.anchor_policy, parts.clock_us,
+                witnessed_head_choice(self.ledger.store, self.signer.latest, config.witness_quorum)
+                if parts.witnesses and config.witness_quorum else None)
         self.monitor = None
         if self.chain is not None:
             self.monitor = ReservesMonitor(self.ledger, self.chain, lambda command: self.writer.execute(
@@ -143,8 +150,8 @@ class LedgerServer:
         ledger_pb2_grpc.add_ReserveLedgerServiceServicer_to_server(
             LedgerServicer(self.ledger, self.writer, merkle.leaf_hash, config.insecure_loopback, self.tail),
             self.server)
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.ledger, self.signer, self.chain),
-                                                          self.server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(self.ledger, self.signer, self.chain, self.checkpoints), self.server)
         alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(self.ledger, self.tail), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -187,6 +194,8 @@ class LedgerServer:
             self.workers.start("anchors", schedule.tick, self.config.anchor_policy.block_poll_interval_s)
         if self.monitor is not None:
             self.workers.start("reserves-monitor", self.monitor.step, self.config.monitor_interval_s, first_delay_s=0)
+        if self._witnesses:
+            self.witness_feeds = start_feeds(self.workers, self.ledger.store, self.checkpoints, list(self._witnesses))
         log.info("serving on port %s", self.port)
         return self
 
@@ -297,7 +306,18 @@ class LedgerServer:
                 "writes_serving": 1 if self.writes_serving else 0,
                 "reserve_alerts_open": self.ledger.open_alerts_total() if self.monitor else None,
                 "worker_healthy": {s.name: 1 if s.healthy else 0 for s in statuses},
-                "worker_failures": {s.name: s.failures_total for s in statuses}}
+                "worker_failures": {s.name: s.failures_total for s in statuses},
+                **self._witness_state(head)}
+
+    def _witness_state(self, head) -> dict:
+        """Witness lag: events of the latest head each witness has not cosigned yet, and the age of its last
+        cosignature gathered since start (services/witness/gatherer.py)."""
+        if not self.witness_feeds:
+            return {}
+        size = 0 if head is None else head.tree_size
+        return {"witness_lag_events": {f.witness.name: max(0, size - f.cosigned_size) for f in self.witness_feeds},
+                "witness_cosignature_age_seconds": {f.witness.name: max(0.0, time.monotonic() - f.cosigned_at_s)
+                                                    for f in self.witness_feeds if f.cosigned_at_s is not None}}
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new calls, let running ones finish (open streams are cancelled after `grace_s`), commit what is

@@ -19,10 +19,12 @@ from ledger.audit import HEADERS_MAX, custody_accounts
 from ledger.state import InvariantBroken, ReserveState
 from ledger.tree_heads import TreeHead
 from services.audit import bundle
+from services.audit.witnesses import CHECKPOINTS
 from services.errors import AlreadyExists, CheckFailed
+from services.witness.log import log_vkey_text, origin_of, stored_checkpoint
 
 BUNDLE_FILES = (bundle.MANIFEST, bundle.EVENTS, bundle.TREE_HEADS, bundle.PUBLIC_KEY, bundle.ANCHORS, bundle.HEADERS,
-                bundle.CUSTODY, bundle.ANCHOR_GENESIS)
+                bundle.CUSTODY, bundle.ANCHOR_GENESIS, CHECKPOINTS)
 
 
 class BundleDirectoryNotEmpty(AlreadyExists):
@@ -47,6 +49,7 @@ class BundleSource(Protocol):
     def anchors(self, size: int) -> list[Anchor]: ...                # by anchor_id, tree_size <= size
     def anchor_genesis(self) -> Outpoint | None: ...                 # after anchors(): the first anchor's coin
     def custody_accounts(self, size: int) -> list[dict]: ...         # after event_pages: as of position size - 1
+    def checkpoints(self, sizes: list[int]) -> dict: ...              # the log's vkey and cosigned checkpoints
 
 
 class LedgerSource:
@@ -57,9 +60,10 @@ class LedgerSource:
     back (an integrity alarm): they are exported too, so that `audit` names them as covered by no head.
     """
 
-    def __init__(self, ledger: ReserveLedger, public_key_raw: bytes):
+    def __init__(self, ledger: ReserveLedger, public_key_raw: bytes, log_origin: str | None = None):
         self._ledger = ledger
         self._public_key_raw = public_key_raw
+        self._log_origin = log_origin
         self._size: int | None = None
 
     def snapshot_size(self) -> int:
@@ -104,6 +108,14 @@ class LedgerSource:
             return custody_accounts(state)
 
 
+    def checkpoints(self, sizes: list[int]) -> dict:
+        """The stored cosigned checkpoints of these sizes (read without the key: each was signed when sent)."""
+        notes = [(size, stored_checkpoint(self._ledger.store, size)) for size in sizes]
+        found = [{"tree_size": size, "note": text.decode()} for size, text in notes if text is not None]
+        origin = self._log_origin or (origin_of(found[0]["note"]) if found else None)
+        return {"vkey": log_vkey_text(origin, self._public_key_raw), "checkpoints": found}
+
+
 def export_bundle(ledger: ReserveLedger, out_dir: str | pathlib.Path, public_key_raw: bytes, backend=None,
                   progress: Callable[[int], None] = lambda n: None) -> dict:
     """Write the bundle of the local ledger and return its manifest. ``backend`` (a ChainBackend) adds headers."""
@@ -140,6 +152,8 @@ def _write(source: BundleSource, out: pathlib.Path, backend, progress: Callable[
     bundle.write_json(out, bundle.ANCHOR_GENESIS, None if genesis is None else genesis.to_json())
     custody = source.custody_accounts(size)
     bundle.write_json(out, bundle.CUSTODY, custody)
+    wanted = sorted({size, *(a["tree_size"] for a in anchors)} - {0})
+    bundle.write_json(out, CHECKPOINTS, source.checkpoints(wanted))
     counts = {"events": size, "tree_heads": len(heads), "anchors": len(anchors), "custody_accounts": len(custody),
               "headers": 0}
     if backend is not None:

@@ -21,6 +21,7 @@ from ledger.state import ReserveState
 from ledger.tree_heads import TreeHead
 from reserve_ledger.v1 import audit_pb2 as pb
 from reserve_ledger.v1 import audit_pb2_grpc
+from services.witness.log import log_vkey_text, origin_of
 
 CALL_TIMEOUT_S = 30.0
 STREAM_TIMEOUT_S = 300.0
@@ -104,6 +105,23 @@ class AuditServiceSource:
     def custody_accounts(self, size: int) -> list[dict]:
         assert self._state.position == size - 1, (self._state.position, size)  # event_pages replayed them all
         return custody_accounts(self._state)
+
+    def checkpoints(self, sizes: list[int]) -> dict:
+        """The server's checkpoints of these sizes that carry at least one cosignature (as a local export)."""
+        published = self._stub.GetPublicKey(pb.GetPublicKeyRequest(), timeout=CALL_TIMEOUT_S)
+        found = []
+        for size in sizes:
+            try:
+                answer = self._stub.GetCheckpoint(pb.GetCheckpointRequest(tree_size=size), timeout=CALL_TIMEOUT_S)
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:  # a head pruned since: nothing to carry
+                    continue
+                raise
+            if answer.cosignatures:
+                found.append({"tree_size": size, "note": answer.note})
+        # as a local export: the checkpoints' own origin names the vkey when there are any
+        vkey = log_vkey_text(origin_of(found[0]["note"]), published.ed25519_public_key) if found else published.vkey
+        return {"vkey": vkey, "checkpoints": found}
 
     def _pages(self, call, request_type, field: str, size: int) -> Iterator:
         token = ""

@@ -26,6 +26,8 @@ CHECKS = (
     ("custody", "custody.json equals the custody accounts of the replay"),
     ("chain", "Anchor blocks on the auditor's best chain; every anchor on chain from the genesis is in the bundle"),
     ("reserves", "Ledger balance of each custody account = confirmed coins at its registered addresses"),
+    ("witnesses", "Checkpoints signed with the log's key commit to the signed heads; with --witness, the last head "
+                  "and every confirmed anchor's head carry the quorum of witness cosignatures"),
 )
 FAILURES_SHOWN_MAX = 1000
 LONG_CELL_CHARS = 40
@@ -37,6 +39,8 @@ def audit_result(facts: dict) -> dict:
     ran = {"manifest", "events", "tree_heads", "anchors", "replay", "controls", "custody"}
     ran |= {"headers"} if facts.get("headers") else set()
     ran |= {"chain", "reserves"} if facts.get("chain") else set()
+    ran |= {"witnesses"} if (facts.get("witnessing") or {}).get("checkpoints") or (
+        facts.get("witnessing") or {}).get("witnesses") else set()
     checks = [{"check": name, "description": text, "failures": findings.by_check.get(name, 0),
                "status": "skipped" if name not in ran else ("fail" if findings.by_check.get(name) else "pass")}
               for name, text in CHECKS]
@@ -51,7 +55,8 @@ def audit_result(facts: dict) -> dict:
             "reserves": facts.get("reserves"), "balances": facts["balances"], "holdings": facts["holdings"],
             "cost_basis": facts["cost_basis"], "custody_accounts": facts["accounts"],
             "holdings_over_time": facts["holdings_over_time"], "controls": facts["controls"],
-            "reserve_alerts": facts.get("reserve_alerts")}
+            "reserve_alerts": facts.get("reserve_alerts"),
+            "witnessing": facts.get("witnessing")}
 
 
 def write_report(result: dict, html_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
@@ -194,7 +199,7 @@ text-align:left;vertical-align:top}td.long{overflow-wrap:anywhere;min-width:14em
 
 def render_html(result: dict) -> str:
     sections = [_verdict(result), _checks(result), _holdings(result), _cost(result), _anchors(result),
-                _reserves(result), _reserve_alerts(result), _controls(result), _failures(result)]
+                _witnesses(result), _reserves(result), _reserve_alerts(result), _controls(result), _failures(result)]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; "
             "img-src data:\"><title>Reserve audit: " + result["verdict"] + "</title><style>" + STYLE +
@@ -275,6 +280,20 @@ def _genesis(result: dict) -> str:
     elif followed.get("note"):
         text += f" {_e(followed['note'])}."
     return f"<p>{text}</p>"
+
+
+def _witnesses(result: dict) -> str:
+    """Who witnessed which tree head, and when (checkpoints.json, docs/FORMATS.md §8)."""
+    witnessing = result.get("witnessing") or {}
+    listed = witnessing.get("witnesses") or []
+    intro = (f"Witnesses required: {witnessing['quorum']} of {len(listed)} (" + ", ".join(
+        f"<code>{_e(v)}</code>" for v in listed) + ")." if listed else
+             "No witness was required (run with --witness NAME=VKEY to require cosignatures).")
+    intro += f" The log's checkpoint key: <code>{_e(witnessing.get('vkey') or '—')}</code>."
+    rows = [[c["tree_size"], ", ".join(f"{w['witness']} at {w['time']}" for w in c["cosigners"]) or
+             ("—" if listed else "not checked")] for c in witnessing.get("checkpoints", [])]
+    return ("<h2>Witnesses</h2><p id='witnesses'>" + intro + "</p>" +
+            _table(["tree size", "cosigned by (valid cosignatures from the listed witnesses)"], rows, {0}))
 
 
 def _reserves(result: dict) -> str:

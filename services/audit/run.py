@@ -7,16 +7,20 @@ from ledger import audit
 from ledger.anchoring import Outpoint
 from services.audit import bundle
 from services.audit import chain as audit_chain
+from services.audit.witnesses import check_witnesses
 
 FINDINGS_PRINTED_MAX = 50
 
 
 def audit_directory(directory: pathlib.Path, backend=None, chain_label: str | None = None,
-                    progress: Callable[[int], None] = lambda n: None, anchor_genesis: Outpoint | None = None) -> dict:
+                    progress: Callable[[int], None] = lambda n: None, anchor_genesis: Outpoint | None = None,
+                    witnesses: tuple = (), witness_quorum: int = 0) -> dict:
     """The facts of one bundle: the offline checks, then, with a backend (the auditor's node), the chain's.
     `anchor_genesis` is the auditor's pin (from an earlier report): the bundle must name it, and the chain of
     anchors is followed from it rather than from the bundle's."""
     facts = bundle.audit_bundle(directory, progress)
+    facts["public_key_hex"] = bundle.read_small_files(directory)["public_key_hex"]
+    facts["witnessing"] = check_witnesses(directory, facts, list(witnesses), witness_quorum)
     facts["anchor_genesis_pinned"] = None if anchor_genesis is None else str(anchor_genesis)
     if anchor_genesis is not None:
         audit.check_pinned_genesis(facts["anchor_genesis"], anchor_genesis, facts["findings"])
@@ -77,6 +81,12 @@ def _print_summary(result: dict) -> None:
         print(f"anchors on chain from the genesis {followed['genesis']}: {len(followed['anchors'])}")
     elif followed.get("note"):
         print(f"anchors on chain: {followed['note']}")
+    witnessing = result.get("witnessing") or {}
+    if witnessing.get("witnesses"):
+        cosigned = {c["tree_size"]: len(c["cosigners"]) for c in witnessing["checkpoints"]}
+        for row in witnessing["required"]:
+            print(f"witnesses {row['why']} (size {row['tree_size']}): {cosigned.get(row['tree_size'], 0)} valid "
+                  f"cosignature(s), quorum {witnessing['quorum']}")
     summary = (f"{result['events']} events, {len(result['tree_heads'])} signed tree heads, "
                f"{len(result['anchors'])} anchors, replay to position {result['as_of_position']}")
     if result.get("anchor_genesis"):

@@ -16,6 +16,8 @@ from services.audit.run import audit_directory, bundle_event_count, print_result
 from services.bitcoin.backends import CHAIN_SPEC_HELP, check_spec, close_backend
 from services.cli.options import add_storage_options, storage_from
 from services.errors import CheckFailed, ConfigurationInvalid, NothingStoredHere
+from services.witness.gatherer import check_witnesses as check_witness_list
+from services.witness.gatherer import parse_witness
 
 
 def add_audit_commands(commands) -> None:
@@ -32,6 +34,8 @@ def add_audit_commands(commands) -> None:
     export.add_argument("--signing-key", metavar="FILE",
                         help="take the public key from this key file (default DATA_DIR/tree-head-signing.key; "
                              "with --server the server's GetPublicKey answers)")
+    export.add_argument("--log-origin", metavar="ORIGIN", help="the origin serve uses, for the vkey in "
+                        "checkpoints.json of a local export (default: the stored checkpoints' origin)")
     export.add_argument("--chain", metavar="SPEC", help="also export the block headers from the first anchor's "
                                                         f"block to the tip: {CHAIN_SPEC_HELP}")
     export.set_defaults(run=cmd_export)
@@ -43,6 +47,11 @@ def add_audit_commands(commands) -> None:
     audit.add_argument("--anchor-genesis", metavar="TXID:VOUT",
                        help="the anchor genesis an earlier report printed: the bundle must name it, and with --chain "
                             "the anchors on chain are followed from it (a history re-anchored from another coin fails)")
+    audit.add_argument("--witness", action="append", metavar="NAME=VKEY",
+                       help="a witness whose cosignatures count (its cosignature vkey; repeatable)")
+    audit.add_argument("--witness-quorum", type=int, default=None, metavar="K",
+                       help="cosignatures from the listed witnesses the last head and every confirmed anchor's head "
+                            "must carry (default: every --witness)")
     audit.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report and FILE.json")
     audit.set_defaults(run=cmd_audit)
 
@@ -77,7 +86,7 @@ def cmd_export(args) -> int:
         raise ConfigurationInvalid("no public key for the tree heads: give --public-key HEX or --signing-key FILE")
     ledger = compose.open_ledger(storage)
     try:
-        return _export(LedgerSource(ledger, public_key), args)
+        return _export(LedgerSource(ledger, public_key, args.log_origin), args)
     finally:
         ledger.close()
 
@@ -124,13 +133,17 @@ def cmd_audit(args) -> int:
             pinned = parse_outpoint(args.anchor_genesis)
         except OutpointInvalid as error:
             raise ConfigurationInvalid(f"--anchor-genesis: {error}") from None
+    witnesses = tuple(parse_witness(value, with_url=False) for value in args.witness or ())
+    quorum = len(witnesses) if args.witness_quorum is None else args.witness_quorum
+    check_witness_list(list(witnesses), quorum)
     directory = pathlib.Path(args.bundle)
     if not directory.is_dir():
         raise NothingStoredHere(f"{directory}: no such bundle directory (write one with `reserve-ledger export`)")
     backend = compose.open_chain(args.chain) if args.chain else None
     try:
         with _progress_bar(bundle_event_count(directory), "auditing") as bar:
-            facts = audit_directory(directory, backend, args.chain, lambda n: bar.update(n - bar.n), pinned)
+            facts = audit_directory(directory, backend, args.chain, lambda n: bar.update(n - bar.n), pinned,
+                                    witnesses, quorum)
     except bundle.BundleInvalid as error:
         print(f"FAIL bundle: {error}")
         return 1

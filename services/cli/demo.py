@@ -4,6 +4,8 @@ import hashlib
 import pathlib
 import queue
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,8 +35,12 @@ from services.audit.export_grpc import AuditServiceSource
 from services.api.server import LedgerServer
 from services.compose import ServerConfig, build_server
 from services.errors import AlreadyExists
+from services.witness.gatherer import parse_witness
 from services.cli.tables import anchors_table, balances_table, btc, cost_table, fiat, holdings_table
 
+DEMO_LOG_ORIGIN = "demo.reserve-ledger.example/ledger"
+DEMO_WITNESS_NAME = "witness.audit-office.example/w1"
+WITNESS_WAIT_S = 60.0
 UNRECORDED_SATS = 50_000_000         # the demo's deliberate discrepancy: 0.5 BTC the ledger never recorded
 ANCHOR_FUNDING_SATS = 1_000_000      # fees for a few thousand anchors at 1 sat/vB
 DEMO_ANCHOR_INTERVAL_S = 3600.0      # the demo steps the worker itself, to show each state
@@ -281,8 +287,58 @@ def _proof(server: LedgerServer, chain: RegtestChain, directory: pathlib.Path) -
          f"{out}/event.bin {out}/event.bin.ots` with the RPC URL it prints")
 
 
+class DemoWitness:
+    """An independent witness (as another agency would run it): its own process, state directory and key."""
+
+    def __init__(self, directory: pathlib.Path, log_vkey: str):
+        from services.witness.witness import init_state
+        state = directory / "witness"
+        self.vkey = init_state(state, DEMO_WITNESS_NAME).text()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "witness", "serve", "--state", str(state), "--listen",
+             "127.0.0.1:0", "--log", f"{DEMO_LOG_ORIGIN}={log_vkey}"], stdout=subprocess.PIPE, text=True)
+        self.process.stdout.readline()
+        listening = self.process.stdout.readline()
+        if not listening.startswith("listening on "):
+            self.stop()
+            raise RuntimeError("the demo's witness process did not start")
+        self.url = listening.split()[-1]
+        self.argument = f"{DEMO_WITNESS_NAME}={self.vkey}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def _log_vkey(directory: pathlib.Path) -> str:
+    """The tree-head key is made before the server starts, so the witness can be told the log's vkey."""
+    from services.store.signing import SIGNING_KEY_FILE_NAME, load_or_create_signing_key
+    from services.witness import note
+    from services.witness.log import LogCheckpoints
+    key = load_or_create_signing_key(directory / SIGNING_KEY_FILE_NAME)
+    return LogCheckpoints(DEMO_LOG_ORIGIN, note.KeySigner(key)).vkey.text()
+
+
+def _witnessed(address: str, certs: pathlib.Path, witness: DemoWitness) -> None:
+    """Wait until the witness has cosigned the latest head (the server sends it within about a second)."""
+    audit = audit_pb2_grpc.AuditServiceStub(secure_channel(address, certs, "dave"))
+    size = audit.GetTreeHead(apb.GetTreeHeadRequest(), timeout=10).tree_head.tree_size
+    started_s = time.perf_counter()
+    while True:
+        answer = audit.GetCheckpoint(apb.GetCheckpointRequest(), timeout=10)
+        if answer.tree_size >= size and answer.cosignatures:
+            break
+        if time.perf_counter() - started_s > WITNESS_WAIT_S:
+            raise RuntimeError(f"the witness did not cosign the head of {size} events within {WITNESS_WAIT_S:.0f} s")
+        time.sleep(0.1)
+    print(f"\nWitness ({DEMO_WITNESS_NAME}, a separate process at {witness.url}) cosigned the head of "
+          f"{answer.tree_size} events (C2SP checkpoint; waited {time.perf_counter() - started_s:.1f} s):")
+    print("".join(f"    {line}".rstrip() + "\n" for line in answer.note.splitlines()), end="")
+    _say("it keeps its own record of the last head it cosigned and refuses any history that does not extend it")
+
+
 def _auditor_bundle(address: str, certs: pathlib.Path, chain: RegtestChain, directory: pathlib.Path,
-                    genesis: Outpoint) -> None:
+                    genesis: Outpoint, witness: DemoWitness) -> None:
     """An auditor exports the bundle over gRPC, then audits it against their own node, pinning the anchor genesis
     printed earlier: the reconciliation finds the 0.5 BTC the ledger never recorded."""
     out = directory / "audit-bundle"
@@ -291,9 +347,11 @@ def _auditor_bundle(address: str, certs: pathlib.Path, chain: RegtestChain, dire
         counts = write_bundle(AuditServiceSource(channel), out, chain)["counts"]
     print(f"\nAuditor (dave) exports a bundle over gRPC: {counts['events']} events, {counts['anchors']} anchor(s), "
           f"{counts['headers']} block headers -> {out}")
-    print(f"  and audits it against the chain (reserve-ledger audit {out} --chain regtest:{chain.directory} "
-          f"--anchor-genesis {genesis}):")
-    result = report.audit_result(audit_directory(out, chain, f"regtest:{chain.directory}", anchor_genesis=genesis))
+    print(f"  and audits it against the chain, requiring the witness's cosignature (reserve-ledger audit {out} "
+          f"--chain regtest:{chain.directory} --anchor-genesis {genesis} --witness {witness.argument}):")
+    result = report.audit_result(audit_directory(out, chain, f"regtest:{chain.directory}", anchor_genesis=genesis,
+                                                 witnesses=(parse_witness(witness.argument, with_url=False),),
+                                                 witness_quorum=1))
     print_result(result)
     html_path, _ = report.write_report(result, directory / "audit-report.html")
     _say(f"verdict {result['verdict']}: the only failure is the deliberate unrecorded movement "
@@ -310,15 +368,21 @@ def run_demo(data_dir: str | None) -> int:
     certs = init_certs(directory / "certs")
     chain_dir = directory / "regtest"
     chain = RegtestChain.create(chain_dir)  # the 'network' side: miners and the custodians' wallets
+    witness = None
     try:
+        witness = DemoWitness(directory, _log_vkey(directory))
         server = build_server(ServerConfig(listen="127.0.0.1:0", data_dir=str(directory), certs_dir=str(certs),
                                            create_store=True, metrics_listen=None, chain=f"regtest:{chain_dir}",
                                            anchor_policy=AnchorPolicy(interval_s=DEMO_ANCHOR_INTERVAL_S,
                                                                      block_poll_interval_s=DEMO_ANCHOR_INTERVAL_S),
-                                           monitor_interval_s=DEMO_MONITOR_INTERVAL_S)
+                                           monitor_interval_s=DEMO_MONITOR_INTERVAL_S,
+                                           log_origin=DEMO_LOG_ORIGIN, witnesses=(f"{witness.argument}@{witness.url}",),
+                                           witness_quorum=1)
                               ).start()
     except BaseException:
         chain.close()
+        if witness is not None:
+            witness.stop()
         raise
     address = f"127.0.0.1:{server.port}"
     print(f"Reserve Ledger demo: server on {address} (mTLS), SQLite data in {directory}, "
@@ -336,9 +400,11 @@ def run_demo(data_dir: str | None) -> int:
         alerts = _follow_alerts(address, certs)
         _mirror_custody_on_chain(chain, dave, addresses)
         _show_alert(*alerts, chain, time.perf_counter())
+        _witnessed(address, certs, witness)
         _anchors(server, chain, address, certs, directory)
-        _auditor_bundle(address, certs, chain, directory, _anchor_genesis(address, certs))
+        _auditor_bundle(address, certs, chain, directory, _anchor_genesis(address, certs), witness)
     finally:
         server.stop()
         chain.close()
+        witness.stop()
     return 0

@@ -18,7 +18,7 @@ from services import compose
 from services.api.certs import init_certs, parse_identities
 from services.bitcoin.backends import CHAIN_SPEC_HELP
 from services.bitcoin.regtest.command import add_regtest_node_command
-from services.cli import anchor, audit
+from services.cli import anchor, audit, witness
 from services.cli.errors import OneLineArgumentParser, run_command
 from services.cli.options import add_setting, add_storage_options, position, positive_number, storage_from
 from services.cli.tables import balances_table, holdings_table
@@ -38,11 +38,14 @@ def _server_config(args) -> compose.ServerConfig:
         monitor_interval_s=args.monitor_interval_s,
         call_threads=args.call_threads, streams_per_identity_max=args.streams_per_identity_max,
         streams_total_max=args.streams_total_max,
+        log_origin=args.log_origin, witnesses=tuple(args.witness or ()), witness_quorum=args.witness_quorum,
         anchor_policy=AnchorPolicy(interval_s=args.anchor_interval_s, fee_rate_max_sat_per_vb=args.fee_rate_max,
                                    fee_max_sats=args.fee_max_sats, block_poll_interval_s=args.block_poll_interval_s))
 
 
 def cmd_serve(args) -> int:
+    if args.witness_quorum is None:
+        args.witness_quorum = len(args.witness or ())
     server = compose.build_server(_server_config(args)).start()
     print(f"reserve-ledger serving on port {server.port}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
@@ -181,6 +184,12 @@ def _add_serve(commands) -> None:
                        help=f"cap on the anchor fee rate (default {ANCHOR_DEFAULTS.fee_rate_max_sat_per_vb} sat/vB)")
     serve.add_argument("--fee-max-sats", type=positive_number(int), default=ANCHOR_DEFAULTS.fee_max_sats,
                        metavar="SATS", help=f"cap on one anchor's fee (default {ANCHOR_DEFAULTS.fee_max_sats})")
+    add_setting(serve, "--log-origin", config, "log_origin", metavar="ORIGIN")
+    serve.add_argument("--witness", action="append", metavar="NAME=VKEY@URL",
+                       help="a witness to send every new tree head to (C2SP tlog-witness; repeatable); its "
+                            "cosignatures are stored and carried by GetCheckpoint and bundles")
+    serve.add_argument("--witness-quorum", type=int, default=None, metavar="K",
+                       help="cosignatures that make a head witnessed (default: every --witness)")
     serve.set_defaults(run=cmd_serve)
 
 
@@ -233,6 +242,8 @@ def build_parser() -> OneLineArgumentParser:
     anchor.add_anchor_commands(commands)
     add_regtest_node_command(commands)
     audit.add_audit_commands(commands)
+    witness.add_witness_commands(commands)
+    witness.add_checkpoint_command(commands)
     return parser
 
 

@@ -11,6 +11,7 @@ library's EXCLUSIVE lock on the events table, so commit order = position order):
   anchors(anchor_id, ...)             Bitcoin anchor transactions (written by the anchor worker)
   anchor_genesis(txid, vout)          the anchor wallet's first funding coin, recorded once
   anchor_request(request, ...)        the one outstanding PSBT request for an external anchor signer
+  cosignatures(tree_size, witness, ...)  witnesses' cosignatures of the log's checkpoints
 The recorders also implement ledger.application.LogStore.
 """
 
@@ -64,9 +65,12 @@ SIDE_TABLES = (
     "vout BIGINT NOT NULL, recorded_us BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS {anchor_request} (id INTEGER PRIMARY KEY CHECK (id = 1), request TEXT NOT NULL, "
     "tree_size BIGINT NOT NULL, issued_us BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {cosignatures} (tree_size BIGINT NOT NULL, witness TEXT NOT NULL, "
+    "checkpoint TEXT NOT NULL, signature_line TEXT NOT NULL, timestamp_s BIGINT NOT NULL, "
+    "PRIMARY KEY (tree_size, witness))",
 )
 TABLES = ("ledger_log", "merkle_nodes", "projections", "checkpoints", "state_seals", "tree_heads", "anchors",
-          "store_format", "anchor_genesis", "anchor_request")
+          "store_format", "anchor_genesis", "anchor_request", "cosignatures")
 INDEXES = ("ledger_log_time_us",)
 # One column per field of ledger.anchors.Anchor (the CREATE TABLE above must name the same columns).
 ANCHOR_COLUMNS = ANCHOR_FIELDS
@@ -448,6 +452,40 @@ class _LedgerTables:
 
     def clear_anchor_request(self) -> None:
         self._write("DELETE FROM {anchor_request} WHERE id = 1", ())
+
+    # --- witnesses' cosignatures of checkpoints (services/witness/gatherer.py) ----------------------------
+
+    def save_cosignature(self, tree_size: int, witness: str, checkpoint: str, signature_line: str,
+                         timestamp_s: int) -> None:
+        """A witness's cosignature line of the log-signed ``checkpoint`` note at ``tree_size`` (the newest wins)."""
+        self._write("INSERT INTO {cosignatures} (tree_size, witness, checkpoint, signature_line, timestamp_s) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tree_size, witness) DO UPDATE SET "
+                    "checkpoint = excluded.checkpoint, signature_line = excluded.signature_line, "
+                    "timestamp_s = excluded.timestamp_s", (tree_size, witness, checkpoint, signature_line, timestamp_s))
+
+    def list_cosignatures(self, tree_size: int) -> list[dict]:
+        """The cosignatures stored for one tree size, by witness name."""
+        rows = self._read_all("SELECT witness, checkpoint, signature_line, timestamp_s FROM {cosignatures} "
+                              "WHERE tree_size = ? ORDER BY witness", (tree_size,))
+        return [dict(row) for row in rows]
+
+    def latest_cosigned_size(self, witness: str) -> tuple[int, str] | None:
+        """The largest tree size ``witness`` cosigned, with that checkpoint note (None: it never cosigned)."""
+        row = self._read_one("SELECT tree_size, checkpoint FROM {cosignatures} WHERE witness = ? "
+                             "ORDER BY tree_size DESC LIMIT 1", (witness,))
+        return None if row is None else (row["tree_size"], row["checkpoint"])
+
+    def latest_witnessed(self, quorum: int) -> tuple[int, str] | None:
+        """The largest tree size cosigned by at least ``quorum`` witnesses, with its checkpoint note."""
+        row = self._read_one("SELECT tree_size, MIN(checkpoint) AS checkpoint FROM {cosignatures} GROUP BY tree_size "
+                             "HAVING COUNT(*) >= ? ORDER BY tree_size DESC LIMIT 1", (quorum,))
+        return None if row is None else (row["tree_size"], row["checkpoint"])
+
+    def cosigned_sizes(self, tree_size_max: int) -> list[int]:
+        """Every tree size up to ``tree_size_max`` with at least one stored cosignature."""
+        rows = self._read_all("SELECT DISTINCT tree_size FROM {cosignatures} WHERE tree_size <= ? "
+                              "ORDER BY tree_size", (tree_size_max,))
+        return [row["tree_size"] for row in rows]
 
     # --- raw reads for `reserve-ledger verify` (no trust in any derived table) --------------------------
 

@@ -60,3 +60,8 @@ def test_monitor_benchmark_times_alerts_it_checked_were_recorded(tmp_path):
     out = run("bench_monitor.py", "--accounts", "3", "--rounds", "2", "--block-txs", "2", "--data-dir", str(tmp_path))
     assert re.search(r"block mined -> alerts recorded: p50 [\d.]+ ms, max [\d.]+ ms", out)
     assert re.search(r"step without a new block: p50 [\d.]+ ms", out)
+
+
+def test_witness_benchmark_reports_the_time_to_a_quorum_of_cosignatures(tmp_path):
+    out = run("bench_witness.py", "--witnesses", "2", "--heads", "2", "--pause-s", "1.2", "--data-dir", str(tmp_path))
+    assert re.search(r"new head -> quorum of cosignatures: p50 \d+ ms, p95 \d+ ms", out), out
