@@ -86,6 +86,9 @@ class ReservesMonitor:
     def processed_tip(self) -> tuple[int, str] | None:
         return self._tip
 
+    def is_watching(self, script: bytes) -> bool:
+        return script in self._scripts
+
     def step(self) -> None:
         if self._tip is None:
             self._baseline()

@@ -108,6 +108,7 @@ def test_an_unrecorded_movement_reaches_the_auditor_before_the_next_block(servic
             alert_stub(address_of_server, certs_dir, "alice").ListAlerts(apb.ListAlertsRequest(), timeout=10)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
+        assert service._state_for_metrics()["reserve_alerts_open"] == 2
         cold = next(a for a in listed.alerts if a.account_id == "cold-1")
         proposal = alice.ProposeTransfer(pb.ProposeTransferRequest(
             request_id="fix", debit_account_id="cold-1", credit_account_id="warm-1", amount_sats=BTC // 2,
@@ -119,7 +120,38 @@ def test_an_unrecorded_movement_reaches_the_auditor_before_the_next_block(servic
         assert sorted(closing.discrepancy_ids) == sorted(a.discrepancy_id for a in listed.alerts)
         closed = dave.ListAlerts(apb.ListAlertsRequest(status=apb.ALERT_STATUS_CLOSED), timeout=10)
         assert len(closed.alerts) == 2 and closed.open_total == 0
+        assert service._state_for_metrics()["reserve_alerts_open"] == 0
         assert service.metrics.registry.get_sample_value(
             "reserve_ledger_reserve_alert_events_total", {"event": "ReserveDiscrepancyObserved"}) == 2
+    finally:
+        call.cancel()
+
+
+def test_an_auditor_sees_the_alert_follow_the_best_chain(service, chain, certs_dir):
+    """Through StreamAlerts: raised in block A; A reorged out (the alert is marked so); the movement mined again in
+    block B: raised again there. ListAlerts then shows one reorged-out and one open alert for the account."""
+    address_of_server = f"127.0.0.1:{service.port}"
+    alice = ledger_stub(address_of_server, certs_dir, "alice")
+    dave = alert_stub(address_of_server, certs_dir, "dave")
+    alice.OpenAccount(pb.OpenAccountRequest(request_id="open", account_id="hot-1", kind=pb.ACCOUNT_KIND_HOT,
+                                            custodian="C", wallet_label="w", quorum=pb.Quorum(required=1, total=1),
+                                            addresses=[address(3)]), timeout=10)
+    events, call = _follow(dave)
+    try:
+        _wait_until(lambda: service.monitor.is_watching(script_pubkey(3)), "the monitor to watch hot-1")
+        chain.send(script_pubkey(3), BTC)
+        (first_block,) = chain.mine(1)
+        (raised,) = _next_events(events, 1)
+        assert (raised.event_type, raised.alert.block_hash) == ("ReserveDiscrepancyObserved", first_block)
+        chain.reorg(1)                                     # the payment goes back to the mempool
+        (reorged,) = _next_events(events, 1)
+        assert (reorged.event_type, list(reorged.discrepancy_ids)) == ("ReserveDiscrepancyReorgedOut",
+                                                                      [raised.alert.discrepancy_id])
+        (second_block,) = chain.mine(1)
+        (again,) = _next_events(events, 1)
+        assert (again.event_type, again.alert.block_hash, list(again.alert.txids)) == (
+            "ReserveDiscrepancyObserved", second_block, list(raised.alert.txids))
+        statuses = [(a.block_hash, a.status) for a in dave.ListAlerts(apb.ListAlertsRequest(), timeout=10).alerts]
+        assert statuses == [(first_block, apb.ALERT_STATUS_REORGED_OUT), (second_block, apb.ALERT_STATUS_OPEN)]
     finally:
         call.cancel()

@@ -12,7 +12,7 @@ def test_demo_runs_and_its_history_verifies(tmp_path):
                      "proof valid", "| anchored |", "event.bin.ots", "checked against the block header",
                      "FAIL reserves account ops-warm-1: on chain at height", "difference +50,000,000 sats",
                      "verdict FAIL: the only failure is the deliberate unrecorded movement",
-                     "Live reserves monitor", "ops-warm-1: 0.50000000 BTC moved in block",
+                     "Live reserves monitor", ": ops-warm-1: 0.50000000 BTC moved in block",
                      "with no ledger event explaining it (unrecorded)", "before any later block",
                      "reserve alerts (live monitor): 1 recorded, 1 open",
                      "a separate process at http://127.0.0.1:", "requiring the witness's cosignature",
