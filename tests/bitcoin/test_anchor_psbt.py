@@ -377,6 +377,8 @@ def test_the_anchor_wallet_moves_from_the_built_in_key_to_external_signers_in_on
     assert parse_transaction(chain.raw_transaction(last)).outputs[1].script_pubkey == \
         signer_d.anchor_key.script_pubkey
 
+    verified = _cli("verify", *ledger.storage())
+    assert verified.returncode == 0, verified.stdout + verified.stderr
     genesis = _genesis(ledger)
     on_embedded = _export_and_audit(ledger, tmp_path, "bundle", spec, genesis)
     assert on_embedded.returncode == 0, on_embedded.stdout + on_embedded.stderr
