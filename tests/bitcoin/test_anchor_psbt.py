@@ -235,6 +235,8 @@ def test_a_stuck_external_anchor_is_fee_bumped_by_a_re_request(ledger, chain, tm
     assert early.returncode == 0 and "in flight" in early.stdout and not (tmp_path / "early.psbt").exists()
 
     chain.mine(2, include_mempool=False)
+    built_in = _cli("anchor", *ledger.storage(), "--chain", spec)  # its own key cannot bump the external anchor
+    assert built_in.returncode == 0 and "replaced" not in built_in.stdout, built_in.stderr
     bump = _psbt(ledger, spec, signer.public_key, tmp_path / "b.psbt")
     assert bump.returncode == 0 and f"replacing the stuck anchor {stuck}" in bump.stdout, bump.stdout
     request = json.loads((tmp_path / "b.psbt.request.json").read_text())
@@ -310,6 +312,26 @@ def _export_and_audit(ledger, tmp_path, name: str, spec: str, genesis: str) -> s
     return _cli("audit", out, "--chain", spec, "--anchor-genesis", genesis)
 
 
+def test_the_built_in_key_imported_into_an_external_signer_continues_the_chain(ledger, chain, tmp_path):
+    """A data dir anchored by its key file moves to an external signer that holds the same key (imported): the
+    next anchor is a PSBT spending the built-in anchor's change, signed outside."""
+    spec = f"regtest:{chain.directory}"
+    built_in = AnchorKey.generate("regtest")
+    built_in.save(ledger.data_dir / "anchor-wallet.wif")
+    chain.send(built_in.script_pubkey, FUNDING_SATS)
+    chain.mine(1)
+    first = _cli("anchor", *ledger.storage(), "--chain", spec)
+    assert first.returncode == 0, first.stderr
+    chain.mine(1)
+    ledger.add_events(1)
+    signer = Signer(chain, fund=False)
+    assert _psbt(ledger, spec, built_in.public_key.hex(), tmp_path / "next.psbt").returncode == 0
+    assert signer.sign(tmp_path / "next.psbt", tmp_path / "next.signed", key=ec.PrivateKey.from_wif(built_in.wif)) == 1
+    txid = _txid_of(_submit(ledger, spec, tmp_path / "next.signed", tmp_path / "next.psbt.request.json"))
+    (spent,) = parse_transaction(chain.raw_transaction(txid)).inputs
+    assert spent.prev_txid_internal[::-1].hex() == first.stdout.split("broadcast anchor ")[1].split()[0]
+
+
 def test_the_anchor_wallet_moves_from_the_built_in_key_to_external_signers_in_one_unbroken_chain(
         ledger, chain, tmp_path):
     """Built-in key A anchors; `anchor rotate` moves the chain to key file B, which anchors; B moves it to external
@@ -355,6 +377,8 @@ def test_the_anchor_wallet_moves_from_the_built_in_key_to_external_signers_in_on
     assert parse_transaction(chain.raw_transaction(last)).outputs[1].script_pubkey == \
         signer_d.anchor_key.script_pubkey
 
+    verified = _cli("verify", *ledger.storage())
+    assert verified.returncode == 0, verified.stdout + verified.stderr
     genesis = _genesis(ledger)
     on_embedded = _export_and_audit(ledger, tmp_path, "bundle", spec, genesis)
     assert on_embedded.returncode == 0, on_embedded.stdout + on_embedded.stderr
