@@ -69,6 +69,14 @@ EVENT_FIELDS: dict[str, frozenset[str]] = {name: frozenset(fields) for name, fie
     "CustodyChangeRejected": ("custody_change_id", "reason"),
     "CustodyChangeExpired": ("custody_change_id",),
 }.items()}
+# Fields added later, present only when set: an event that does not use them keeps its canonical bytes.
+OPTIONAL_EVENT_FIELDS: dict[str, frozenset[str]] = {"AccountOpened": frozenset({"gap_limit"})}
+
+
+def has_event_fields(event_type: str, data: dict) -> bool:
+    """`data` holds every field of `event_type` and, beyond them, only its optional fields."""
+    required = EVENT_FIELDS[event_type]
+    return required <= data.keys() <= required | OPTIONAL_EVENT_FIELDS.get(event_type, frozenset())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +94,7 @@ class LoggedEvent:
 
 def logged_event(event: CanonicalEvent) -> LoggedEvent:
     """The event to store for a decision; its bytes are computed here, once, from the decided event."""
-    assert event["data"].keys() == EVENT_FIELDS[event["type"]], (event["type"], sorted(event["data"]))
+    assert has_event_fields(event["type"], event["data"]), (event["type"], sorted(event["data"]))
     return LoggedEvent(BOOK_ID, event["position"] + 1, canonical_bytes(event))
 
 

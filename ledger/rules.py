@@ -13,7 +13,7 @@ from ledger import commands as cmd
 from ledger import errors
 from ledger import pending as kinds
 from ledger.accounts import ACQUISITIONS, ADJUSTMENTS, DISPOSALS, NETWORK_FEES, Account
-from ledger.events import EVENT_FIELDS, METADATA_FIELDS, CanonicalEvent
+from ledger.events import EVENT_FIELDS, METADATA_FIELDS, OPTIONAL_EVENT_FIELDS, CanonicalEvent, has_event_fields
 from ledger.limits import EXPIRY_DEFAULT_US, EXPIRY_MAX_US, SATS_PER_BTC, SUPPLY_CAP_SATS, TURNOVER_MAX_SATS
 from ledger.pending import Pending, PendingKind
 
@@ -317,8 +317,10 @@ def _check_shape(event: CanonicalEvent) -> None:
         problem = f"the event's fields are {sorted(event)}"
     elif event["type"] not in EVENT_FIELDS:
         problem = f"unknown event type {event['type']!r}"
-    elif not isinstance(data, dict) or data.keys() != EVENT_FIELDS[event["type"]]:
-        problem = f"{event['type']} must have exactly the fields {sorted(EVENT_FIELDS[event['type']])}"
+    elif not isinstance(data, dict) or not has_event_fields(event["type"], data):
+        optional = sorted(OPTIONAL_EVENT_FIELDS.get(event["type"], ()))
+        problem = (f"{event['type']} must have exactly the fields {sorted(EVENT_FIELDS[event['type']])}"
+                   + (f" (and optionally {optional})" if optional else ""))
     elif type(event["time_us"]) is not int or any(type(event[f]) is not str for f in METADATA_FIELDS):
         problem = "time_us must be an integer and request_id, request_digest, actor, actor_role strings"
     elif not event["actor"]:
