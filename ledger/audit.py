@@ -25,7 +25,7 @@ from ledger.tree_heads import TreeHead
 
 BUNDLE_FORMAT = "reserve-ledger/bundle/v1"
 REPORT_FORMAT = "reserve-ledger/audit-report/v1"
-# A canonical event is at most a few KiB (100 addresses of 100 chars, a 1 KiB descriptor); refuse anything huge.
+# A canonical event is at most a few KiB (100 addresses of 100 chars, a 4 KiB descriptor); refuse anything huge.
 EVENT_SIZE_MAX_BYTES = 1 << 20
 FINDINGS_KEPT_MAX = 1000
 APPROVALS_LISTED_MAX = 500
@@ -294,7 +294,7 @@ def custody_accounts(state: ReserveState) -> list[dict]:
     """The non-nominal accounts as the bundle's custody.json lists them (also what the exporter writes)."""
     return [{"account_id": a.account_id, "kind": a.kind, "status": a.status, "custodian": a.custodian,
              "wallet_label": a.wallet_label, "quorum": list(a.quorum), "addresses": list(a.addresses),
-             "descriptor": a.descriptor, "balance_sats": a.balance_sats}
+             "descriptor": a.descriptor, "gap_limit": a.gap_limit, "balance_sats": a.balance_sats}
             for a in sorted(state.accounts.values(), key=lambda a: a.account_id) if not a.is_nominal]
 
 
@@ -309,8 +309,8 @@ def check_custody(listed: list, replayed: list[dict], findings: Findings) -> Non
         if entry is None:
             findings.add("custody", f"account {account['account_id']}", "missing from custody.json")
             continue
-        for field in ("custodian", "addresses", "descriptor", "balance_sats", "status"):
-            if entry.get(field) != account[field]:
+        for field in ("custodian", "addresses", "descriptor", "gap_limit", "balance_sats", "status"):
+            if entry.get(field, 0 if field == "gap_limit" else None) != account[field]:
                 findings.add("custody", f"account {account['account_id']}",
                              f"custody.json says {field} = {entry.get(field)!r}, the events say {account[field]!r}")
     for account_id in sorted(by_id, key=str):
