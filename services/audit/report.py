@@ -12,7 +12,7 @@ import pathlib
 from datetime import datetime, timezone
 
 from ledger.audit import REPORT_FORMAT
-from ledger.limits import SATS_PER_BTC
+from ledger.limits import GAP_LIMIT_DEFAULT, SATS_PER_BTC
 
 CHECKS = (
     ("manifest", "Manifest: format, SHA-256 of every file, counts"),
@@ -25,10 +25,12 @@ CHECKS = (
     ("controls", "Every approval made by someone other than its proposer"),
     ("custody", "custody.json equals the custody accounts of the replay"),
     ("chain", "Anchor blocks on the auditor's best chain; every anchor on chain from the genesis is in the bundle"),
-    ("reserves", "Ledger balance of each custody account = confirmed coins at its registered addresses"),
+    ("reserves", "Ledger balance of each custody account = confirmed coins at its addresses and derived descriptor "
+                 "scripts; an account with a balance and nothing to scan fails"),
 )
 FAILURES_SHOWN_MAX = 1000
 LONG_CELL_CHARS = 40
+DESCRIPTOR_SHOWN_MAX = 60
 
 
 def audit_result(facts: dict) -> dict:
@@ -281,15 +283,28 @@ def _reserves(result: dict) -> str:
     if not reserves:
         return ("<h2>Proof of reserves</h2><p class='note'>Not run: it needs the auditor's node (--chain). "
                 "A proof of reserves covers existence at one block height, not liabilities or control of keys.</p>")
-    rows = [[r["account_id"], r["custodian"], ", ".join(r["addresses"]) or r["descriptor"], btc(r["ledger_sats"]),
+    rows = [[r["account_id"], r["custodian"], _registered(r), r["scripts_scanned"], btc(r["ledger_sats"]),
              btc(r["onchain_sats"]), "—" if r["difference_sats"] is None else btc(r["difference_sats"]),
              r["status"] + (f" ({r['note']})" if r["note"] else "")] for r in reserves["accounts"]]
+    rows.append(["total", "", f"{len(reserves['accounts'])} accounts", reserves["scripts_scanned_total"],
+                 btc(reserves["ledger_total_sats"]), btc(reserves["onchain_total_sats"]), "", ""])
     return (f"<h2>Proof of reserves at block height {reserves['height']}</h2>"
-            f"<p>Block <code>{_e(reserves['block_hash'])}</code>. Ledger total {btc(reserves['ledger_total_sats'])} BTC;"
-            f" on chain {btc(reserves['onchain_total_sats'])} BTC. Existence at one height only: it does not show "
-            "control of the keys or the liabilities against the reserve.</p>" + chart_reserves(reserves) +
-            _table(["account", "custodian", "addresses", "ledger BTC", "on chain BTC", "difference BTC", "result"],
-                   rows, {3, 4, 5}))
+            f"<p>Block <code>{_e(reserves['block_hash'])}</code>. Ledger total {btc(reserves['ledger_total_sats'])} BTC"
+            f" = reconciled {btc(reserves['reconciled_ledger_sats'])} + not reconciled "
+            f"{btc(reserves['not_reconciled_ledger_sats'])}; on chain {btc(reserves['onchain_total_sats'])} BTC; "
+            f"{reserves['scripts_scanned_total']:,} scripts scanned. Existence at one height only: on its own it does "
+            "not show control of the keys (see the control proofs) or the liabilities against the reserve.</p>" +
+            chart_reserves(reserves) +
+            _table(["account", "custodian", "addresses / descriptor", "scripts scanned", "ledger BTC", "on chain BTC",
+                    "difference BTC", "result"], rows, {3, 4, 5, 6}))
+
+
+def _registered(row: dict) -> str:
+    descriptor = row["descriptor"]
+    if len(descriptor) > DESCRIPTOR_SHOWN_MAX:
+        descriptor = descriptor[:DESCRIPTOR_SHOWN_MAX // 2] + "…" + descriptor[-DESCRIPTOR_SHOWN_MAX // 2:]
+    gap = f" (gap limit {row['gap_limit'] or GAP_LIMIT_DEFAULT})" if "*" in row["descriptor"] else ""
+    return ", ".join([*row["addresses"], *([descriptor + gap] if descriptor else [])]) or "—"
 
 
 def _controls(result: dict) -> str:

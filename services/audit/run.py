@@ -38,10 +38,11 @@ def _chain_checks(backend, chain_label: str | None, directory: pathlib.Path, fac
     chain = audit_chain.check_best_chain(facts["anchors"], anchors_json, backend, facts["findings"],
                                          last_change_unspent=genesis is None)
     chain["anchor_chain"] = audit_chain.check_anchor_chain(directory, facts, backend, genesis, facts["findings"])
-    reserves = None
+    reserves, scans = None, None
     if facts["replay_stopped_at"] is None:
         reserves = audit_chain.reconcile_reserves(facts["accounts"], backend, facts["findings"])
-    return {"chain": {"spec": chain_label, **chain}, "reserves": reserves}
+        scans = reserves.pop("scans")   # the scripts and coins found, for the control proofs; not in the report
+    return {"chain": {"spec": chain_label, **chain}, "reserves": reserves, "reserve_scans": scans}
 
 
 def print_result(result: dict) -> None:
@@ -60,7 +61,12 @@ def _print_summary(result: dict) -> None:
             difference = "" if not row["difference_sats"] else f" {row['difference_sats']:+,d} sats"
             print(f"reserves {row['account_id']}: ledger {row['ledger_sats']:,} sats, on chain "
                   f"{'-' if row['onchain_sats'] is None else format(row['onchain_sats'], ',')} sats at height "
-                  f"{reserves['height']}: {row['status']}{difference}{' (' + row['note'] + ')' if row['note'] else ''}")
+                  f"{reserves['height']} ({row['scripts_scanned']} scripts scanned): {row['status']}{difference}"
+                  f"{' (' + row['note'] + ')' if row['note'] else ''}")
+        print(f"reserves total: ledger {reserves['ledger_total_sats']:,} sats = reconciled "
+              f"{reserves['reconciled_ledger_sats']:,} + not reconciled {reserves['not_reconciled_ledger_sats']:,}; "
+              f"on chain {reserves['onchain_total_sats']:,} sats; {len(reserves['accounts'])} accounts, "
+              f"{reserves['scripts_scanned_total']:,} scripts scanned")
     for anchor in result["anchors"]:
         if anchor.get("confirmations") is not None:
             print(f"anchor {anchor['txid']}: tree size {anchor['tree_size']}, block {anchor['block_height']}, "

@@ -31,6 +31,8 @@ RPC_VERIFY_ERROR = -25
 RPC_VERIFY_REJECTED = -26
 RPC_VERIFY_ALREADY_IN_CHAIN = -27
 COINBASE_MATURITY_BLOCKS = 100
+# Scripts per scantxoutset call when reconciling derived addresses (Core scans the whole UTXO set once per call).
+SCAN_OBJECTS_MAX = 1000
 REPLY_SIZE_MAX_BYTES = 64_000_000     # a verbose block is the largest answer we ask for
 
 
@@ -147,6 +149,19 @@ class CoreRpcClient:
         scan = self.call("scantxoutset", "start", [f"raw({script_pubkey.hex()})"])
         return [Utxo(u["txid"], u["vout"], int(u["amount"] * SATS_PER_BTC)) for u in scan["unspents"]
                 if not u.get("coinbase") or scan["height"] - u["height"] + 1 >= COINBASE_MATURITY_BLOCKS]
+
+    def utxos_of_scripts(self, scripts: list[bytes]) -> dict[bytes, list[Utxo]]:
+        """`utxos` for many scripts: one scantxoutset (one pass over the UTXO set) per SCAN_OBJECTS_MAX scripts."""
+        found: dict[bytes, list[Utxo]] = {script: [] for script in scripts}
+        ordered = list(found)
+        for start in range(0, len(ordered), SCAN_OBJECTS_MAX):
+            objects = [f"raw({script.hex()})" for script in ordered[start:start + SCAN_OBJECTS_MAX]]
+            scan = self.call("scantxoutset", "start", objects)
+            for u in scan["unspents"]:
+                if not u.get("coinbase") or scan["height"] - u["height"] + 1 >= COINBASE_MATURITY_BLOCKS:
+                    found.setdefault(bytes.fromhex(u["scriptPubKey"]), []).append(
+                        Utxo(u["txid"], u["vout"], int(u["amount"] * SATS_PER_BTC)))
+        return found
 
     def anchor_chain(self, genesis: Outpoint) -> list[bytes]:
         """Core lists no spenders: from the coins unspent now at the genesis's address (scantxoutset) back through
