@@ -310,7 +310,8 @@ def check_custody(listed: list, replayed: list[dict], findings: Findings) -> Non
             findings.add("custody", f"account {account['account_id']}", "missing from custody.json")
             continue
         for field in ("custodian", "addresses", "descriptor", "gap_limit", "balance_sats", "status"):
-            if entry.get(field, 0 if field == "gap_limit" else None) != account[field]:
+            default = 0 if field == "gap_limit" else None   # gap_limit: bundles written before it say nothing
+            if entry.get(field, default) != account.get(field, default):
                 findings.add("custody", f"account {account['account_id']}",
                              f"custody.json says {field} = {entry.get(field)!r}, the events say {account[field]!r}")
     for account_id in sorted(by_id, key=str):
@@ -646,8 +647,8 @@ def reconcile(accounts: list[dict], onchain: dict[str, dict], height: int, findi
         if entry["sats"] is None:
             row.update(status="not reconciled", difference_sats=None)
             if account["balance_sats"]:
-                findings.add("reserves", where, f"ledger balance {account['balance_sats']:,} sats is not reconciled: "
-                                                f"{row['note'] or 'nothing to scan'}")
+                findings.add("reserves", where, f"ledger balance {account['balance_sats']:,} sats "
+                                                f"{row['note'] or 'not reconciled: nothing to scan'}")
         else:
             difference = entry["sats"] - account["balance_sats"]
             row.update(status="match" if difference == 0 else "difference", difference_sats=difference)

@@ -27,6 +27,8 @@ CHECKS = (
     ("chain", "Anchor blocks on the auditor's best chain; every anchor on chain from the genesis is in the bundle"),
     ("reserves", "Ledger balance of each custody account = confirmed coins at its addresses and derived descriptor "
                  "scripts; an account with a balance and nothing to scan fails"),
+    ("key_control", "Every funded script answered the auditor's challenge with a BIP-322 signature that Bitcoin "
+                    "Core's interpreter (libbitcoinkernel) accepts"),
 )
 FAILURES_SHOWN_MAX = 1000
 LONG_CELL_CHARS = 40
@@ -39,6 +41,7 @@ def audit_result(facts: dict) -> dict:
     ran = {"manifest", "events", "tree_heads", "anchors", "replay", "controls", "custody"}
     ran |= {"headers"} if facts.get("headers") else set()
     ran |= {"chain", "reserves"} if facts.get("chain") else set()
+    ran |= {"key_control"} if "control_proofs" in facts else set()
     checks = [{"check": name, "description": text, "failures": findings.by_check.get(name, 0),
                "status": "skipped" if name not in ran else ("fail" if findings.by_check.get(name) else "pass")}
               for name, text in CHECKS]
@@ -52,7 +55,8 @@ def audit_result(facts: dict) -> dict:
             "headers": facts.get("headers"), "chain": facts.get("chain"),
             "reserves": facts.get("reserves"), "balances": facts["balances"], "holdings": facts["holdings"],
             "cost_basis": facts["cost_basis"], "custody_accounts": facts["accounts"],
-            "holdings_over_time": facts["holdings_over_time"], "controls": facts["controls"]}
+            "holdings_over_time": facts["holdings_over_time"], "controls": facts["controls"],
+            "control_proofs": facts.get("control_proofs")}
 
 
 def write_report(result: dict, html_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
@@ -195,7 +199,7 @@ text-align:left;vertical-align:top}td.long{overflow-wrap:anywhere;min-width:14em
 
 def render_html(result: dict) -> str:
     sections = [_verdict(result), _checks(result), _holdings(result), _cost(result), _anchors(result),
-                _reserves(result), _controls(result), _failures(result)]
+                _reserves(result), _key_control(result), _controls(result), _failures(result)]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; "
             "img-src data:\"><title>Reserve audit: " + result["verdict"] + "</title><style>" + STYLE +
@@ -305,6 +309,22 @@ def _registered(row: dict) -> str:
         descriptor = descriptor[:DESCRIPTOR_SHOWN_MAX // 2] + "…" + descriptor[-DESCRIPTOR_SHOWN_MAX // 2:]
     gap = f" (gap limit {row['gap_limit'] or GAP_LIMIT_DEFAULT})" if "*" in row["descriptor"] else ""
     return ", ".join([*row["addresses"], *([descriptor + gap] if descriptor else [])]) or "—"
+
+
+def _key_control(result: dict) -> str:
+    proofs = result.get("control_proofs")
+    if not proofs:
+        return ("<h2>Control of keys</h2><p class='note'>Not run: give the custodians' answers to a challenge with "
+                "--control-proofs DIR (reserve-ledger reserves challenge).</p>")
+    rows = [[a["account_id"], len(a["scripts"]), btc(a["funded_sats"]), btc(a["proven_sats"]),
+             "; ".join(f"{s['source'] or s['script_pubkey']}: {s['status']}" for s in a["scripts"]
+                       if s["status"] != "proven") or "all proven"] for a in proofs["accounts"]]
+    return (f"<h2>Control of keys (BIP-322)</h2><p>Control proven for {btc(proofs['proven_sats'])} of "
+            f"{btc(proofs['funded_sats'])} BTC at height {proofs['coins_read_at_height']}: each funded script signed "
+            f"the auditor's challenge (nonce <code>{_e(proofs['nonce'])}</code>, tree size {proofs['tree_size']}), "
+            "and Bitcoin Core's interpreter (libbitcoinkernel, all consensus flags) accepted every signature "
+            "counted.</p>" +
+            _table(["account", "funded scripts", "funded BTC", "proven BTC", "result"], rows, {1, 2, 3}))
 
 
 def _controls(result: dict) -> str:

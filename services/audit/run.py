@@ -7,12 +7,15 @@ from ledger import audit
 from ledger.anchoring import Outpoint
 from services.audit import bundle
 from services.audit import chain as audit_chain
+from services.reserves.challenge import CHALLENGE_FILE, SIGNATURES_DIR, funded_rows
+from services.reserves.control import ChallengeInvalid, prove_control, read_challenge, read_signatures
 
 FINDINGS_PRINTED_MAX = 50
 
 
 def audit_directory(directory: pathlib.Path, backend=None, chain_label: str | None = None,
-                    progress: Callable[[int], None] = lambda n: None, anchor_genesis: Outpoint | None = None) -> dict:
+                    progress: Callable[[int], None] = lambda n: None, anchor_genesis: Outpoint | None = None,
+                    control_proofs: pathlib.Path | None = None) -> dict:
     """The facts of one bundle: the offline checks, then, with a backend (the auditor's node), the chain's.
     `anchor_genesis` is the auditor's pin (from an earlier report): the bundle must name it, and the chain of
     anchors is followed from it rather than from the bundle's."""
@@ -22,7 +25,37 @@ def audit_directory(directory: pathlib.Path, backend=None, chain_label: str | No
         audit.check_pinned_genesis(facts["anchor_genesis"], anchor_genesis, facts["findings"])
     if backend is not None:
         facts.update(_chain_checks(backend, chain_label, directory, facts, anchor_genesis))
+    if control_proofs is not None:
+        facts["control_proofs"] = check_control_proofs(control_proofs, facts)
     return facts
+
+
+def check_control_proofs(directory: pathlib.Path, facts: dict) -> dict | None:
+    """DIR/challenge.json and DIR/signatures/ (docs/FORMATS-audit.md §6): the challenge must refer to one of the
+    bundle's signed tree heads; every funded script (the audit's own scan with --chain, else the challenge's list)
+    needs a valid BIP-322 signature, run through libbitcoinkernel. Each one without is a `key_control` failure."""
+    findings = facts["findings"]
+    try:
+        challenge = read_challenge(directory / CHALLENGE_FILE)
+    except ChallengeInvalid as error:
+        findings.add("key_control", f"file {CHALLENGE_FILE}", str(error))
+        return None
+    heads = {row["tree_size"]: row["root_hash"] for row in facts["tree_heads"]}
+    if heads.get(challenge["tree_size"]) != challenge["root_hash"]:
+        findings.add("key_control", "challenge", f"refers to tree size {challenge['tree_size']} with root "
+                                                 f"{str(challenge['root_hash'])[:16]}…, not a signed head of this bundle")
+    scans = facts.get("reserve_scans")
+    network = challenge.get("network", "regtest")
+    funded = None if scans is None else {i: funded_rows(scan, network) for i, scan in scans.items()}
+    report = prove_control(challenge, read_signatures(directory / SIGNATURES_DIR), funded)
+    report["coins_read_at_height"] = facts["reserves"]["height"] if scans is not None else challenge["height"]
+    for account in report["accounts"]:
+        for script in account["scripts"]:
+            if script["status"] != "proven":
+                findings.add("key_control", f"account {account['account_id']}",
+                             f"{script['sats']:,} sats at {script['source'] or script['script_pubkey']}: control not "
+                             f"proven ({script['status']}: {script['reason']})")
+    return report
 
 
 def bundle_event_count(directory: pathlib.Path) -> int | None:
@@ -67,6 +100,10 @@ def _print_summary(result: dict) -> None:
               f"{reserves['reconciled_ledger_sats']:,} + not reconciled {reserves['not_reconciled_ledger_sats']:,}; "
               f"on chain {reserves['onchain_total_sats']:,} sats; {len(reserves['accounts'])} accounts, "
               f"{reserves['scripts_scanned_total']:,} scripts scanned")
+    control = result.get("control_proofs")
+    if control:
+        print(f"control proven for {control['proven_sats']:,} of {control['funded_sats']:,} sats (BIP-322, checked by "
+              f"libbitcoinkernel) at height {control['coins_read_at_height']}")
     for anchor in result["anchors"]:
         if anchor.get("confirmations") is not None:
             print(f"anchor {anchor['txid']}: tree size {anchor['tree_size']}, block {anchor['block_height']}, "

@@ -18,7 +18,7 @@ from services import compose
 from services.api.certs import init_certs, parse_identities
 from services.bitcoin.backends import CHAIN_SPEC_HELP
 from services.bitcoin.regtest.command import add_regtest_node_command
-from services.cli import anchor, audit
+from services.cli import anchor, audit, reserves
 from services.cli.errors import OneLineArgumentParser, run_command
 from services.cli.options import add_setting, add_storage_options, position, positive_number, storage_from
 from services.cli.tables import balances_table, holdings_table
@@ -226,6 +226,7 @@ def build_parser() -> OneLineArgumentParser:
     anchor.add_anchor_commands(commands)
     add_regtest_node_command(commands)
     audit.add_audit_commands(commands)
+    reserves.add_reserves_commands(commands)
     return parser
 
 

@@ -79,8 +79,9 @@ def prove_control(challenge: dict, signatures: dict[str, dict[str, str]],
     """The control-proof report: per account, each funded script (from `funded`, the auditor's own scan, else the
     challenge's list) proven or not, and the sats proven. Pure but for the interpreter."""
     rows = []
-    for account in challenge["accounts"]:
-        account_id = account["account_id"]
+    listed = {account["account_id"]: account for account in challenge["accounts"]}
+    for account_id in [*listed, *(i for i in funded or {} if i not in listed)]:
+        account = listed.get(account_id, {})
         scripts = funded.get(account_id, []) if funded is not None else account.get("funded_scripts", [])
         message = bip322.challenge_message(challenge, account_id)
         checked = [_check_script(script, message, signatures.get(account_id, {})) for script in scripts]
