@@ -54,3 +54,10 @@ def test_audit_benchmark_exports_and_audits_a_log_that_passes(tmp_path):
     assert size >= 600 and (tmp_path / "bundle" / "events.bin").stat().st_size > size * 100
     assert re.search(r"export: [\d.]+ s, peak \d+ MB, bundle [\d.]+ MB", out)
     assert re.search(r"audit: [\d.]+ s, peak \d+ MB \([\d,]+ events/s\)", out)
+
+
+def test_reserves_benchmark_reconciles_and_proves_control_of_what_it_funded(tmp_path):
+    out = run("bench_reserves.py", "--addresses", "60", "--funded", "4", "--data-dir", str(tmp_path))
+    assert re.search(r"derivation: 60 scripts of a 2-of-3 multisig", out)
+    assert re.search(r"reconciliation \(embedded\): [\d,]+ scripts scanned, 4 funded, status match", out)
+    assert re.search(r"control proofs: 4 BIP-322 2-of-3 signatures verified .*; proven ([\d,]+) of \1 sats", out)
