@@ -115,6 +115,10 @@ def cmd_sign_challenge(args) -> int:
     keys_dir = pathlib.Path(args.keys)
     if not keys_dir.is_dir():
         raise NothingStoredHere(f"--keys {keys_dir}: no such directory")
-    paths = write_signatures(sign_challenge(challenge, DevKeys.load(keys_dir)), pathlib.Path(args.out))
+    try:
+        keys = DevKeys.load(keys_dir)
+    except ValueError as error:
+        raise ConfigurationInvalid(f"--keys {error}") from None
+    paths = write_signatures(sign_challenge(challenge, keys), pathlib.Path(args.out))
     print(f"DEVELOPMENT ONLY: wrote {len(paths)} signature file(s) to {args.out}")
     return 0

@@ -32,8 +32,17 @@ class DevKeys:
 
     @classmethod
     def load(cls, directory: pathlib.Path) -> "DevKeys":
-        single = [ec.PrivateKey.from_wif(p.read_text().strip()) for p in sorted(directory.glob("*.wif"))]
-        extended = [bip32.HDKey.from_string(p.read_text().strip()) for p in sorted(directory.glob("*.xprv"))]
+        """Raises ValueError naming the first file that is not a key of its kind."""
+        single, extended = [], []
+        for path in sorted(directory.glob("*.wif")) + sorted(directory.glob("*.xprv")):
+            try:
+                text = path.read_text().strip()
+                if path.suffix == ".wif":
+                    single.append(ec.PrivateKey.from_wif(text))
+                else:
+                    extended.append(bip32.HDKey.from_string(text))
+            except Exception as error:  # noqa: BLE001 - embit raises many types for a bad key
+                raise ValueError(f"{path}: not a {path.suffix[1:]} key ({type(error).__name__})") from None
         return cls(single, extended)
 
 
