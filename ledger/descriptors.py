@@ -211,8 +211,9 @@ def _hex_key(head: str, xonly: bool) -> None:
     if len(head) == 130 and lowered[:2] == "04":
         raise DescriptorInvalid("DESCRIPTOR_KEY_UNCOMPRESSED", "uncompressed public keys cannot be used in segwit "
                                                                "or taproot scripts (BIP 382, 386)")
+    xonly_hint = " or a 64-digit x-only key" if xonly else ""
     raise DescriptorInvalid("DESCRIPTOR_KEY_INVALID", f"{head[:16]}...: not a compressed public key (66 hex digits "
-                                                      f"starting 02 or 03{' or a 64-digit x-only key' if xonly else ''})")
+                                                      f"starting 02 or 03{xonly_hint})")
 
 
 def _extended_key(head: str) -> None:

@@ -43,7 +43,8 @@ def check_control_proofs(directory: pathlib.Path, facts: dict) -> dict | None:
     heads = {row["tree_size"]: row["root_hash"] for row in facts["tree_heads"]}
     if heads.get(challenge["tree_size"]) != challenge["root_hash"]:
         findings.add("key_control", "challenge", f"refers to tree size {challenge['tree_size']} with root "
-                                                 f"{str(challenge['root_hash'])[:16]}…, not a signed head of this bundle")
+                                                 f"{str(challenge['root_hash'])[:16]}…, not a signed head of this "
+                                                 "bundle")
     scans = facts.get("reserve_scans")
     network = challenge.get("network", "regtest")
     funded = None if scans is None else {i: funded_rows(scan, network) for i, scan in scans.items()}

@@ -312,7 +312,8 @@ def _control_challenge(bundle_dir: pathlib.Path, chain: RegtestChain, directory:
           f"--chain regtest:{chain.directory} --out {proofs / CHALLENGE_FILE}): nonce {challenge['nonce'][:16]}…, tree "
           f"size {challenge['tree_size']}, height {challenge['height']}, {funded} funded scripts in "
           f"{len(challenge['accounts'])} accounts")
-    signed = write_signatures(sign_challenge(challenge, DevKeys.load(directory / "custody-keys")), proofs / SIGNATURES_DIR)
+    answers = sign_challenge(challenge, DevKeys.load(directory / "custody-keys"))
+    signed = write_signatures(answers, proofs / SIGNATURES_DIR)
     _say(f"the custodians answer with BIP-322 signatures ({len(signed)} files in {proofs / SIGNATURES_DIR}; "
          f"the 2-of-3 vault signs each of its scripts with two cosigners, as a spend would)")
     result = control_report(proofs / CHALLENGE_FILE, proofs / SIGNATURES_DIR, chain)

@@ -106,7 +106,8 @@ def print_control_report(report: dict) -> None:
             if script["status"] != "proven":
                 print(f"  {script['status']} {script['source'] or script['script_pubkey']}: {script['reason']}")
     print(f"control proven for {btc(report['proven_sats'])} of {btc(report['funded_sats'])} BTC at height "
-          f"{report['coins_read_at_height']} (challenge nonce {report['nonce'][:16]}…, tree size {report['tree_size']})")
+          f"{report['coins_read_at_height']} (challenge nonce {report['nonce'][:16]}…, tree size "
+          f"{report['tree_size']})")
 
 
 def cmd_sign_challenge(args) -> int:

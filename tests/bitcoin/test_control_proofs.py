@@ -19,10 +19,10 @@ from services.reserves.dev_signer import DevKeys, dev_multisig, sign_script
 
 P2WPKH = script_pubkey_of_address("bc1q9vza2e8x573nczrlzms0wvx3gsqjx7vavgkx0l")
 P2TR = script_pubkey_of_address("bc1ppv609nr0vr25u07u95waq5lucwfm6tde4nydujnu8npg4q75mr5sxq8lt3")
-P2WPKH_EMPTY = ("AkcwRAIgM2gBAQqvZX15ZiysmKmQpDrG83avLIT492QBzLnQIxYCIBaTpOaD20qRlEylyxFSeEA2ba9YOixpX8z46TSDtS40ASECx/Eg"
-                "AxlkQpQ9hYjgGu6EBCPMVPwVIVJqO4XCsMvViHI=")
-P2WPKH_HELLO = ("AkcwRAIgZRfIY3p7/DoVTty6YZbWS71bc5Vct9p9Fia83eRmw2QCICK/ENGfwLtptFluMGs2KsqoNSk89pO7F29zJLUx9a/sASECx/Eg"
-                "AxlkQpQ9hYjgGu6EBCPMVPwVIVJqO4XCsMvViHI=")
+P2WPKH_EMPTY = ("AkcwRAIgM2gBAQqvZX15ZiysmKmQpDrG83avLIT492QBzLnQIxYCIBaTpOaD20qRlEylyxFSeEA2ba9YOixpX8z46TSDtS40ASEC"
+                "x/EgAxlkQpQ9hYjgGu6EBCPMVPwVIVJqO4XCsMvViHI=")
+P2WPKH_HELLO = ("AkcwRAIgZRfIY3p7/DoVTty6YZbWS71bc5Vct9p9Fia83eRmw2QCICK/ENGfwLtptFluMGs2KsqoNSk89pO7F29zJLUx9a/sASEC"
+                "x/EgAxlkQpQ9hYjgGu6EBCPMVPwVIVJqO4XCsMvViHI=")
 P2TR_HELLO = "AUHd69PrJQEv+oKTfZ8l+WROBHuy9HKrbFCJu7U1iK2iiEy1vMU5EfMtjc+VSHM7aU0SDbak5IUZRVno2P5mjSafAQ=="
 
 

@@ -142,16 +142,23 @@ def test_bip382_wpkh_ranged_xpub_expands_to_its_three_vector_scripts():
 def test_bip382_wpkh_and_sh_wsh_of_a_fixed_key_give_the_vector_scripts():
     """wpkh(03a3...) and BIP 383's sh(wsh(multi(16, ...))) with 16 fixed keys."""
     assert scripts_of(f"wpkh({KEY_03})", 5) == ["00149a1c78a507689f6f54b847ad1cef1e614ee23f1e"]
-    keys = ("03669b8afcec803a0d323e9a17f3ea8e68e8abe5a278020a929adbec52421adbd0,0260b2003c386519fc9eadf2b5cf124dd8eea4c4"
-            "e68d5e154050a9346ea98ce600,0362a74e399c39ed5593852a30147f2959b56bb827dfa3e60e464b02ccf87dc5e8,0261345b53de7"
-            "4a4d721ef877c255429961b7e43714171ac06168d7e08c542a8b8,02da72e8b46901a65d4374fe6315538d8f368557dda3a1dcf9ea9"
-            "03f3afe7314c8,0318c82dd0b53fd3a932d16e0ba9e278fcc937c582d5781be626ff16e201f72286,0297ccef1ef99f9d73dec9ad374"
-            "76ddb232f1238aff877af19e72ba04493361009,02e502cfd5c3f972fe9a3e2a18827820638f96b6f347e54d63deb839011fd5765d,"
-            "03e687710f0e3ebe81c1037074da939d409c0025f17eb86adb9427d28f0f7ae0e9,02c04d3a5274952acdbc76987f3184b346a483d4"
-            "3be40874624b29e3692c1df5af,02ed06e0f418b5b43a7ec01d1d7d27290fa15f75771cb69b642a51471c29c84acd,036d46073cbb9"
-            "ffee90473f3da429abc8de7f8751199da44485682a989a4bebb24,02f5d1ff7c9029a80a4e36b9a5497027ef7f3e73384a4a94fbfe7"
-            "c4e9164eec8bc,02e41deffd1b7cce11cde209a781adcffdabd1b91c0ba0375857a2bfd9302419f3,02d76625f7956a7fc505ab0255"
-            "6c23ee72d832f1bac391bcd2d3abce5710a13d06,0399eb0a5487515802dc14544cf10b3666623762fbed2ec38a3975716e2c29c232")
+    keys = ",".join([
+        "03669b8afcec803a0d323e9a17f3ea8e68e8abe5a278020a929adbec52421adbd0",
+        "0260b2003c386519fc9eadf2b5cf124dd8eea4c4e68d5e154050a9346ea98ce600",
+        "0362a74e399c39ed5593852a30147f2959b56bb827dfa3e60e464b02ccf87dc5e8",
+        "0261345b53de74a4d721ef877c255429961b7e43714171ac06168d7e08c542a8b8",
+        "02da72e8b46901a65d4374fe6315538d8f368557dda3a1dcf9ea903f3afe7314c8",
+        "0318c82dd0b53fd3a932d16e0ba9e278fcc937c582d5781be626ff16e201f72286",
+        "0297ccef1ef99f9d73dec9ad37476ddb232f1238aff877af19e72ba04493361009",
+        "02e502cfd5c3f972fe9a3e2a18827820638f96b6f347e54d63deb839011fd5765d",
+        "03e687710f0e3ebe81c1037074da939d409c0025f17eb86adb9427d28f0f7ae0e9",
+        "02c04d3a5274952acdbc76987f3184b346a483d43be40874624b29e3692c1df5af",
+        "02ed06e0f418b5b43a7ec01d1d7d27290fa15f75771cb69b642a51471c29c84acd",
+        "036d46073cbb9ffee90473f3da429abc8de7f8751199da44485682a989a4bebb24",
+        "02f5d1ff7c9029a80a4e36b9a5497027ef7f3e73384a4a94fbfe7c4e9164eec8bc",
+        "02e41deffd1b7cce11cde209a781adcffdabd1b91c0ba0375857a2bfd9302419f3",
+        "02d76625f7956a7fc505ab02556c23ee72d832f1bac391bcd2d3abce5710a13d06",
+        "0399eb0a5487515802dc14544cf10b3666623762fbed2ec38a3975716e2c29c232"])
     assert scripts_of(f"sh(wsh(multi(16,{keys})))", 5) == ["a9147fc63e13dc25e8a95a3cee3d9a714ac3afd96f1e87"]
 
 
@@ -241,3 +248,32 @@ def test_the_gap_limit_is_recorded_only_when_set():
     assert "gap_limit" not in open_account(descriptor=ranged).payload()
     assert open_account(descriptor=ranged, gap_limit=100).payload()["gap_limit"] == 100
     open_account(descriptor=ranged, gap_limit=100).validate()
+
+
+# --- the replay's half of the pairing ---------------------------------------------------------------------
+
+def opened_event(**data) -> dict:
+    from ledger.events import parse_canonical_bytes
+    from tests.unit.test_audit import opened
+    event = parse_canonical_bytes(opened(0, "vault-a"))
+    event["data"].update(data)
+    return event
+
+
+def test_the_replay_folds_a_recorded_gap_limit_and_refuses_one_the_command_would_not_record():
+    """gap_limit recorded with a ranged descriptor is folded into the account; an explicit 0 (which the command
+    never records), a gap limit without a ranged descriptor, a checksumless descriptor or an unknown field
+    written into the log are each refused by the replay, naming the rule."""
+    from ledger.state import InvariantBroken, ReserveState
+    ranged = checksummed(f"wsh(sortedmulti(2,{XPUB_A}/<0;1>/*,{XPUB_B}/<0;1>/*))")
+    state = ReserveState()
+    state.apply(opened_event(descriptor=ranged, gap_limit=50))
+    assert state.accounts["vault-a"].gap_limit == 50 and state.accounts["vault-a"].descriptor == ranged
+    for data, rule in (({"descriptor": ranged, "gap_limit": 0}, "EVENT_NOT_AS_DECIDED"),
+                       ({"descriptor": checksummed(f"wpkh({KEY_03})"), "gap_limit": 5},
+                        "GAP_LIMIT_WITHOUT_RANGED_DESCRIPTOR"),
+                       ({"descriptor": f"wpkh({KEY_03})"}, "DESCRIPTOR_CHECKSUM_MISSING"),
+                       ({"descriptor": ranged, "change_descriptor": ranged}, "EVENT_MALFORMED")):
+        with pytest.raises(InvariantBroken) as refused:
+            ReserveState().apply(opened_event(**data))
+        assert refused.value.rule == rule, refused.value
