@@ -115,7 +115,7 @@ def require_derivable(descriptor: str, field: str = "descriptor") -> None:
 
 
 def gap_limit_of(account) -> int:
-    return _field(account, "gap_limit") or limits.GAP_LIMIT_DEFAULT
+    return field_of(account, "gap_limit") or limits.GAP_LIMIT_DEFAULT
 
 
 def account_scripts(account, gap_limit: int | None = None) -> list[AccountScript]:
@@ -123,8 +123,8 @@ def account_scripts(account, gap_limit: int | None = None) -> list[AccountScript
     descriptor — a fixed one as it is, a ranged one on each branch (receive, change) at indices 0 .. gap_limit - 1
     (default: the account's own gap limit, else 20). Raises DescriptorInvalid / AddressInvalid when an entry the
     ledger accepted cannot be turned into a script (only a log written around the ledger's checks holds one)."""
-    scripts = [AccountScript(script_pubkey_of_address(a), f"address {a}") for a in _field(account, "addresses")]
-    descriptor = _field(account, "descriptor")
+    scripts = [AccountScript(script_pubkey_of_address(a), f"address {a}") for a in field_of(account, "addresses")]
+    descriptor = field_of(account, "descriptor")
     if descriptor:
         expanded = expand(descriptor)
         window = range(gap_limit or gap_limit_of(account))
@@ -133,9 +133,10 @@ def account_scripts(account, gap_limit: int | None = None) -> list[AccountScript
     return scripts
 
 
-def _field(account, name: str):
+def field_of(account, name: str):
+    """A field of an ``Account`` or of a custody.json entry (both shapes reach the scans)."""
     return account[name] if isinstance(account, dict) else getattr(account, name)
 
 
 __all__ = ["AccountScript", "ExpandedDescriptor", "account_scripts", "expand", "require_derivable", "gap_limit_of",
-           "branch_name", "AddressInvalid", "DescriptorInvalid"]
+           "branch_name", "field_of", "clear_derivation_cache", "AddressInvalid", "DescriptorInvalid"]

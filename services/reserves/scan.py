@@ -9,8 +9,8 @@ unused, so a wallet that skipped more than gap_limit spent addresses needs a lar
 import dataclasses
 
 from ledger.anchoring import ChainBackend, Utxo
-from services.reserves.descriptors import (AccountScript, AddressInvalid, DescriptorInvalid, expand, gap_limit_of,
-                                           script_pubkey_of_address)
+from services.reserves.descriptors import (AccountScript, AddressInvalid, DescriptorInvalid, expand, field_of,
+                                           gap_limit_of, script_pubkey_of_address)
 
 DERIVED_INDEX_MAX = 1_000_000     # never derive beyond this index on one branch, whatever the coins say
 NOTE_NO_SCRIPTS = "not reconciled: no addresses or descriptor"
@@ -42,15 +42,16 @@ def utxos_of_scripts(backend: ChainBackend, scripts: list[bytes]) -> dict[bytes,
     return {script: backend.utxos(script) for script in dict.fromkeys(scripts)}
 
 
-def scan_account(account: dict, backend: ChainBackend) -> AccountScan:
-    """The coins at an account's registered addresses and derived scripts (a custody.json entry)."""
-    scan = AccountScan(account["account_id"])
-    for address in account["addresses"]:
+def scan_account(account, backend: ChainBackend) -> AccountScan:
+    """The coins at an account's registered addresses and derived scripts (an ``Account`` or a custody.json
+    entry), ranged branches scanned on while coins keep turning up within the gap limit."""
+    scan = AccountScan(field_of(account, "account_id"))
+    for address in field_of(account, "addresses"):
         try:
             scan.scripts.append(AccountScript(script_pubkey_of_address(address), f"address {address}"))
         except (AddressInvalid, ValueError, KeyError) as error:
             scan.notes.append(f"address {address} not understood ({error})")
-    if account["descriptor"]:
+    if field_of(account, "descriptor"):
         _scan_descriptor(account, backend, scan)
     if scan.scripts:
         fixed = [s.script_pubkey for s in scan.scripts if s.index is None]
@@ -63,7 +64,7 @@ def scan_account(account: dict, backend: ChainBackend) -> AccountScan:
 
 def _scan_descriptor(account: dict, backend: ChainBackend, scan: AccountScan) -> None:
     try:
-        expanded = expand(account["descriptor"])
+        expanded = expand(field_of(account, "descriptor"))
     except DescriptorInvalid as error:
         scan.notes.append(f"descriptor not reconciled ({error.rule}: {error})")
         return
