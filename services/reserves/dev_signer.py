@@ -82,10 +82,8 @@ def sign_script(script_pubkey: bytes, branch: int | None, index: int | None, des
             return _sign_wpkh(script_pubkey, message, key)
         if script.p2tr(public).data == script_pubkey:
             return _sign_taproot(script_pubkey, message, key)
-    if descriptor and index is not None:
-        return _sign_descriptor(script_pubkey, branch, index, descriptor, message, keys)
-    if descriptor:
-        return _sign_descriptor(script_pubkey, None, 0, descriptor, message, keys)
+    if descriptor:   # a fixed descriptor derives as index 0 of its only branch
+        return _sign_descriptor(script_pubkey, branch, index or 0, descriptor, message, keys)
     return None
 
 

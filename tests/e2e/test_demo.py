@@ -33,3 +33,35 @@ def test_demo_runs_and_its_history_verifies(tmp_path):
     assert offline.returncode == 0 and offline.stdout.startswith("OK: "), offline.stdout + offline.stderr
     proofs = list((tmp_path / "proofs").glob("event-*/event.bin.ots"))
     assert len(proofs) == 1 and proofs[0].stat().st_size > 100
+
+
+
+def test_a_fresh_challenge_is_not_answered_by_old_signatures_and_is_by_new_ones(tmp_path):
+    """From the demo's bundle and chain, through the command line: a new challenge (new nonce) checked against the
+    demo's signatures fails key_control for every funded script; signed anew (development signer), the audit's
+    only failure is again the deliberate unrecorded movement."""
+    demo = subprocess.run([sys.executable, "-m", "services.cli.main", "demo", "--data-dir", str(tmp_path / "demo")],
+                          capture_output=True, text=True, timeout=180)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    chain, bundle = f"regtest:{tmp_path / 'demo' / 'regtest'}", tmp_path / "demo" / "audit-bundle"
+    proofs = tmp_path / "proofs"
+    proofs.mkdir()
+    challenge = _cli("reserves", "challenge", "--bundle", bundle, "--chain", chain, "--out", proofs / "challenge.json")
+    assert challenge.returncode == 0 and "6 funded scripts to sign for" in challenge.stdout, challenge.stdout
+    (proofs / "signatures").symlink_to(tmp_path / "demo" / "control-proofs" / "signatures")
+    stale = _cli("audit", bundle, "--chain", chain, "--control-proofs", proofs)
+    assert stale.returncode == 1
+    assert sum(line.startswith("FAIL key_control account ") for line in stale.stdout.splitlines()) == 6, stale.stdout
+    (proofs / "signatures").unlink()
+    signed = _cli("reserves", "sign-challenge", "--challenge", proofs / "challenge.json", "--keys",
+                  tmp_path / "demo" / "custody-keys", "--out", proofs / "signatures")
+    assert signed.returncode == 0, signed.stdout + signed.stderr
+    fresh = _cli("audit", bundle, "--chain", chain, "--control-proofs", proofs)
+    fails = [line for line in fresh.stdout.splitlines() if line.startswith("FAIL ")]
+    assert len(fails) == 1 and fails[0].startswith("FAIL reserves account ops-warm-1: on chain"), fresh.stdout
+    assert "control proven for 3,849,997,500 of 3,849,997,500 sats" in fresh.stdout, fresh.stdout
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *map(str, args)], capture_output=True,
+                          text=True, timeout=180)
