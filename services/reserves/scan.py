@@ -31,7 +31,14 @@ class AccountScan:
         return sum(coin.value_sats for coins in self.coins.values() for coin in coins)
 
     def funded_scripts(self) -> list[AccountScript]:
-        return [script for script in self.scripts if self.coins.get(script.script_pubkey)]
+        """Each script holding coins, once (an address may also be one of the descriptor's scripts)."""
+        seen: set[bytes] = set()
+        funded = []
+        for script in self.scripts:
+            if self.coins.get(script.script_pubkey) and script.script_pubkey not in seen:
+                seen.add(script.script_pubkey)
+                funded.append(script)
+        return funded
 
 
 def utxos_of_scripts(backend: ChainBackend, scripts: list[bytes]) -> dict[bytes, list[Utxo]]:

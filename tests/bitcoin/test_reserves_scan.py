@@ -78,3 +78,17 @@ def test_an_account_with_a_balance_and_nothing_to_scan_is_named_and_the_totals_a
     assert result["ledger_total_sats"] == 50_030_000 == sum(row["ledger_sats"] for row in rows.values())
     assert result["reconciled_ledger_sats"] + result["not_reconciled_ledger_sats"] == result["ledger_total_sats"]
     assert result["onchain_total_sats"] == 30_000 and result["scripts_scanned_total"] == 21 + 20
+
+
+def test_a_script_registered_as_an_address_and_derived_from_the_descriptor_counts_once(chain):
+    """The account's sats and its funded scripts (what custodians must sign for) count a shared script once."""
+    from services.bitcoin.addresses import address_of_script_pubkey
+    descriptor, _ = dev_multisig(["a", "b", "c"], 2)
+    script = expand(descriptor).scripts(0, [2])[0].script_pubkey
+    chain.send(script, 9_000)
+    chain.mine(1)
+    account = {**custody("vault-m", 9_000, descriptor), "addresses": [address_of_script_pubkey(script, "regtest")]}
+    findings = Findings()
+    result = reconcile_reserves([account], chain, findings)
+    assert (result["accounts"][0]["status"], result["accounts"][0]["funded_scripts"]) == ("match", 1)
+    assert findings.total == 0
