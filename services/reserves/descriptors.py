@@ -70,7 +70,7 @@ class ExpandedDescriptor:
 
 @functools.lru_cache(maxsize=DERIVED_CACHE_MAX)
 def _derived(expanded: ExpandedDescriptor, branch: int, index: int | None) -> AccountScript:
-    """Derivation is the cost of a scan (about 0.5 ms of CPU per 2-of-3 script); descriptors never change, so
+    """Derivation is the cost of a scan (about 0.35 ms of CPU per 2-of-3 script); descriptors never change, so
     the live monitor's scan at every block derives each script once."""
     return expanded.derive(branch, index)
 
