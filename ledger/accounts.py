@@ -31,6 +31,7 @@ class Account:
     quorum: tuple[int, int] = (0, 0)          # (required, total)
     addresses: tuple[str, ...] = ()
     descriptor: str = ""
+    gap_limit: int = 0                        # 0: limits.GAP_LIMIT_DEFAULT
     credits_sats: int = 0
     debits_sats: int = 0
     held_sats: int = 0

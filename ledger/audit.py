@@ -25,7 +25,7 @@ from ledger.tree_heads import TreeHead
 
 BUNDLE_FORMAT = "reserve-ledger/bundle/v1"
 REPORT_FORMAT = "reserve-ledger/audit-report/v1"
-# A canonical event is at most a few KiB (100 addresses of 100 chars, a 1 KiB descriptor); refuse anything huge.
+# A canonical event is at most a few KiB (100 addresses of 100 chars, a 4 KiB descriptor); refuse anything huge.
 EVENT_SIZE_MAX_BYTES = 1 << 20
 FINDINGS_KEPT_MAX = 1000
 APPROVALS_LISTED_MAX = 500
@@ -306,7 +306,7 @@ def custody_accounts(state: ReserveState) -> list[dict]:
     """The non-nominal accounts as the bundle's custody.json lists them (also what the exporter writes)."""
     return [{"account_id": a.account_id, "kind": a.kind, "status": a.status, "custodian": a.custodian,
              "wallet_label": a.wallet_label, "quorum": list(a.quorum), "addresses": list(a.addresses),
-             "descriptor": a.descriptor, "balance_sats": a.balance_sats}
+             "descriptor": a.descriptor, "gap_limit": a.gap_limit, "balance_sats": a.balance_sats}
             for a in sorted(state.accounts.values(), key=lambda a: a.account_id) if not a.is_nominal]
 
 
@@ -321,8 +321,9 @@ def check_custody(listed: list, replayed: list[dict], findings: Findings) -> Non
         if entry is None:
             findings.add("custody", f"account {account['account_id']}", "missing from custody.json")
             continue
-        for field in ("custodian", "addresses", "descriptor", "balance_sats", "status"):
-            if entry.get(field) != account[field]:
+        for field in ("custodian", "addresses", "descriptor", "gap_limit", "balance_sats", "status"):
+            default = 0 if field == "gap_limit" else None   # gap_limit: bundles written before it say nothing
+            if entry.get(field, default) != account.get(field, default):
                 findings.add("custody", f"account {account['account_id']}",
                              f"custody.json says {field} = {entry.get(field)!r}, the events say {account[field]!r}")
     for account_id in sorted(by_id, key=str):
@@ -641,27 +642,44 @@ def check_shared_scripts(scripts_by_account: dict[str, list[bytes]], findings: F
 
 
 def reconcile(accounts: list[dict], onchain: dict[str, dict], height: int, findings: Findings) -> list[dict]:
-    """Compare each custody account's ledger balance with what its registered scripts hold on chain.
+    """Compare each custody account's ledger balance with what its scripts hold on chain; one row per account.
 
-    ``onchain[account_id]`` is ``{"sats": int}`` or ``{"sats": None, "note": why it was not reconciled}``.
+    ``onchain[account_id]`` is ``{"sats": int | None, "note": str, "scripts_scanned": int, "funded_scripts": int}``;
+    ``sats`` None means the account could not be reconciled (the note says why): a failure when it has a balance.
     """
     rows = []
     for account in accounts:
-        entry = onchain.get(account["account_id"])
-        if entry is None:
-            continue
+        entry = onchain.get(account["account_id"]) or {"sats": None, "note": "not reconciled: not scanned"}
         row = {"account_id": account["account_id"], "custodian": account["custodian"],
                "addresses": account["addresses"], "descriptor": account["descriptor"],
-               "ledger_sats": account["balance_sats"], "onchain_sats": entry["sats"], "height": height}
+               "gap_limit": account.get("gap_limit", 0), "ledger_sats": account["balance_sats"],
+               "onchain_sats": entry["sats"], "height": height, "note": entry.get("note", ""),
+               "scripts_scanned": entry.get("scripts_scanned", 0), "funded_scripts": entry.get("funded_scripts", 0)}
+        where = f"account {account['account_id']}"
         if entry["sats"] is None:
-            row.update(status="not reconciled", difference_sats=None, note=entry.get("note", ""))
+            row.update(status="not reconciled", difference_sats=None)
+            if account["balance_sats"]:
+                findings.add("reserves", where, f"ledger balance {account['balance_sats']:,} sats "
+                                                f"{row['note'] or 'not reconciled: nothing to scan'}")
         else:
             difference = entry["sats"] - account["balance_sats"]
-            row.update(status="match" if difference == 0 else "difference", difference_sats=difference,
-                       note=entry.get("note", ""))
+            row.update(status="match" if difference == 0 else "difference", difference_sats=difference)
             if difference:
-                findings.add("reserves", f"account {account['account_id']}",
-                             f"on chain at height {height}: {entry['sats']:,} sats; ledger: {account['balance_sats']:,} "
-                             f"sats; difference {difference:+,d} sats")
+                findings.add("reserves", where, f"on chain at height {height}: {entry['sats']:,} sats; ledger: "
+                                                f"{account['balance_sats']:,} sats; difference {difference:+,d} sats")
         rows.append(row)
     return rows
+
+
+def reserve_totals(rows: list[dict], accounts: list[dict]) -> dict:
+    """The report's totals, each the sum of its column, so they add up line by line; and the custody total of
+    the ledger, which the rows must cover (an account with a balance left out would break this)."""
+    ledger_total = sum(row["ledger_sats"] for row in rows)
+    custody_total = sum(account["balance_sats"] for account in accounts)
+    assert ledger_total == custody_total, (ledger_total, custody_total)   # every non-zero account has a row
+    reconciled = [row for row in rows if row["onchain_sats"] is not None]
+    return {"ledger_total_sats": ledger_total,
+            "reconciled_ledger_sats": sum(row["ledger_sats"] for row in reconciled),
+            "reconciled_onchain_sats": sum(row["onchain_sats"] for row in reconciled),
+            "not_reconciled_ledger_sats": sum(row["ledger_sats"] for row in rows if row["onchain_sats"] is None),
+            "accounts_reconciled": len(reconciled), "accounts_not_reconciled": len(rows) - len(reconciled)}

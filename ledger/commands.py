@@ -15,6 +15,7 @@ from ledger import limits
 from ledger import pending as kinds
 from ledger.accounts import CUSTODY_KINDS, NOMINAL_PREFIX
 from ledger.currencies import ISO_4217_MINOR_UNITS
+from ledger.descriptors import DescriptorInvalid, DescriptorShape, parse_descriptor
 from ledger.errors import RequestInvalid, Violation
 
 # Every pattern is applied with fullmatch: "$" would also match before a trailing newline.
@@ -28,7 +29,6 @@ TXID_PATTERN = re.compile(r"[0-9a-f]{64}")
 ADDRESS_PATTERN = re.compile(r"[A-Za-z0-9]{14,%d}" % limits.ADDRESS_LENGTH_MAX)
 BLOCK_HASH_PATTERN = TXID_PATTERN
 DISCREPANCY_ID_PATTERN = re.compile(r"rd-(0|[1-9][0-9]{0,18})")
-DESCRIPTOR_PATTERN = re.compile(r"[a-z]+\([\x21-\x7e]*\)(#[a-z0-9]{8})?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +119,13 @@ class _Checker:
             self.fail(f"{prefix}.required", "QUORUM_INVALID",
                       f"quorum must satisfy 1 <= required <= total <= {limits.QUORUM_TOTAL_MAX}")
 
+    def descriptor(self, field: str, value: str) -> DescriptorShape | None:
+        try:
+            return parse_descriptor(value)
+        except DescriptorInvalid as error:
+            self.fail(field, error.rule, str(error))
+            return None
+
     def expire_time(self, value: int | None) -> None:
         if value is not None and not limits.TIMESTAMP_SECONDS_MIN * 1_000_000 <= value \
                 <= limits.TIMESTAMP_SECONDS_MAX * 1_000_000 + 999_999:
@@ -191,6 +198,14 @@ class OpenAccount(Command):
     quorum_total: int
     addresses: tuple[str, ...] = ()
     descriptor: str = ""
+    gap_limit: int = 0     # 0: the default (limits.GAP_LIMIT_DEFAULT); recorded only when set
+
+    def payload(self) -> dict:
+        """An unset gap limit is left out, so events and digests of accounts without one keep their bytes."""
+        payload = super().payload()
+        if not self.gap_limit:
+            del payload["gap_limit"]
+        return payload
 
     def check(self, c: _Checker) -> None:
         c.account_id("account_id", self.account_id)
@@ -208,9 +223,13 @@ class OpenAccount(Command):
                 c.fail(f"addresses[{i}]", "ADDRESS_MALFORMED", "not a Bitcoin address")
         if len(set(self.addresses)) != len(self.addresses):
             c.fail("addresses", "ADDRESS_DUPLICATED", "each address may be registered once")
-        if self.descriptor and (len(self.descriptor) > limits.DESCRIPTOR_LENGTH_MAX
-                                or not DESCRIPTOR_PATTERN.fullmatch(self.descriptor)):
-            c.fail("descriptor", "DESCRIPTOR_MALFORMED", "not an output descriptor such as wpkh(...)#checksum")
+        shape = c.descriptor("descriptor", self.descriptor) if self.descriptor else None
+        if self.gap_limit and not limits.GAP_LIMIT_MIN <= self.gap_limit <= limits.GAP_LIMIT_MAX:
+            c.fail("gap_limit", "GAP_LIMIT_INVALID", f"gap_limit must be {limits.GAP_LIMIT_MIN}-{limits.GAP_LIMIT_MAX}"
+                                                     f" (unset: {limits.GAP_LIMIT_DEFAULT})")
+        elif self.gap_limit and not (shape and shape.ranged):
+            c.fail("gap_limit", "GAP_LIMIT_WITHOUT_RANGED_DESCRIPTOR", "gap_limit applies to a ranged descriptor "
+                                                                       "(one ending in /*) only")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -78,6 +78,7 @@ EVENT_OPTIONAL_FIELDS: dict[str, frozenset[str]] = {
     "ReservePurchased": frozenset({"txid"}),
     "PurchaseProposed": frozenset({"txid"}),
     "TransferApproved": frozenset({"closes_discrepancy_ids"}),
+    "AccountOpened": frozenset({"gap_limit"}),
 }
 
 

@@ -19,7 +19,11 @@ ID_LENGTH_MAX = 64
 REQUEST_ID_LENGTH_MAX = 64
 NAME_LENGTH_MAX = 128          # custodian, wallet label, counterparty, trade reference, ceremony reference
 TEXT_LENGTH_MAX = 512          # memo, reason
-DESCRIPTOR_LENGTH_MAX = 1024
+DESCRIPTOR_LENGTH_MAX = 4096   # a 15-of-15 multisig of xpubs with origins is about 2,300 characters
+# A ranged descriptor is expanded on each branch until this many consecutive derived scripts hold no coin.
+GAP_LIMIT_DEFAULT = 20
+GAP_LIMIT_MIN = 1
+GAP_LIMIT_MAX = 10_000
 ADDRESS_LENGTH_MAX = 100
 ADDRESSES_MAX = 100
 QUORUM_TOTAL_MAX = 15

@@ -52,6 +52,14 @@ def _fields(record) -> dict[str, Any]:
     return {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}
 
 
+def _account_fields(account: Account) -> dict[str, Any]:
+    """An unset gap limit is left out, so saved states of accounts without one keep their bytes."""
+    fields = _fields(account)
+    if not fields["gap_limit"]:
+        del fields["gap_limit"]
+    return fields
+
+
 def _account(fields: dict[str, Any]) -> Account:
     return Account(**{**fields, "quorum": tuple(fields["quorum"]), "addresses": tuple(fields["addresses"])})
 
@@ -160,7 +168,7 @@ class ReserveState:
         self.accounts[data["account_id"]] = Account(
             data["account_id"], data["kind"], custodian=data["custodian"], wallet_label=data["wallet_label"],
             quorum=(data["quorum_required"], data["quorum_total"]), addresses=tuple(data["addresses"]),
-            descriptor=data["descriptor"])
+            descriptor=data["descriptor"], gap_limit=data.get("gap_limit", 0))
 
     def _on_AccountFrozen(self, data: dict[str, Any], event: CanonicalEvent) -> None:
         self.accounts[data["account_id"]].status = "frozen"
@@ -257,7 +265,7 @@ class ReserveState:
     def to_bytes(self) -> bytes:
         """Deterministic: records in the order the fold created them, keys sorted, no whitespace."""
         fields = {"format_version": STATE_FORMAT_VERSION, "position": self.position, "time_us": self.time_us,
-                  "accounts": [_fields(a) for a in self.accounts.values()],
+                  "accounts": [_account_fields(a) for a in self.accounts.values()],
                   "pending": [_fields(p) for p in self.pending.values()],
                   "lots": [_fields(lot) for lot in self.lots],
                   "currencies": {code: _fields(total) for code, total in self.currencies.items()},

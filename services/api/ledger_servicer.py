@@ -17,6 +17,7 @@ from reserve_ledger.v1 import ledger_pb2_grpc
 from services.api.auth import caller_of
 from services.api.paging import offset_of, token_of, within_bytes
 from services.api.tail import LogTail
+from services.reserves.descriptors import require_derivable
 from services.store.writer import CommandWriter
 
 KIND_TO_PROTO = {"cold": pb.ACCOUNT_KIND_COLD, "warm": pb.ACCOUNT_KIND_WARM, "hot": pb.ACCOUNT_KIND_HOT,
@@ -64,7 +65,7 @@ def account_to_proto(account: Account) -> pb.Account:
                       status=STATUS_TO_PROTO[account.status], custodian=account.custodian,
                       wallet_label=account.wallet_label,
                       quorum=pb.Quorum(required=account.quorum[0], total=account.quorum[1]),
-                      addresses=account.addresses, descriptor=account.descriptor)
+                      addresses=account.addresses, descriptor=account.descriptor, gap_limit=account.gap_limit)
 
 
 def pending_to_proto(pending: Pending) -> pb.Pending:
@@ -102,18 +103,21 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
     # --- accounts -------------------------------------------------------------------------------------
 
     def OpenAccount(self, request, context):
-        recorded = self._run(cmd.OpenAccount(
+        command = cmd.OpenAccount(
             request_id=request.request_id, account_id=request.account_id,
             kind=PROTO_TO_KIND.get(request.kind, "unspecified"), custodian=request.custodian,
             wallet_label=request.wallet_label, quorum_required=request.quorum.required,
-            quorum_total=request.quorum.total, addresses=tuple(request.addresses), descriptor=request.descriptor),
-            context)
+            quorum_total=request.quorum.total, addresses=tuple(request.addresses), descriptor=request.descriptor,
+            gap_limit=request.gap_limit)
+        command.validate()
+        require_derivable(command.descriptor)
+        recorded = self._run(command, context)
         data = recorded.data
         return pb.OpenAccountResponse(result=result_of(recorded), account=pb.Account(
             account_id=data["account_id"], kind=KIND_TO_PROTO[data["kind"]], status=pb.ACCOUNT_STATUS_OPEN,
             custodian=data["custodian"], wallet_label=data["wallet_label"],
             quorum=pb.Quorum(required=data["quorum_required"], total=data["quorum_total"]),
-            addresses=data["addresses"], descriptor=data["descriptor"]))
+            addresses=data["addresses"], descriptor=data["descriptor"], gap_limit=data.get("gap_limit", 0)))
 
     def FreezeAccount(self, request, context):
         recorded = self._run(cmd.FreezeAccount(request.request_id, request.account_id, request.reason), context)

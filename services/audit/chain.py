@@ -7,7 +7,8 @@
      one out), and every anchor the bundle calls confirmed must be one of them. Without any genesis, only the
      last listed anchor's change is checked to be unspent;
   3. proof of reserves: each custody account's ledger balance against the confirmed coins paying its
-     registered addresses (and a fixed-key descriptor) at a stated height.
+     registered addresses and its descriptor's scripts (ranged ones expanded with the account's gap limit, on
+     the receive and change branches) at a stated height; an account with a balance and nothing to scan is named.
 The comparisons themselves are pure (ledger/audit.py); this module only asks the backend.
 """
 
@@ -17,7 +18,7 @@ from ledger import audit, merkle
 from ledger.anchoring import AnchoringError, ChainBackend, Outpoint, parse_transaction
 from ledger.log_rebuild import LogRebuild
 from services.audit import bundle
-from services.bitcoin.addresses import AddressInvalid, script_pubkey_of_address
+from services.reserves.scan import scan_account
 
 SNAPSHOT_ATTEMPTS_MAX = 3
 
@@ -111,55 +112,28 @@ def _check_last_change_unspent(anchor_rows: list[dict], anchors_json: list, back
                                                         "was spent otherwise)")
 
 
-def scripts_of_account(account: dict) -> tuple[list[bytes], str]:
-    """The output scripts an account registered, and a note on what could not be turned into one."""
-    scripts, notes = [], []
-    for address in account["addresses"]:
-        try:
-            scripts.append(script_pubkey_of_address(address))
-        except (AddressInvalid, ValueError, KeyError) as error:
-            notes.append(f"address {address} not understood ({error})")
-    descriptor = account["descriptor"]
-    if descriptor:
-        script, note = _descriptor_script(descriptor)
-        if script is not None:
-            scripts.append(script)
-        else:
-            notes.append(note)
-    return list(dict.fromkeys(scripts)), "; ".join(notes)
-
-
-def _descriptor_script(descriptor: str) -> tuple[bytes | None, str]:
-    if "*" in descriptor or "xpub" in descriptor or "tpub" in descriptor:
-        return None, "descriptor not reconciled (ranged/extended-key descriptor expansion not supported)"
-    try:
-        from bitcoinutils.descriptors import parse_descriptor
-        return parse_descriptor(descriptor, require_checksum=False).to_script_pub_key().to_bytes(), ""
-    except Exception as error:  # noqa: BLE001 - any refusal by the library means "not reconciled"
-        return None, f"descriptor not reconciled ({type(error).__name__}: {error})"
-
-
 def reconcile_reserves(accounts: list[dict], backend: ChainBackend, findings: audit.Findings) -> dict:
-    """On-chain balances at one height: re-read when the tip moved during the scan (bounded)."""
-    registered = [a for a in accounts if a["addresses"] or a["descriptor"]]
-    audit.check_shared_scripts({a["account_id"]: scripts_of_account(a)[0] for a in registered}, findings)
+    """On-chain balances at one height for every custody account that has a balance or registered scripts (an
+    account with a balance and nothing to scan is named, never left out): re-read when the tip moved (bounded)."""
+    listed = [a for a in accounts if a["balance_sats"] or a["addresses"] or a["descriptor"]]
     for _ in range(SNAPSHOT_ATTEMPTS_MAX):
         height = backend.tip_height()
-        onchain = {a["account_id"]: _onchain(a, backend) for a in registered}
+        scans = {a["account_id"]: scan_account(a, backend) for a in listed}
         if backend.tip_height() == height:
             break
     else:
         findings.add("reserves", "chain", f"the tip kept moving; balances read around height {height}")
-    rows = audit.reconcile(accounts, onchain, height, findings)
-    distinct_coins = {outpoint: value for entry in onchain.values() for outpoint, value in entry["coins"].items()}
+    audit.check_shared_scripts({i: [s.script_pubkey for s in scan.scripts] for i, scan in scans.items()}, findings)
+    rows = audit.reconcile(listed, {i: _onchain(scan) for i, scan in scans.items()}, height, findings)
+    distinct_coins = {(c.txid, c.vout): c.value_sats for scan in scans.values() for coins in scan.coins.values()
+                      for c in coins}
     return {"height": height, "block_hash": backend.block_hash(height), "accounts": rows,
-            "ledger_total_sats": sum(r["ledger_sats"] for r in rows),
-            "onchain_total_sats": sum(distinct_coins.values())}  # a coin at a shared script counts once
+            **audit.reserve_totals(rows, accounts), "scripts_scanned_total": sum(r["scripts_scanned"] for r in rows),
+            "onchain_total_sats": sum(distinct_coins.values()),   # a coin at a shared script counts once
+            "scans": scans}
 
 
-def _onchain(account: dict, backend: ChainBackend) -> dict:
-    scripts, note = scripts_of_account(account)
-    if not scripts:
-        return {"sats": None, "note": note or "no registered script", "coins": {}}
-    coins = {(c.txid, c.vout): c.value_sats for script in scripts for c in backend.utxos(script)}
-    return {"sats": sum(coins.values()), "note": note, "coins": coins}
+def _onchain(scan) -> dict:
+    """The pure side's view of one scan (ledger/audit.py reconcile)."""
+    return {"sats": scan.sats if scan.reconcilable else None, "note": "; ".join(scan.notes),
+            "scripts_scanned": len(scan.scripts), "funded_scripts": len(scan.funded_scripts())}

@@ -12,7 +12,7 @@ import pathlib
 from datetime import datetime, timezone
 
 from ledger.audit import REPORT_FORMAT
-from ledger.limits import SATS_PER_BTC
+from ledger.limits import GAP_LIMIT_DEFAULT, SATS_PER_BTC
 
 CHECKS = (
     ("manifest", "Manifest: format, SHA-256 of every file, counts"),
@@ -25,12 +25,16 @@ CHECKS = (
     ("controls", "Every approval made by someone other than its proposer"),
     ("custody", "custody.json equals the custody accounts of the replay"),
     ("chain", "Anchor blocks on the auditor's best chain; every anchor on chain from the genesis is in the bundle"),
-    ("reserves", "Ledger balance of each custody account = confirmed coins at its registered addresses"),
+    ("reserves", "Ledger balance of each custody account = confirmed coins at its addresses and derived descriptor "
+                 "scripts; an account with a balance and nothing to scan fails"),
     ("witnesses", "Checkpoints signed with the log's key commit to the signed heads; with --witness, the last head "
                   "and every confirmed anchor's head carry the quorum of witness cosignatures"),
+    ("key_control", "Every funded script answered the auditor's challenge with a BIP-322 signature that Bitcoin "
+                    "Core's interpreter (libbitcoinkernel) accepts"),
 )
 FAILURES_SHOWN_MAX = 1000
 LONG_CELL_CHARS = 40
+DESCRIPTOR_SHOWN_MAX = 60
 
 
 def audit_result(facts: dict) -> dict:
@@ -41,6 +45,7 @@ def audit_result(facts: dict) -> dict:
     ran |= {"chain", "reserves"} if facts.get("chain") else set()
     ran |= {"witnesses"} if (facts.get("witnessing") or {}).get("checkpoints") or (
         facts.get("witnessing") or {}).get("witnesses") else set()
+    ran |= {"key_control"} if "control_proofs" in facts else set()
     checks = [{"check": name, "description": text, "failures": findings.by_check.get(name, 0),
                "status": "skipped" if name not in ran else ("fail" if findings.by_check.get(name) else "pass")}
               for name, text in CHECKS]
@@ -56,7 +61,8 @@ def audit_result(facts: dict) -> dict:
             "cost_basis": facts["cost_basis"], "custody_accounts": facts["accounts"],
             "holdings_over_time": facts["holdings_over_time"], "controls": facts["controls"],
             "reserve_alerts": facts.get("reserve_alerts"),
-            "witnessing": facts.get("witnessing")}
+            "witnessing": facts.get("witnessing"),
+            "control_proofs": facts.get("control_proofs")}
 
 
 def write_report(result: dict, html_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
@@ -199,7 +205,7 @@ text-align:left;vertical-align:top}td.long{overflow-wrap:anywhere;min-width:14em
 
 def render_html(result: dict) -> str:
     sections = [_verdict(result), _checks(result), _holdings(result), _cost(result), _anchors(result),
-                _witnesses(result), _reserves(result), _reserve_alerts(result), _controls(result), _failures(result)]
+                _witnesses(result), _reserves(result), _key_control(result), _reserve_alerts(result), _controls(result), _failures(result)]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; "
             "img-src data:\"><title>Reserve audit: " + result["verdict"] + "</title><style>" + STYLE +
@@ -301,15 +307,44 @@ def _reserves(result: dict) -> str:
     if not reserves:
         return ("<h2>Proof of reserves</h2><p class='note'>Not run: it needs the auditor's node (--chain). "
                 "A proof of reserves covers existence at one block height, not liabilities or control of keys.</p>")
-    rows = [[r["account_id"], r["custodian"], ", ".join(r["addresses"]) or r["descriptor"], btc(r["ledger_sats"]),
+    rows = [[r["account_id"], r["custodian"], _registered(r), r["scripts_scanned"], btc(r["ledger_sats"]),
              btc(r["onchain_sats"]), "—" if r["difference_sats"] is None else btc(r["difference_sats"]),
              r["status"] + (f" ({r['note']})" if r["note"] else "")] for r in reserves["accounts"]]
+    rows.append(["total", "", f"{len(reserves['accounts'])} accounts", reserves["scripts_scanned_total"],
+                 btc(reserves["ledger_total_sats"]), btc(reserves["onchain_total_sats"]), "", ""])
     return (f"<h2>Proof of reserves at block height {reserves['height']}</h2>"
-            f"<p>Block <code>{_e(reserves['block_hash'])}</code>. Ledger total {btc(reserves['ledger_total_sats'])} BTC;"
-            f" on chain {btc(reserves['onchain_total_sats'])} BTC. Existence at one height only: it does not show "
-            "control of the keys or the liabilities against the reserve.</p>" + chart_reserves(reserves) +
-            _table(["account", "custodian", "addresses", "ledger BTC", "on chain BTC", "difference BTC", "result"],
-                   rows, {3, 4, 5}))
+            f"<p>Block <code>{_e(reserves['block_hash'])}</code>. Ledger total {btc(reserves['ledger_total_sats'])} BTC"
+            f" = reconciled {btc(reserves['reconciled_ledger_sats'])} + not reconciled "
+            f"{btc(reserves['not_reconciled_ledger_sats'])}; on chain {btc(reserves['onchain_total_sats'])} BTC; "
+            f"{reserves['scripts_scanned_total']:,} scripts scanned. Existence at one height only: on its own it does "
+            "not show control of the keys (see the control proofs) or the liabilities against the reserve.</p>" +
+            chart_reserves(reserves) +
+            _table(["account", "custodian", "addresses / descriptor", "scripts scanned", "ledger BTC", "on chain BTC",
+                    "difference BTC", "result"], rows, {3, 4, 5, 6}))
+
+
+def _registered(row: dict) -> str:
+    descriptor = row["descriptor"]
+    if len(descriptor) > DESCRIPTOR_SHOWN_MAX:
+        descriptor = descriptor[:DESCRIPTOR_SHOWN_MAX // 2] + "…" + descriptor[-DESCRIPTOR_SHOWN_MAX // 2:]
+    gap = f" (gap limit {row['gap_limit'] or GAP_LIMIT_DEFAULT})" if "*" in row["descriptor"] else ""
+    return ", ".join([*row["addresses"], *([descriptor + gap] if descriptor else [])]) or "—"
+
+
+def _key_control(result: dict) -> str:
+    proofs = result.get("control_proofs")
+    if not proofs:
+        return ("<h2>Control of keys</h2><p class='note'>Not run: give the custodians' answers to a challenge with "
+                "--control-proofs DIR (reserve-ledger reserves challenge).</p>")
+    rows = [[a["account_id"], len(a["scripts"]), btc(a["funded_sats"]), btc(a["proven_sats"]),
+             "; ".join(f"{s['source'] or s['script_pubkey']}: {s['status']}" for s in a["scripts"]
+                       if s["status"] != "proven") or "all proven"] for a in proofs["accounts"]]
+    return (f"<h2>Control of keys (BIP-322)</h2><p>Control proven for {btc(proofs['proven_sats'])} of "
+            f"{btc(proofs['funded_sats'])} BTC at height {proofs['coins_read_at_height']}: each funded script signed "
+            f"the auditor's challenge (nonce <code>{_e(proofs['nonce'])}</code>, tree size {proofs['tree_size']}), "
+            "and Bitcoin Core's interpreter (libbitcoinkernel, all consensus flags) accepted every signature "
+            "counted.</p>" +
+            _table(["account", "funded scripts", "funded BTC", "proven BTC", "result"], rows, {1, 2, 3}))
 
 
 def _reserve_alerts(result: dict) -> str:

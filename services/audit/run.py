@@ -8,13 +8,16 @@ from ledger.anchoring import Outpoint
 from services.audit import bundle
 from services.audit import chain as audit_chain
 from services.audit.witnesses import check_witnesses
+from services.reserves.challenge import CHALLENGE_FILE, SIGNATURES_DIR, funded_rows
+from services.reserves.control import ChallengeInvalid, prove_control, read_challenge, read_signatures
 
 FINDINGS_PRINTED_MAX = 50
 
 
 def audit_directory(directory: pathlib.Path, backend=None, chain_label: str | None = None,
                     progress: Callable[[int], None] = lambda n: None, anchor_genesis: Outpoint | None = None,
-                    witnesses: tuple = (), witness_quorum: int = 0) -> dict:
+                    witnesses: tuple = (), witness_quorum: int = 0,
+                    control_proofs: pathlib.Path | None = None) -> dict:
     """The facts of one bundle: the offline checks, then, with a backend (the auditor's node), the chain's.
     `anchor_genesis` is the auditor's pin (from an earlier report): the bundle must name it, and the chain of
     anchors is followed from it rather than from the bundle's."""
@@ -26,7 +29,38 @@ def audit_directory(directory: pathlib.Path, backend=None, chain_label: str | No
         audit.check_pinned_genesis(facts["anchor_genesis"], anchor_genesis, facts["findings"])
     if backend is not None:
         facts.update(_chain_checks(backend, chain_label, directory, facts, anchor_genesis))
+    if control_proofs is not None:
+        facts["control_proofs"] = check_control_proofs(control_proofs, facts)
     return facts
+
+
+def check_control_proofs(directory: pathlib.Path, facts: dict) -> dict | None:
+    """DIR/challenge.json and DIR/signatures/ (docs/FORMATS-audit.md §6): the challenge must refer to one of the
+    bundle's signed tree heads; every funded script (the audit's own scan with --chain, else the challenge's list)
+    needs a valid BIP-322 signature, run through libbitcoinkernel. Each one without is a `key_control` failure."""
+    findings = facts["findings"]
+    try:
+        challenge = read_challenge(directory / CHALLENGE_FILE)
+    except ChallengeInvalid as error:
+        findings.add("key_control", f"file {CHALLENGE_FILE}", str(error))
+        return None
+    heads = {row["tree_size"]: row["root_hash"] for row in facts["tree_heads"]}
+    if heads.get(challenge["tree_size"]) != challenge["root_hash"]:
+        findings.add("key_control", "challenge", f"refers to tree size {challenge['tree_size']} with root "
+                                                 f"{str(challenge['root_hash'])[:16]}…, not a signed head of this "
+                                                 "bundle")
+    scans = facts.get("reserve_scans")
+    network = challenge.get("network", "regtest")
+    funded = None if scans is None else {i: funded_rows(scan, network) for i, scan in scans.items()}
+    report = prove_control(challenge, read_signatures(directory / SIGNATURES_DIR), funded)
+    report["coins_read_at_height"] = facts["reserves"]["height"] if scans is not None else challenge["height"]
+    for account in report["accounts"]:
+        for script in account["scripts"]:
+            if script["status"] != "proven":
+                findings.add("key_control", f"account {account['account_id']}",
+                             f"{script['sats']:,} sats at {script['source'] or script['script_pubkey']}: control not "
+                             f"proven ({script['status']}: {script['reason']})")
+    return report
 
 
 def bundle_event_count(directory: pathlib.Path) -> int | None:
@@ -42,10 +76,11 @@ def _chain_checks(backend, chain_label: str | None, directory: pathlib.Path, fac
     chain = audit_chain.check_best_chain(facts["anchors"], anchors_json, backend, facts["findings"],
                                          last_change_unspent=genesis is None)
     chain["anchor_chain"] = audit_chain.check_anchor_chain(directory, facts, backend, genesis, facts["findings"])
-    reserves = None
+    reserves, scans = None, None
     if facts["replay_stopped_at"] is None:
         reserves = audit_chain.reconcile_reserves(facts["accounts"], backend, facts["findings"])
-    return {"chain": {"spec": chain_label, **chain}, "reserves": reserves}
+        scans = reserves.pop("scans")   # the scripts and coins found, for the control proofs; not in the report
+    return {"chain": {"spec": chain_label, **chain}, "reserves": reserves, "reserve_scans": scans}
 
 
 def print_result(result: dict) -> None:
@@ -64,7 +99,16 @@ def _print_summary(result: dict) -> None:
             difference = "" if not row["difference_sats"] else f" {row['difference_sats']:+,d} sats"
             print(f"reserves {row['account_id']}: ledger {row['ledger_sats']:,} sats, on chain "
                   f"{'-' if row['onchain_sats'] is None else format(row['onchain_sats'], ',')} sats at height "
-                  f"{reserves['height']}: {row['status']}{difference}{' (' + row['note'] + ')' if row['note'] else ''}")
+                  f"{reserves['height']} ({row['scripts_scanned']} scripts scanned): {row['status']}{difference}"
+                  f"{' (' + row['note'] + ')' if row['note'] else ''}")
+        print(f"reserves total: ledger {reserves['ledger_total_sats']:,} sats = reconciled "
+              f"{reserves['reconciled_ledger_sats']:,} + not reconciled {reserves['not_reconciled_ledger_sats']:,}; "
+              f"on chain {reserves['onchain_total_sats']:,} sats; {len(reserves['accounts'])} accounts, "
+              f"{reserves['scripts_scanned_total']:,} scripts scanned")
+    control = result.get("control_proofs")
+    if control:
+        print(f"control proven for {control['proven_sats']:,} of {control['funded_sats']:,} sats (BIP-322, checked by "
+              f"libbitcoinkernel) at height {control['coins_read_at_height']}")
     for anchor in result["anchors"]:
         if anchor.get("confirmations") is not None:
             print(f"anchor {anchor['txid']}: tree size {anchor['tree_size']}, block {anchor['block_height']}, "

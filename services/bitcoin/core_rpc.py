@@ -165,6 +165,13 @@ class CoreRpcClient:
                       if not u.get("coinbase") or scan["height"] - u["height"] + 1 >= COINBASE_MATURITY_BLOCKS]
         return found
 
+    def utxos_of_scripts(self, scripts: list[bytes]) -> dict[bytes, list[Utxo]]:
+        """`utxos` for many scripts (reconciling derived addresses), from one scan_scripts."""
+        found: dict[bytes, list[Utxo]] = {script: [] for script in scripts}
+        for script, coin, _height in self.scan_scripts(list(found)):
+            found.setdefault(script, []).append(coin)
+        return found
+
     def anchor_chain(self, genesis: Outpoint, moved_to: Sequence[bytes] = ()) -> list[bytes]:
         """Core lists no spenders: from the coins unspent now at the genesis's address and at the addresses the
         chain may have moved to (scantxoutset) back through each transaction's input (getrawtransaction; a node

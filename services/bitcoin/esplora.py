@@ -137,6 +137,10 @@ class EsploraClient:
         return [Utxo(u["txid"], u["vout"], int(u["value"])) for u in self._json(f"/scripthash/{scripthash}/utxo")
                 if u.get("status", {}).get("confirmed")]
 
+    def utxos_of_scripts(self, scripts: list[bytes]) -> dict[bytes, list[Utxo]]:
+        """Esplora has no batch lookup: one `/scripthash/:hash/utxo` request per script."""
+        return {script: self.utxos(script) for script in dict.fromkeys(scripts)}
+
     def outspend(self, outpoint: Outpoint) -> str | None:
         """The txid of the confirmed transaction spending `outpoint` (`GET /tx/:txid/outspend/:vout`); None while
         it is unspent or spent only in the mempool."""

@@ -53,6 +53,9 @@ def add_audit_commands(commands) -> None:
                        help="cosignatures from the listed witnesses the last head and every confirmed anchor's head "
                             "must carry (default: every --witness)")
     audit.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report and FILE.json")
+    audit.add_argument("--control-proofs", metavar="DIR",
+                       help="DIR/challenge.json and DIR/signatures/: every funded script must prove control with a "
+                            "BIP-322 signature (checked by libbitcoinkernel); see `reserve-ledger reserves challenge`")
     audit.set_defaults(run=cmd_audit)
 
 
@@ -139,11 +142,15 @@ def cmd_audit(args) -> int:
     directory = pathlib.Path(args.bundle)
     if not directory.is_dir():
         raise NothingStoredHere(f"{directory}: no such bundle directory (write one with `reserve-ledger export`)")
+    proofs = pathlib.Path(args.control_proofs) if args.control_proofs else None
+    if proofs is not None and not (proofs / "challenge.json").is_file():
+        raise NothingStoredHere(f"--control-proofs {proofs}: no challenge.json there (the directory holds "
+                                "challenge.json and signatures/)")
     backend = compose.open_chain(args.chain) if args.chain else None
     try:
         with _progress_bar(bundle_event_count(directory), "auditing") as bar:
             facts = audit_directory(directory, backend, args.chain, lambda n: bar.update(n - bar.n), pinned,
-                                    witnesses, quorum)
+                                    witnesses, quorum, proofs)
     except bundle.BundleInvalid as error:
         print(f"FAIL bundle: {error}")
         return 1

@@ -36,6 +36,10 @@ from services.api.server import LedgerServer
 from services.compose import ServerConfig, build_server
 from services.errors import AlreadyExists
 from services.witness.gatherer import parse_witness
+from services.reserves.challenge import (CHALLENGE_FILE, SIGNATURES_DIR, build_challenge, control_report,
+                                         write_challenge)
+from services.reserves.descriptors import expand
+from services.reserves.dev_signer import DevKeys, dev_multisig, sign_challenge, write_signatures
 from services.cli.tables import anchors_table, balances_table, btc, cost_table, fiat, holdings_table
 
 DEMO_LOG_ORIGIN = "demo.reserve-ledger.example/ledger"
@@ -55,18 +59,26 @@ def _say(text: str) -> None:
 
 CUSTODY_ACCOUNTS = (
     ("bny-cold-1", "BNY Mellon", pb.ACCOUNT_KIND_COLD, (3, 5), "BNY cold vault A"),
-    ("vault-cold-2", "Central Bank Vault", pb.ACCOUNT_KIND_COLD, (4, 7), "Basement vault 2"),
+    ("vault-cold-2", "Central Bank Vault", pb.ACCOUNT_KIND_COLD, (2, 3), "Basement vault 2 (2-of-3 descriptor)"),
     ("ops-warm-1", "Central Bank Operations", pb.ACCOUNT_KIND_WARM, (2, 3), "Operations warm wallet"),
     ("vault-cold-3", "Central Bank Vault", pb.ACCOUNT_KIND_COLD, (5, 7), "Vault 3 (2026 ceremony)"))
 
 
+MULTISIG_ACCOUNT = "vault-cold-2"   # a ranged 2-of-3 wsh(sortedmulti) descriptor instead of an address
+MULTISIG_COSIGNERS = ("vault-2-governor", "vault-2-treasurer", "vault-2-auditor-escrow")
+MULTISIG_FUNDING = ((0, 0, 4 * BTC), (0, 4, 3 * BTC), (1, 1, 1 * BTC))   # (branch, index, sats): receive and change
+
+
 def _accounts(alice, addresses: dict[str, str]) -> None:
     for account_id, custodian, kind, quorum, label in CUSTODY_ACCOUNTS:
+        registered = ({"descriptor": addresses[account_id]} if account_id == MULTISIG_ACCOUNT
+                      else {"addresses": [addresses[account_id]]})
         alice.OpenAccount(pb.OpenAccountRequest(
             request_id=f"open-{account_id}", account_id=account_id, kind=kind, custodian=custodian,
-            wallet_label=label, quorum=pb.Quorum(required=quorum[0], total=quorum[1]),
-            addresses=[addresses[account_id]]), timeout=10)
-        _say(f"alice (operator) opened {account_id} at {custodian}, {quorum[0]}-of-{quorum[1]}")
+            wallet_label=label, quorum=pb.Quorum(required=quorum[0], total=quorum[1]), **registered), timeout=10)
+        _say(f"alice (operator) opened {account_id} at {custodian}, {quorum[0]}-of-{quorum[1]}"
+             + (f", descriptor {addresses[account_id][:30]}…{addresses[account_id][-9:]}" if "descriptor" in registered
+                else ""))
 
 
 def _purchases(alice, bob) -> None:
@@ -181,6 +193,9 @@ def _custody_addresses(directory: pathlib.Path) -> dict[str, str]:
     keys_dir.mkdir(exist_ok=True)
     addresses = {}
     for account_id, *_ in CUSTODY_ACCOUNTS:
+        if account_id == MULTISIG_ACCOUNT:
+            addresses[account_id] = _multisig_descriptor(keys_dir)
+            continue
         path = keys_dir / f"{account_id}.wif"
         if not path.exists():
             AnchorKey.generate("regtest").save(path)
@@ -188,19 +203,43 @@ def _custody_addresses(directory: pathlib.Path) -> dict[str, str]:
     return addresses
 
 
+def _multisig_descriptor(keys_dir: pathlib.Path) -> str:
+    """The 2-of-3 descriptor of vault-cold-2; the cosigners' (development) keys go to custody-keys/*.xprv, where
+    only the demo's signer of control challenges reads them."""
+    descriptor, keys = dev_multisig(list(MULTISIG_COSIGNERS), 2)
+    for name, key in zip(MULTISIG_COSIGNERS, keys):
+        path = keys_dir / f"{name}.xprv"
+        if not path.exists():
+            path.write_text(key.to_string() + "\n")
+            path.chmod(0o600)
+    return descriptor
+
+
+def _custody_scripts(account_id: str, registered: str, balance_sats: int) -> list[tuple[bytes, int]]:
+    """Where each custody balance is put on chain: the address, or for the descriptor account several derived
+    scripts on its receive and change branches (the audit must expand the descriptor to find them)."""
+    if account_id != MULTISIG_ACCOUNT:
+        return [(script_pubkey_of_address(registered), balance_sats)]
+    expanded = expand(registered)
+    assert sum(sats for *_, sats in MULTISIG_FUNDING) == balance_sats, balance_sats
+    return [(expanded.scripts(branch, [index])[0].script_pubkey, sats) for branch, index, sats in MULTISIG_FUNDING]
+
+
 def _mirror_custody_on_chain(chain: RegtestChain, dave, addresses: dict[str, str]) -> None:
     """Put each custody balance on chain at its registered address, plus one movement the ledger never saw."""
-    if any(chain.utxos(script_pubkey_of_address(a)) for a in addresses.values()):
+    if any(chain.utxos(script_pubkey_of_address(a)) for i, a in addresses.items() if i != MULTISIG_ACCOUNT):
         print("\nOn chain: the custody addresses were funded by an earlier run on this data directory.")
         return
     balances = {b.account_id: b.balance_sats for b in dave.GetBalances(pb.GetBalancesRequest(), timeout=10).balances}
     for account_id, address in addresses.items():
-        chain.send(script_pubkey_of_address(address), balances[account_id])
+        for script, sats in _custody_scripts(account_id, address, balances[account_id]):
+            chain.send(script, sats)
     chain.send(script_pubkey_of_address(addresses["ops-warm-1"]), UNRECORDED_SATS)
     chain.mine(1)
     print(f"\nOn chain (embedded regtest, blocks validated by libbitcoinkernel): each custody address now holds its "
-          f"ledger balance, and ops-warm-1 received {btc(UNRECORDED_SATS)} BTC the ledger never recorded "
-          "(a proof-of-reserves check must find it).")
+          f"ledger balance ({MULTISIG_ACCOUNT}'s spread over {len(MULTISIG_FUNDING)} scripts derived from its 2-of-3 "
+          f"descriptor, receive and change), and ops-warm-1 received {btc(UNRECORDED_SATS)} BTC the ledger never "
+          "recorded (a proof-of-reserves check must find it).")
 
 
 def _follow_alerts(address: str, certs: pathlib.Path):
@@ -353,17 +392,46 @@ def _auditor_bundle(address: str, certs: pathlib.Path, chain: RegtestChain, dire
         counts = write_bundle(AuditServiceSource(channel), out, chain)["counts"]
     print(f"\nAuditor (dave) exports a bundle over gRPC: {counts['events']} events, {counts['anchors']} anchor(s), "
           f"{counts['headers']} block headers -> {out}")
+    proofs = _control_challenge(out, chain, directory)
     print(f"  and audits it against the chain, requiring the witness's cosignature (reserve-ledger audit {out} "
-          f"--chain regtest:{chain.directory} --anchor-genesis {genesis} --witness {witness.argument}):")
+          f"--chain regtest:{chain.directory} --anchor-genesis {genesis} --witness {witness.argument} "
+          f"--control-proofs {proofs}):")
     result = report.audit_result(audit_directory(out, chain, f"regtest:{chain.directory}", anchor_genesis=genesis,
                                                  witnesses=(parse_witness(witness.argument, with_url=False),),
-                                                 witness_quorum=1))
+                                                 witness_quorum=1, control_proofs=proofs))
     print_result(result)
     html_path, _ = report.write_report(result, directory / "audit-report.html")
     _say(f"verdict {result['verdict']}: the only failure is the deliberate unrecorded movement "
          f"({btc(UNRECORDED_SATS)} BTC to ops-warm-1)" if result["failures_total"] == 1 else
          f"verdict {result['verdict']}")
     _say(f"report with charts: {html_path} (and its JSON twin)")
+
+
+def _control_challenge(bundle_dir: pathlib.Path, chain: RegtestChain, directory: pathlib.Path) -> pathlib.Path:
+    """Proof of key control (BIP-322): dave challenges the custodians over the bundle's custody accounts; they
+    answer with signatures (here the demo's development signer, with the keys in custody-keys/); dave checks
+    each one with Bitcoin Core's interpreter (libbitcoinkernel)."""
+    proofs = directory / "control-proofs"
+    shutil.rmtree(proofs, ignore_errors=True)
+    proofs.mkdir()
+    challenge = build_challenge(bundle_dir, chain, "regtest")
+    write_challenge(challenge, proofs / CHALLENGE_FILE)
+    funded = sum(len(a["funded_scripts"]) for a in challenge["accounts"])
+    print(f"\nProof of key control: dave writes a challenge (reserve-ledger reserves challenge --bundle {bundle_dir} "
+          f"--chain regtest:{chain.directory} --out {proofs / CHALLENGE_FILE}): nonce {challenge['nonce'][:16]}…, tree "
+          f"size {challenge['tree_size']}, height {challenge['height']}, {funded} funded scripts in "
+          f"{len(challenge['accounts'])} accounts")
+    answers = sign_challenge(challenge, DevKeys.load(directory / "custody-keys"))
+    signed = write_signatures(answers, proofs / SIGNATURES_DIR)
+    _say(f"the custodians answer with BIP-322 signatures ({len(signed)} files in {proofs / SIGNATURES_DIR}; "
+         f"the 2-of-3 vault signs each of its scripts with two cosigners, as a spend would)")
+    result = control_report(proofs / CHALLENGE_FILE, proofs / SIGNATURES_DIR, chain)
+    for account in result["accounts"]:
+        _say(f"{account['account_id']}: control proven for {btc(account['proven_sats'])} of "
+             f"{btc(account['funded_sats'])} BTC ({len(account['scripts'])} script(s), checked by libbitcoinkernel)")
+    _say(f"control proven for {btc(result['proven_sats'])} of {btc(result['funded_sats'])} BTC at height "
+         f"{result['coins_read_at_height']}")
+    return proofs
 
 
 def run_demo(data_dir: str | None) -> int:

@@ -18,7 +18,7 @@ from services import compose
 from services.api.certs import init_certs, parse_identities
 from services.bitcoin.backends import CHAIN_SPEC_HELP
 from services.bitcoin.regtest.command import add_regtest_node_command
-from services.cli import anchor, audit, witness
+from services.cli import anchor, audit, reserves, witness
 from services.cli.errors import OneLineArgumentParser, run_command
 from services.cli.options import add_setting, add_storage_options, position, positive_number, storage_from
 from services.cli.tables import balances_table, holdings_table
@@ -244,6 +244,7 @@ def build_parser() -> OneLineArgumentParser:
     audit.add_audit_commands(commands)
     witness.add_witness_commands(commands)
     witness.add_checkpoint_command(commands)
+    reserves.add_reserves_commands(commands)
     return parser
 
 

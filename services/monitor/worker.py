@@ -23,8 +23,8 @@ from ledger import monitor as rules
 from ledger.accounts import Account
 from ledger.anchoring import ChainBackend, Outpoint, Utxo, display_hex, parse_transaction, sha256d
 from ledger.application import Outcome, Recorded, ReserveLedger
-from services.audit.chain import scripts_of_account
 from services.bitcoin.regtest.blocks import block_transactions
+from services.reserves import descriptors
 
 log = logging.getLogger("reserve_ledger.monitor")
 
@@ -39,8 +39,8 @@ SETTLED = (errors.DiscrepancyAlreadyObserved, errors.DiscrepancyNotOpen, errors.
 
 def account_scripts(account: Account) -> list[bytes]:
     """THE lookup of what an account holds on chain: the output scripts whose coins are its coins (registered
-    addresses and a fixed-key descriptor today; descriptor expansion plugs in here)."""
-    return scripts_of_account({"addresses": account.addresses, "descriptor": account.descriptor})[0]
+    addresses, and its descriptor expanded on each branch over the account's gap limit: services/reserves)."""
+    return [script.script_pubkey for script in descriptors.account_scripts(account)]
 
 
 @dataclasses.dataclass(frozen=True)

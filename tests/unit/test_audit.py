@@ -237,23 +237,41 @@ def account(account_id: str, balance_sats: int) -> dict:
             "descriptor": "", "balance_sats": balance_sats}
 
 
-def test_reconcile_reports_match_difference_and_not_reconciled():
+def test_reconcile_reports_match_difference_and_names_every_account_it_cannot_reconcile():
+    """An account with a balance is never left out: one not scanned, or scanned with nothing to compare, is a row
+    `not reconciled` and a failure; an empty account that cannot be reconciled is a row but no failure."""
     accounts = [account("same", 500), account("more", 1_000), account("less", 2_000), account("unknown", 300),
-                account("unlisted", 700)]
+                account("unlisted", 700), account("empty", 0)]
     onchain = {"same": {"sats": 500}, "more": {"sats": 1_250}, "less": {"sats": 1_999},
-               "unknown": {"sats": None, "note": "descriptor not reconciled"}}
+               "unknown": {"sats": None, "note": "not reconciled: no addresses or descriptor"},
+               "empty": {"sats": None, "note": "not reconciled: no addresses or descriptor"}}
     found, rows = findings_of(lambda f: audit.reconcile(accounts, onchain, 812, f))
     by_id = {row["account_id"]: row for row in rows}
-    assert sorted(by_id) == ["less", "more", "same", "unknown"]
+    assert sorted(by_id) == ["empty", "less", "more", "same", "unknown", "unlisted"]
     assert (by_id["same"]["status"], by_id["same"]["difference_sats"]) == ("match", 0)
     assert (by_id["more"]["status"], by_id["more"]["difference_sats"]) == ("difference", 250)
     assert (by_id["less"]["status"], by_id["less"]["difference_sats"]) == ("difference", -1)
     assert (by_id["unknown"]["status"], by_id["unknown"]["difference_sats"]) == ("not reconciled", None)
-    assert by_id["unknown"]["note"] == "descriptor not reconciled"
+    assert by_id["unknown"]["note"] == "not reconciled: no addresses or descriptor"
     assert all(row["height"] == 812 for row in rows)
     assert found == [
         ("reserves", "account more", "on chain at height 812: 1,250 sats; ledger: 1,000 sats; difference +250 sats"),
-        ("reserves", "account less", "on chain at height 812: 1,999 sats; ledger: 2,000 sats; difference -1 sats")]
+        ("reserves", "account less", "on chain at height 812: 1,999 sats; ledger: 2,000 sats; difference -1 sats"),
+        ("reserves", "account unknown", "ledger balance 300 sats not reconciled: no addresses or descriptor"),
+        ("reserves", "account unlisted", "ledger balance 700 sats not reconciled: not scanned")]
+
+
+def test_reserve_totals_add_up_line_by_line_and_cover_the_custody_total():
+    """Ledger total = reconciled + not reconciled, each the sum of its rows; a row set that leaves out an account
+    with a balance is a bug the totals refuse."""
+    accounts = [account("same", 500), account("unknown", 300)]
+    onchain = {"same": {"sats": 500}, "unknown": {"sats": None, "note": "not reconciled: no addresses or descriptor"}}
+    _, rows = findings_of(lambda f: audit.reconcile(accounts, onchain, 812, f))
+    totals = audit.reserve_totals(rows, accounts)
+    assert totals["ledger_total_sats"] == 800 == totals["reconciled_ledger_sats"] + totals["not_reconciled_ledger_sats"]
+    assert (totals["accounts_reconciled"], totals["accounts_not_reconciled"]) == (1, 1)
+    with pytest.raises(AssertionError):
+        audit.reserve_totals(rows[:1], accounts)
 
 
 # --- controls --------------------------------------------------------------------------------------------

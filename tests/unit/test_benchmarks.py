@@ -65,3 +65,10 @@ def test_monitor_benchmark_times_alerts_it_checked_were_recorded(tmp_path):
 def test_witness_benchmark_reports_the_time_to_a_quorum_of_cosignatures(tmp_path):
     out = run("bench_witness.py", "--witnesses", "2", "--heads", "2", "--pause-s", "1.2", "--data-dir", str(tmp_path))
     assert re.search(r"new head -> quorum of cosignatures: p50 \d+ ms, p95 \d+ ms", out), out
+
+
+def test_reserves_benchmark_reconciles_and_proves_control_of_what_it_funded(tmp_path):
+    out = run("bench_reserves.py", "--addresses", "60", "--funded", "4", "--data-dir", str(tmp_path))
+    assert re.search(r"derivation: 60 scripts of a 2-of-3 multisig", out)
+    assert re.search(r"reconciliation \(embedded\): [\d,]+ scripts scanned, 4 funded, status match", out)
+    assert re.search(r"control proofs: 4 BIP-322 2-of-3 signatures verified .*; proven ([\d,]+) of \1 sats", out)

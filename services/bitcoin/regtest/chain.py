@@ -416,6 +416,16 @@ class RegtestChain:
             return [Utxo(txid, vout, coin.value_sats) for (txid, vout), coin in self._view.coins.items()
                     if coin.script_pubkey == script_pubkey and self._view.mature(coin)]
 
+    def utxos_of_scripts(self, scripts: list[bytes]) -> dict[bytes, list[Utxo]]:
+        """`utxos` for many scripts in one pass over the coins (proof of reserves over derived addresses)."""
+        wanted = set(scripts)
+        found: dict[bytes, list[Utxo]] = {script: [] for script in wanted}
+        with self._locked():
+            for (txid, vout), coin in self._view.coins.items():
+                if coin.script_pubkey in wanted and self._view.mature(coin):
+                    found[coin.script_pubkey].append(Utxo(txid, vout, coin.value_sats))
+        return found
+
     def outspend(self, outpoint: Outpoint) -> str | None:
         """The txid of the best-chain transaction spending `outpoint`; None while it is unspent there (or spent
         only in the mempool). LookupError when no best-chain transaction created it."""
