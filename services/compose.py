@@ -20,6 +20,7 @@ from ledger.rules import Policy
 from ledger.tree_heads import raw_public_key
 from services.bitcoin.backends import check_spec, open_backend
 from services.errors import ConfigurationInvalid, NothingStoredHere
+from services.keys.files import check_private, read_secret_line
 from services.store.config import SQLITE_FILE_NAME, postgres_env, sqlite_env
 from services.store.seals import StateProofs
 from services.store.signing import (SIGNING_KEY_FILE_NAME, TREE_HEAD_KEEP_EVERY_EVENTS, TreeHeadSigner,
@@ -30,6 +31,7 @@ ANCHOR_KEY_FILE_NAME = "anchor-wallet.wif"
 NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 POSTGRES_PROBE_TIMEOUT_S = 5
 CERT_FILES = ("ca.pem", "server.pem", "server.key")
+CA_KEY_FILE_NAME = "ca.key"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 
 
@@ -55,7 +57,10 @@ def _setting(default, help_text: str):
 class StorageConfig:
     data_dir: str | None = _setting(DEFAULT_DATA_DIR, "SQLite data directory")
     database_url: str | None = _setting(
-        None, "PostgreSQL URL, postgresql://user[:password]@host[:port]/dbname[?schema=name]")
+        None, "PostgreSQL URL, postgresql://user@host[:port]/dbname[?schema=name]; the password comes from "
+              "--database-password-file or libpq's PGPASSFILE / ~/.pgpass, never from the command line")
+    database_password_file: str | None = _setting(
+        None, "file (mode 0600) whose first line is the PostgreSQL password")
 
     @property
     def label(self) -> str:
@@ -68,14 +73,25 @@ class StorageConfig:
         """The eventsourcing environment (does not touch the disk or the network)."""
         if self.database_url:
             try:
-                return postgres_env(self.database_url)
+                env = postgres_env(self.database_url)
             except ValueError as error:
                 raise ConfigurationInvalid(f"--database: {error}") from None
+            if self.database_password_file:
+                if env["POSTGRES_PASSWORD"]:
+                    raise ConfigurationInvalid("--database carries a password and --database-password-file "
+                                               "gives another: remove the password from the URL")
+                env["POSTGRES_PASSWORD"] = read_secret_line(self.database_password_file, "--database-password-file")
+            return env
+        if self.database_password_file:
+            raise ConfigurationInvalid("--database-password-file is for --database (PostgreSQL)")
         return sqlite_env(self.data_dir or DEFAULT_DATA_DIR, create=False)
 
 
-def storage_of(data_dir: str | None, database_url: str | None) -> StorageConfig:
-    return StorageConfig(None, database_url) if database_url else StorageConfig(data_dir or DEFAULT_DATA_DIR, None)
+def storage_of(data_dir: str | None, database_url: str | None, database_password_file: str | None = None
+               ) -> StorageConfig:
+    if database_url:
+        return StorageConfig(None, database_url, database_password_file)
+    return StorageConfig(data_dir or DEFAULT_DATA_DIR, None, database_password_file)
 
 
 def check_store_exists(storage: StorageConfig) -> None:
@@ -241,6 +257,7 @@ class ServerConfig:
     listen: str = _setting("127.0.0.1:50051", "HOST:PORT to listen on")
     data_dir: str | None = _setting(DEFAULT_DATA_DIR, "SQLite data directory")
     database_url: str | None = None
+    database_password_file: str | None = None
     certs_dir: str | None = _setting(None, "directory with ca.pem, server.pem and server.key (see `certs init`)")
     insecure_loopback: bool = _setting(False, "plaintext, loopback development only")
     create_store: bool = _setting(False, "create the ledger when the data dir or database schema holds none")
@@ -260,7 +277,7 @@ class ServerConfig:
 
     @property
     def storage(self) -> StorageConfig:
-        return storage_of(self.data_dir, self.database_url)
+        return storage_of(self.data_dir, self.database_url, self.database_password_file)
 
 
 def listen_address(listen: str) -> tuple[str, int]:
@@ -294,6 +311,7 @@ def check_server_config(config: ServerConfig) -> None:
         if missing:
             raise NothingStoredHere(f"--certs {config.certs_dir}: {', '.join(missing)} missing; create them with "
                                     "`reserve-ledger certs init DIR`")
+        check_tls_keys(pathlib.Path(config.certs_dir))
     if config.purchase_approval_threshold_sats < 0:
         raise ConfigurationInvalid("--purchase-approval-threshold-sats must be 0 or more")
     if not config.expiry_interval_s > 0:
@@ -311,6 +329,14 @@ def check_server_config(config: ServerConfig) -> None:
     _check_port_free(config.listen)
     if config.metrics_listen:
         _check_metrics_listen(config)
+
+
+def check_tls_keys(certs_dir: pathlib.Path) -> None:
+    """server.key must be private; so must a ca.key left beside it (the server never reads it: keep it
+    elsewhere, docs/OPERATIONS.md)."""
+    check_private(certs_dir / "server.key", "--certs: the TLS key")
+    if (certs_dir / CA_KEY_FILE_NAME).exists():
+        check_private(certs_dir / CA_KEY_FILE_NAME, "--certs: the CA key")
 
 
 def _check_metrics_listen(config: ServerConfig) -> None:

@@ -30,6 +30,7 @@ ANCHOR_DEFAULTS = AnchorPolicy()
 def _server_config(args) -> compose.ServerConfig:
     return compose.ServerConfig(
         listen=args.listen, data_dir=None if args.database else args.data_dir, database_url=args.database,
+        database_password_file=args.database_password_file,
         certs_dir=args.certs_dir, insecure_loopback=args.insecure_loopback, create_store=args.create_store,
         purchase_approval_threshold_sats=args.purchase_approval_threshold_sats,
         signing_key_path=args.signing_key, tree_head_keep_every_events=args.tree_head_keep_every_events,

@@ -14,7 +14,6 @@ with the published public key; a new key signs new heads (its key id differs).
 """
 
 import logging
-import os
 import pathlib
 from typing import Callable, Protocol, Sequence
 
@@ -25,6 +24,7 @@ from ledger import limits, merkle
 from ledger.errors import InvariantBroken, LedgerError
 from ledger.tree_heads import (TreeHead, key_id, raw_public_key, sign_tree_head, superseded_head_kept,
                                verify_tree_head)
+from services.keys.files import read_private, write_private
 
 SIGNING_KEY_FILE_NAME = "tree-head-signing.key"
 # Per-commit heads are pruned once superseded, except the first to reach each multiple of this size (and
@@ -34,26 +34,20 @@ log = logging.getLogger("reserve_ledger.tree_heads")
 
 
 def load_or_create_signing_key(path: str | pathlib.Path) -> Ed25519PrivateKey:
-    """Load the PEM key at `path`, creating it (exclusively, mode 0600) when it does not exist yet."""
+    """Load the PEM key at `path`, creating it (exclusively, mode 0600 from the first byte) when it does not
+    exist yet. A key file that group or others may read is refused (KeyFileTooOpen)."""
     path = pathlib.Path(path)
     if not path.exists():
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_private(path, pem)
         except FileExistsError:
             pass  # another process created it first: use theirs
-        else:
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(pem)
-                file.flush()
-                os.fsync(file.fileno())
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    key = serialization.load_pem_private_key(read_private(path, "the tree-head signing key"), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 private key")
     return key
-
-
 
 
 class LogIntegrityAlarm(LedgerError):
