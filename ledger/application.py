@@ -48,7 +48,7 @@ COMMAND_EVENTS = {
     cmd.ApproveTransfer: {"TransferApproved"}, cmd.RejectTransfer: {"TransferRejected"},
     cmd.ExpirePending: kinds.EXPIRED_EVENTS, cmd.ExpireTransfer: {kinds.TRANSFER.expired},
     cmd.ProposeCustodyChange: {"CustodyChangeProposed"}, cmd.ApproveCustodyChange: {"CustodyChangeApproved"},
-    cmd.RejectCustodyChange: {"CustodyChangeRejected"},
+    cmd.RejectCustodyChange: {"CustodyChangeRejected"}, cmd.RotateSigningKey: {"SigningKeyRotated"},
 }
 
 

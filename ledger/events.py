@@ -68,6 +68,7 @@ EVENT_FIELDS: dict[str, frozenset[str]] = {name: frozenset(fields) for name, fie
     "CustodyChangeApproved": ("custody_change_id", "proposer"),
     "CustodyChangeRejected": ("custody_change_id", "reason"),
     "CustodyChangeExpired": ("custody_change_id",),
+    "SigningKeyRotated": ("previous_public_key", "public_key", "previous_key_signature", "new_key_signature"),
 }.items()}
 
 

@@ -137,6 +137,8 @@ def decide(state: "ReserveState", command: cmd.Command, caller: cmd.Caller, time
         case cmd.RejectTransfer():
             _pending(state, command.transfer_id, kinds.TRANSFER)
             return kinds.TRANSFER.rejected, command.payload()
+        case cmd.RotateSigningKey():
+            return "SigningKeyRotated", command.payload()
         case cmd.ExpirePending():
             return _expire(state, command.pending_id, time_us, "pending_id")
         case cmd.ExpireTransfer():
@@ -279,6 +281,7 @@ RECORDING_COMMAND: dict[str, type[cmd.Command]] = {
     kinds.CUSTODY_CHANGE.proposed: cmd.ProposeCustodyChange, kinds.CUSTODY_CHANGE.approved: cmd.ApproveCustodyChange,
     kinds.CUSTODY_CHANGE.rejected: cmd.RejectCustodyChange,
     **{kind.expired: cmd.ExpirePending for kind in kinds.PENDING_KINDS},
+    "SigningKeyRotated": cmd.RotateSigningKey,
 }
 assert RECORDING_COMMAND.keys() == EVENT_FIELDS.keys(), set(RECORDING_COMMAND) ^ set(EVENT_FIELDS)
 EVENT_KEYS = frozenset({"format_version", "position", "type", "time_us", "data", *METADATA_FIELDS})

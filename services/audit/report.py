@@ -47,6 +47,7 @@ def audit_result(facts: dict) -> dict:
             "replay_stopped_at": facts["replay_stopped_at"], "tree_heads": facts["tree_heads"],
             "anchors": facts["anchors"], "anchor_genesis": facts.get("anchor_genesis"),
             "anchor_genesis_pinned": facts.get("anchor_genesis_pinned"),
+            "log_key": facts.get("log_key"), "key_rotations": facts.get("key_rotations", []),
             "headers": facts.get("headers"), "chain": facts.get("chain"),
             "reserves": facts.get("reserves"), "balances": facts["balances"], "holdings": facts["holdings"],
             "cost_basis": facts["cost_basis"], "custody_accounts": facts["accounts"],

@@ -43,6 +43,9 @@ def add_audit_commands(commands) -> None:
     audit.add_argument("--anchor-genesis", metavar="TXID:VOUT",
                        help="the anchor genesis an earlier report printed: the bundle must name it, and with --chain "
                             "the anchors on chain are followed from it (a history re-anchored from another coin fails)")
+    audit.add_argument("--log-key", metavar="HEX",
+                       help="the log's first tree-head public key (64 hex), pinned: the bundle's must be it, and "
+                            "each SigningKeyRotated event is followed from it")
     audit.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report and FILE.json")
     audit.set_defaults(run=cmd_audit)
 
@@ -115,6 +118,18 @@ def _export(source, args) -> int:
     return 0
 
 
+def _log_key(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigurationInvalid("--log-key must be 64 hex digits (a raw Ed25519 public key)")
+    return key
+
+
 def cmd_audit(args) -> int:
     if args.chain:
         check_spec(args.chain)
@@ -130,7 +145,8 @@ def cmd_audit(args) -> int:
     backend = compose.open_chain(args.chain) if args.chain else None
     try:
         with _progress_bar(bundle_event_count(directory), "auditing") as bar:
-            facts = audit_directory(directory, backend, args.chain, lambda n: bar.update(n - bar.n), pinned)
+            facts = audit_directory(directory, backend, args.chain, lambda n: bar.update(n - bar.n), pinned,
+                                    _log_key(args.log_key))
     except bundle.BundleInvalid as error:
         print(f"FAIL bundle: {error}")
         return 1

@@ -1,7 +1,10 @@
 """`reserve-ledger keys`: keys generated inside a PKCS#11 token (and, later, rotation of the tree-head key)."""
 
+import pathlib
+
 from services import compose
 from services.cli.errors import OneLineArgumentParser
+from services.cli.options import add_storage_options, storage_from
 from services.errors import ConfigurationInvalid
 from services.keys.uri import is_pkcs11_uri
 
@@ -31,6 +34,31 @@ def cmd_keys_init(args) -> int:
     return 0
 
 
+def cmd_keys_rotate(args) -> int:
+    from services.keys.rotation import rotate_tree_head_key
+    storage = storage_from(args)
+    access = compose.TokenAccess(args.pkcs11_pin_file, args.pkcs11_module)
+    compose.check_store_exists(storage)
+    old_spec = compose.existing_signing_key_path(storage, args.signing_key)
+    if old_spec is None:
+        raise ConfigurationInvalid("keys rotate needs the current key: pass --signing-key FILE|URI")
+    new_spec = args.new_signing_key if is_pkcs11_uri(args.new_signing_key) else pathlib.Path(args.new_signing_key)
+    old_key = compose.load_signing_key(old_spec, create=False, access=access)
+    new_key = compose.load_signing_key(new_spec, create=True, access=access)
+    ledger = compose.open_ledger(storage)  # no saved state is trusted or sealed here: the rotation re-seals them
+    try:
+        recorded = rotate_tree_head_key(ledger, old_key, new_key, compose.clock_us)
+    finally:
+        ledger.close()
+    print(f"recorded SigningKeyRotated at position {recorded.position}"
+          + (" (already recorded earlier)" if recorded.replayed else ""))
+    print(f"heads up to tree size {recorded.position} verify with the old key {old_key.public_key_bytes.hex()}; "
+          f"from tree size {recorded.position + 1} on with the new key {new_key.public_key_bytes.hex()}")
+    print(f"start the service with --signing-key {args.new_signing_key}; auditors keep pinning the log's first key "
+          "(audit --log-key) and follow the rotation from it")
+    return 0
+
+
 def add_keys_commands(commands) -> None:
     keys = commands.add_parser("keys", help="signing keys kept in a PKCS#11 token")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, parser_class=OneLineArgumentParser)
@@ -44,3 +72,13 @@ def add_keys_commands(commands) -> None:
                       help="network of the anchor address printed (default regtest)")
     add_token_options(init)
     init.set_defaults(run=cmd_keys_init)
+    rotate = keys_sub.add_parser("rotate", help="hand the tree-head key over to a new key: a SigningKeyRotated event "
+                                                "signed by both (run with the service stopped)")
+    add_storage_options(rotate)
+    rotate.add_argument("--signing-key", metavar="FILE|URI", help="the current tree-head key (default "
+                        "DATA_DIR/tree-head-signing.key; required with --database)")
+    rotate.add_argument("--new-signing-key", required=True, metavar="FILE|URI",
+                        help="the new key: a PEM file (created, mode 0600, when missing) or a pkcs11: URI of a key "
+                             "made with `keys init`")
+    add_token_options(rotate)
+    rotate.set_defaults(run=cmd_keys_rotate)

@@ -89,6 +89,19 @@ class TreeHeadSigner:
         self.alarm: LogIntegrityAlarm | None = None
         self.on_alarm: Callable[[LogIntegrityAlarm], None] = lambda alarm: None
 
+    @property
+    def signing_key(self):
+        """The Ed25519 signer of heads (services/keys/signers.py: sign(message) -> bytes, public_key_bytes):
+        whatever else the log signs (checkpoints) is signed with the same key."""
+        return self._key
+
+    def rotate_to(self, new_key) -> None:
+        """Sign with `new_key` from the next commit on: `keys rotate` records the SigningKeyRotated event in
+        that commit, so the first head that includes the rotation is the new key's (ledger/key_history.py)."""
+        self._key = new_key
+        self.public_key_raw = raw_public_key(new_key.public_key())
+        self.key_id = key_id(new_key.public_key())
+
     def latest(self) -> TreeHead | None:
         """The latest stored head (None when none was ever signed), its signature checked first."""
         head = self._store.load_tree_head()
@@ -165,7 +178,9 @@ class TreeHeadSigner:
         previous = recent[0]
         head = sign_tree_head(self._key, frontier.size, frontier.root(), max(self._clock_us(), previous.timestamp_us))
         retained = recent[1].tree_size if len(recent) > 1 else None
-        kept = superseded_head_kept(previous.tree_size, retained, self._keep_every_events)
+        # The last head a key signed before a rotation is kept too: its final word, linked to the new key's heads.
+        kept = previous.key_id != head.key_id or superseded_head_kept(previous.tree_size, retained,
+                                                                        self._keep_every_events)
         self._pending = (frontier, head)
         return head, None if kept else previous.tree_size
 
