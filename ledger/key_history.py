@@ -2,8 +2,8 @@
 
 A rotation recorded at log position p hands the log from key A to key B: heads of tree size <= p are signed
 by A, heads of size >= p + 1 (those that include the rotation) by B. The event carries B and two Ed25519
-signatures over the same statement (docs/FORMATS.md §3a), 94 bytes:
-  b"reserve-ledger/key-rotation/v1\\n"   30 bytes, domain separation
+signatures over the same statement (docs/FORMATS.md §3a), 95 bytes:
+  b"reserve-ledger/key-rotation/v1\\n"   31 bytes, domain separation
   previous_public_key                   32 bytes, raw Ed25519 (A)
   public_key                            32 bytes, raw Ed25519 (B)
 signed by A (A hands over) and by B (B exists and accepts). Whoever follows the history starts from the

@@ -41,6 +41,11 @@ def anchor_address(public_key: bytes, network: str) -> str:
     return bech32_encode(NETWORKS[network][1], 0, list(p2wpkh_script_pubkey(public_key)[2:]))
 
 
+def as_signer(key):
+    """A tree-head signer from cryptography's Ed25519PrivateKey too (tests and benchmarks load PEM files)."""
+    return FileEd25519Signer(key) if isinstance(key, Ed25519PrivateKey) else key
+
+
 class TokenAnchorKey:
     """The anchor wallet's P2WPKH key when it lives in a token; build_anchor_tx signs through `sign_digest`."""
 

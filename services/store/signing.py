@@ -25,6 +25,7 @@ from ledger.errors import InvariantBroken, LedgerError
 from ledger.tree_heads import (TreeHead, key_id, raw_public_key, sign_tree_head, superseded_head_kept,
                                verify_tree_head)
 from services.keys.files import read_private, write_private
+from services.keys.signers import as_signer
 
 SIGNING_KEY_FILE_NAME = "tree-head-signing.key"
 # Per-commit heads are pruned once superseded, except the first to reach each multiple of this size (and
@@ -78,7 +79,7 @@ class TreeHeadSigner:
     def __init__(self, store, private_key: Ed25519PrivateKey, clock_us: Callable[[], int],
                  keep_every_events: int = TREE_HEAD_KEEP_EVERY_EVENTS):
         self._store = store
-        self._key = private_key
+        self._key = as_signer(private_key)
         self._clock_us = clock_us
         self._keep_every_events = keep_every_events
         self.public_key_raw = raw_public_key(private_key.public_key())
@@ -98,7 +99,7 @@ class TreeHeadSigner:
     def rotate_to(self, new_key) -> None:
         """Sign with `new_key` from the next commit on: `keys rotate` records the SigningKeyRotated event in
         that commit, so the first head that includes the rotation is the new key's (ledger/key_history.py)."""
-        self._key = new_key
+        self._key = as_signer(new_key)
         self.public_key_raw = raw_public_key(new_key.public_key())
         self.key_id = key_id(new_key.public_key())
 

@@ -149,3 +149,19 @@ def test_a_rotation_to_the_same_key_is_refused(tmp_path):
     with pytest.raises(RequestInvalid) as refused:
         cmd.RotateSigningKey("r-1", **_rotation(key, key)["data"]).validate()
     assert "KEY_NOT_NEW" in str(refused.value.violations)
+
+
+def test_a_file_key_is_rotated_into_a_token_key(tmp_path, certs_dir, token, label):
+    """The usual move into an HSM: `keys init` makes the new key in the token, `keys rotate` hands over to it,
+    the service then signs through the token, and `verify` from the first (file) key passes."""
+    data_dir, old = tmp_path / "data", tmp_path / "a.key"
+    serve_and_write(data_dir, old, certs_dir, "cold-a", 1)
+    made = cli("keys", "init", "--pkcs11", token.uri(label), "--pin-file", token.pin_file, env=token.env)
+    assert made.returncode == 0, made.stderr
+    rotated = cli("keys", "rotate", "--data-dir", data_dir, "--signing-key", old, "--new-signing-key",
+                  token.uri(label), "--pin-file", token.pin_file, env=token.env)
+    assert rotated.returncode == 0, rotated.stderr
+    serve_and_write(data_dir, token.uri(label), certs_dir, "cold-b", 1, pkcs11_pin_file=str(token.pin_file))
+    verified = cli("verify", "--data-dir", data_dir, "--public-key", public_hex(old))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "OK: 5 events" in verified.stdout

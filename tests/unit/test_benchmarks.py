@@ -54,3 +54,12 @@ def test_audit_benchmark_exports_and_audits_a_log_that_passes(tmp_path):
     assert size >= 600 and (tmp_path / "bundle" / "events.bin").stat().st_size > size * 100
     assert re.search(r"export: [\d.]+ s, peak \d+ MB, bundle [\d.]+ MB", out)
     assert re.search(r"audit: [\d.]+ s, peak \d+ MB \([\d,]+ events/s\)", out)
+
+
+def test_signing_benchmark_compares_a_softhsm2_token_with_a_key_file():
+    """The script creates its own SoftHSM2 token, checks a signature of each kind, and reports both costs."""
+    out = run("bench_signing.py", "--signatures", "40")
+    for kind in ("tree head", "anchor digest"):
+        for where in ("key file", "SoftHSM2"):
+            assert re.search(rf"{kind}, {where}: p50 [\d.,]+ us, p99 [\d.,]+ us per signature", out), out
+        assert re.search(rf"{kind}: SoftHSM2 / key file \(p50\): \d+\.\d\d", out)
