@@ -23,7 +23,7 @@ from services.keys.files import check_private, read_secret_line
 from services.store.config import SQLITE_FILE_NAME, postgres_env, sqlite_env
 from services.store.seals import StateProofs
 from services.keys.signers import open_token_anchor_key, open_tree_head_key
-from services.keys.uri import is_pkcs11_uri
+from services.keys.uri import is_pkcs11_uri, parse_pkcs11_uri
 from services.store.signing import SIGNING_KEY_FILE_NAME, TREE_HEAD_KEEP_EVERY_EVENTS, TreeHeadSigner
 
 DEFAULT_DATA_DIR = "./reserve-data"
@@ -214,6 +214,10 @@ class OneKey:
         self._spec, self._create, self._access = spec, create, access
         self._key = None
 
+    @property
+    def in_token(self) -> bool:
+        return is_pkcs11_uri(str(self._spec))
+
     def __call__(self):
         if self._key is None:
             self._key = load_signing_key(self._spec, create=self._create, access=self._access)
@@ -366,7 +370,9 @@ def check_server_config(config: ServerConfig) -> None:
     if config.anchor_network not in NETWORKS:
         raise ConfigurationInvalid(f"--network {config.anchor_network!r}: expected one of {', '.join(NETWORKS)}")
     config.storage.env()  # a malformed --database URL is refused here
-    signing_key_path(config.storage, config.signing_key_path)
+    for spec in (signing_key_path(config.storage, config.signing_key_path), config.anchor_key_path):
+        if is_pkcs11_uri(str(spec)):
+            parse_pkcs11_uri(str(spec))  # a malformed URI is refused before anything is opened
     if config.chain:
         check_spec(config.chain)
         anchor_key_path(config.storage, config.anchor_key_path, config.anchor_network)
@@ -426,14 +432,18 @@ def build_server(config: ServerConfig):
         check_store_exists(storage)
     key = OneKey(signing_key_path(storage, config.signing_key_path),
                  create=config.create_store or storage.database_url is None, access=config.token_access)
+    if key.in_token:
+        key()  # a wrong PIN, token or label is one line before any storage is created
+    token_anchor_key = (open_anchor_key(storage, config.anchor_key_path, config.anchor_network, config.token_access)
+                        if config.chain and is_pkcs11_uri(config.anchor_key_path) else None)
     chain = open_chain(config.chain) if config.chain else None
     ledger = None
     try:
         ledger = open_ledger(storage, create=config.create_store, policy=Policy(config.purchase_approval_threshold_sats),
                              backoff=jittered_backoff, proofs=sealing_proofs(key), repair=True)
         signer = tree_head_signer(ledger, key, keep_every_events=config.tree_head_keep_every_events)
-        anchor_key = (open_anchor_key(storage, config.anchor_key_path, config.anchor_network, config.token_access)
-                      if chain else None)
+        anchor_key = token_anchor_key or (
+            open_anchor_key(storage, config.anchor_key_path, config.anchor_network) if chain else None)
         return LedgerServer(config, ServerParts(ledger, signer, chain, anchor_key, clock_us))
     except BaseException:
         if ledger is not None:

@@ -4,19 +4,17 @@ import pathlib
 
 from services import compose
 from services.cli.errors import OneLineArgumentParser
-from services.cli.options import add_storage_options, storage_from
+from services.cli.options import add_storage_options, help_of, storage_from
 from services.errors import ConfigurationInvalid
 from services.keys.uri import is_pkcs11_uri
 
 
 def add_token_options(parser) -> None:
     """--pin-file and --pkcs11-module, for pkcs11: URIs that carry no pin-source / module-path themselves."""
-    config = compose.ServerConfig
-    fields = {f.name: f for f in compose.dataclasses.fields(config)}
     parser.add_argument("--pin-file", dest="pkcs11_pin_file", metavar="FILE",
-                        help=fields["pkcs11_pin_file"].metadata["help"])
+                        help=help_of(compose.ServerConfig, "pkcs11_pin_file"))
     parser.add_argument("--pkcs11-module", dest="pkcs11_module", metavar="PATH",
-                        help=fields["pkcs11_module"].metadata["help"])
+                        help=help_of(compose.ServerConfig, "pkcs11_module"))
 
 
 def cmd_keys_init(args) -> int:

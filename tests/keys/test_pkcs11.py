@@ -178,3 +178,19 @@ def test_token_ecdsa_signatures_are_made_low_s_minimal_der():
     assert der[2:5] == b"\x02\x21\x00" and decode_dss_signature(der) == (top_bit, 1)
     with pytest.raises(ValueError):
         low_s_der(b"\x01" * 63)
+
+
+def test_serve_with_a_wrong_pin_or_an_unknown_key_is_one_line_and_creates_nothing(token, label, tmp_path, certs_dir):
+    """The token key is opened before any storage: a mistake there leaves no data dir behind."""
+    wrong = tmp_path / "wrong.pin"
+    wrong.write_text("0000\n")
+    wrong.chmod(0o600)
+    generate_key(token_uri(token.uri(label), str(token.pin_file)), "tree-head")
+    common = ("serve", "--init", "--data-dir", tmp_path / "d", "--listen", "127.0.0.1:0", "--metrics-listen", "off",
+              "--certs", certs_dir)
+    assert_one_line(cli(token, *common, "--signing-key", token.uri(label), "--pin-file", wrong),
+                    EXIT_USAGE, "refuses the PIN")
+    assert_one_line(cli(token, *common, "--signing-key", token.uri("no-such-key"), "--pin-file", token.pin_file),
+                    EXIT_USAGE, "no private key labelled", "keys init")
+    assert_one_line(cli(token, *common, "--signing-key", token.uri(label) + ";pin-value=1"), EXIT_USAGE, "process list")
+    assert not (tmp_path / "d").exists()
