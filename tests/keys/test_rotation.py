@@ -16,6 +16,7 @@ from services.compose import ServerConfig, build_server
 from services.keys.signers import FileEd25519Signer
 from services.store.config import sqlite_env
 from services.store.signing import load_or_create_signing_key
+from tests.conftest import POSTGRES_URL, _drop_schema, _postgres_schema
 from tests.e2e.conftest import Clients
 from tests.e2e.helpers import open_account, purchase
 
@@ -25,10 +26,10 @@ def cli(*args, env=None) -> subprocess.CompletedProcess:
                           text=True, timeout=180, env=env)
 
 
-def serve_and_write(data_dir, key, certs_dir, account_id: str, purchases: int, **config) -> None:
+def serve_and_write(data_dir, key, certs_dir, account_id: str, purchases: int, database_url=None, **config) -> None:
     server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0",
-                                       data_dir=str(data_dir), certs_dir=str(certs_dir), signing_key_path=str(key),
-                                       **config)).start()
+                                       data_dir=None if database_url else str(data_dir), database_url=database_url,
+                                       certs_dir=str(certs_dir), signing_key_path=str(key), **config)).start()
     try:
         clients = Clients(f"127.0.0.1:{server.port}", certs_dir)
         open_account(clients.alice, account_id)
@@ -69,6 +70,22 @@ def test_heads_before_the_rotation_verify_with_the_old_key_and_after_it_with_the
     for head in heads:
         expected, other = (old_raw, new_raw) if head.tree_size <= 3 else (new_raw, old_raw)
         assert verify_tree_head(expected, head) and not verify_tree_head(other, head), head.tree_size
+
+
+@pytest.mark.postgres
+def test_a_postgresql_ledger_is_rotated_like_a_sqlite_one(tmp_path, certs_dir):
+    """`keys rotate --database`: the same event and key history on the shared store of several replicas."""
+    schema = _postgres_schema()
+    url, old, new = f"{POSTGRES_URL}?schema={schema}", tmp_path / "a.key", tmp_path / "b.key"
+    try:
+        serve_and_write(None, old, certs_dir, "cold-a", 1, database_url=url)
+        rotated = cli("keys", "rotate", "--database", url, "--signing-key", old, "--new-signing-key", new)
+        assert rotated.returncode == 0, rotated.stderr
+        serve_and_write(None, new, certs_dir, "cold-b", 1, database_url=url)
+        verified = cli("verify", "--database", url, "--public-key", public_hex(old))
+        assert verified.returncode == 0 and "OK: 5 events" in verified.stdout, verified.stdout + verified.stderr
+    finally:
+        _drop_schema(schema)
 
 
 def test_verify_follows_the_key_history_from_the_first_key_or_from_the_key_in_force(rotated):
