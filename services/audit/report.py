@@ -207,6 +207,12 @@ def _verdict(result: dict) -> str:
     scope = (f"{result['events']:,} events (root <code>{_e(result['root_hash'])}</code>), "
              f"{len(result['tree_heads'])} signed tree heads, {len(result['anchors'])} anchors. "
              f"Balances as of log position {result['as_of_position']} ({utc(result.get('as_of_time_us'))}).")
+    if result.get("log_key"):
+        rotations = result.get("key_rotations") or []
+        scope += (f" Tree heads checked from the log's first key <code>{_e(result['log_key'])}</code> (pin it with "
+                  f"--log-key) through {len(rotations)} key rotation(s)"
+                  + "".join(f"; at position {r['position']} to <code>{_e(r['public_key'])}</code>" for r in rotations)
+                  + ".")
     chain = result.get("chain")
     chain_text = (f" Checked against the auditor's node <code>{_e(chain['spec'])}</code> at height "
                   f"{chain['tip_height']}." if chain else " Offline audit: no Bitcoin node was consulted "

@@ -105,9 +105,11 @@ def test_an_export_carries_the_first_key_and_audit_pins_it(rotated, tmp_path):
     export = cli("export", "--data-dir", data_dir, "--signing-key", new, "--out", tmp_path / "bundle")
     assert export.returncode == 0, export.stderr
     assert (tmp_path / "bundle" / "public_key.hex").read_text().strip() == public_hex(old)
-    passed = cli("audit", tmp_path / "bundle", "--log-key", public_hex(old))
+    passed = cli("audit", tmp_path / "bundle", "--log-key", public_hex(old), "--report", tmp_path / "r.html")
     assert passed.returncode == 0, passed.stdout
     assert f"first tree-head key {public_hex(old)} with 1 rotation(s)" in passed.stdout
+    html = (tmp_path / "r.html").read_text()
+    assert "through 1 key rotation(s); at position 3 to" in html and public_hex(new) in html
     refused = cli("audit", tmp_path / "bundle", "--log-key", public_hex(new))
     assert refused.returncode == 1 and "not the pinned" in refused.stdout
 
