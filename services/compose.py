@@ -20,10 +20,10 @@ from ledger.rules import Policy
 from services.bitcoin.backends import check_spec, open_backend
 from services.errors import ConfigurationInvalid, NothingStoredHere
 from services.keys.files import check_private, read_secret_line
-from services.store.config import SQLITE_FILE_NAME, postgres_env, sqlite_env
-from services.store.seals import StateProofs
 from services.keys.signers import open_token_anchor_key, open_tree_head_key
 from services.keys.uri import is_pkcs11_uri, parse_pkcs11_uri
+from services.store.config import SQLITE_FILE_NAME, postgres_env, sqlite_env
+from services.store.seals import StateProofs
 from services.store.signing import SIGNING_KEY_FILE_NAME, TREE_HEAD_KEEP_EVERY_EVENTS, TreeHeadSigner
 
 DEFAULT_DATA_DIR = "./reserve-data"
@@ -70,7 +70,7 @@ class StorageConfig:
         return f"data dir {self.data_dir}"
 
     def env(self) -> dict:
-        """The eventsourcing environment (does not touch the disk or the network)."""
+        """The eventsourcing environment (reads --database-password-file, nothing else on disk or the network)."""
         if self.database_url:
             try:
                 env = postgres_env(self.database_url)

@@ -7,10 +7,11 @@ appends; the frontier starts from the stored log, checked against the latest sig
 (`open_log`). Events found beyond the latest head, or that contradict it, raise a `LogIntegrityAlarm`: the
 server refuses writes until an operator has looked (docs/OPERATIONS.md).
 
-With SQLite the key lives in the data directory (created on first start, mode 0600). With PostgreSQL
-every replica must sign with the same key, so `--signing-key FILE` is required and the file is
-provisioned like the TLS keys. Losing the key loses no history: heads already signed stay verifiable
-with the published public key; a new key signs new heads (its key id differs).
+With SQLite the key lives by default in the data directory (created on first start, mode 0600 from the
+first byte); it may instead live in a PKCS#11 token (services/keys/). With PostgreSQL every replica must sign
+with the same key, so `--signing-key FILE|URI` is required. A new key takes over only through a
+SigningKeyRotated event signed by both keys (`keys rotate`, services/keys/rotation.py): heads already signed
+stay verifiable with the old key, and whoever checks them follows the key history (ledger/key_history.py).
 """
 
 import logging
