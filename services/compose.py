@@ -8,6 +8,7 @@ The defaults live in the dataclasses below; the CLI's options read them from her
 
 import dataclasses
 import ipaddress
+import logging
 import pathlib
 import random
 import socket
@@ -22,7 +23,7 @@ from services.errors import ConfigurationInvalid, NothingStoredHere
 from services.keys.files import check_private, read_secret_line
 from services.keys.signers import open_token_anchor_key, open_tree_head_key
 from services.keys.uri import is_pkcs11_uri, parse_pkcs11_uri
-from services.store.config import SQLITE_FILE_NAME, postgres_env, sqlite_env
+from services.store.config import SQLITE_FILE_NAME, postgres_env, sqlite_env, tighten_database_files
 from services.store.seals import StateProofs
 from services.store.signing import SIGNING_KEY_FILE_NAME, TREE_HEAD_KEEP_EVERY_EVENTS, TreeHeadSigner
 
@@ -33,6 +34,7 @@ POSTGRES_PROBE_TIMEOUT_S = 5
 CERT_FILES = ("ca.pem", "server.pem", "server.key")
 CA_KEY_FILE_NAME = "ca.key"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+log = logging.getLogger("reserve_ledger.compose")
 
 
 def clock_us() -> int:
@@ -139,6 +141,9 @@ def open_ledger(storage: StorageConfig, *, create: bool = False, policy: Policy 
     else:
         check_store_exists(storage)
         env = storage.env()
+    if not storage.database_url:
+        for path in tighten_database_files(pathlib.Path(storage.data_dir or DEFAULT_DATA_DIR)):
+            log.warning("%s was readable by group or others; it is now 0600", path)
     return ReserveLedger(env, policy, backoff, proofs, repair)
 
 

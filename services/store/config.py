@@ -57,6 +57,22 @@ def create_private_database(data_dir: pathlib.Path) -> None:
         pass
 
 
+def tighten_database_files(data_dir: pathlib.Path) -> list[pathlib.Path]:
+    """A data dir made by an older version may hold ledger.sqlite (and its -wal, -shm) at 0644: make them 0600
+    (only the owner may, and it changes no byte). Returns the files changed, to be reported."""
+    changed = []
+    for suffix in ("", "-wal", "-shm"):
+        path = data_dir / (SQLITE_FILE_NAME + suffix)
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                path.chmod(PRIVATE_MODE)
+                changed.append(path)
+        except (FileNotFoundError, PermissionError):
+            continue
+    return changed
+
+
 def _schema(name: str) -> str:
     if not SCHEMA_PATTERN.match(name):
         raise ConfigurationInvalid(f"schema {name!r} in the database URL must be 1-63 lower-case letters, digits or "

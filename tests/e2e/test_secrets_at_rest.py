@@ -145,3 +145,15 @@ def test_a_postgresql_ledger_opens_with_the_password_from_a_file(tmp_path, certs
         assert_one_line(result, EXIT_USAGE, schema, "--init")  # reached PostgreSQL: the schema holds no ledger
     finally:
         _drop_schema(schema)
+
+
+def test_a_database_an_older_version_left_readable_is_made_private_on_open(tmp_path, certs_dir):
+    """ledger.sqlite at 0644 (as SQLite alone creates it) is 0600 once a command opens the ledger, with a warning."""
+    data_dir = tmp_path / "data"
+    process, _ = start_server(certs_dir, data_dir=data_dir)
+    process.terminate()
+    process.wait(timeout=60)
+    os.chmod(data_dir / SQLITE_FILE_NAME, 0o644)
+    result = cli("balances", "--data-dir", data_dir)
+    assert result.returncode == 0, result.stderr
+    assert mode_of(data_dir / SQLITE_FILE_NAME) == 0o600 and "now 0600" in result.stderr
