@@ -51,6 +51,7 @@ COMMAND_EVENTS = {
     cmd.RejectCustodyChange: {"CustodyChangeRejected"},
     cmd.ObserveReserveDiscrepancy: {"ReserveDiscrepancyObserved"},
     cmd.RecordDiscrepancyReorgedOut: {"ReserveDiscrepancyReorgedOut"},
+    cmd.RotateSigningKey: {"SigningKeyRotated"},
 }
 
 

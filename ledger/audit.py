@@ -227,9 +227,15 @@ class Audit:
         anchor_rows = check_anchors(self.anchors, self.rebuild.roots, self.frontier.size, self.findings,
                                     self.anchor_genesis)
         return {"events": self.frontier.size, "root_hash": self.frontier.root().hex(),
-                "tree_heads": [_head_row(head) for head in self.heads], "anchors": anchor_rows}
+                "tree_heads": [_head_row(head) for head in self.heads], "anchors": anchor_rows,
+                "log_key": None if self.public_key is None else self.public_key.hex(),
+                "key_rotations": [{"position": r.position, "public_key": r.public_key.hex()}
+                                  for r in self.rebuild.keys.rotations]}
 
     def _check_heads(self) -> None:
+        if self.public_key is not None:
+            for position, why in self.rebuild.keys.problems(self.public_key):
+                self.findings.add("tree_heads", f"event {position}", why)
         signed_size = max((head.tree_size for head in self.heads), default=0)
         if self.frontier.size > signed_size:
             self.findings.add("tree_heads", f"event {signed_size}", f"events {signed_size} to {self.frontier.size - 1}"
@@ -245,7 +251,8 @@ class Audit:
                                                        f"position in [{check.previous_size}, {head.tree_size}) "
                                                        "differs)")
             if check.signature_valid is False:
-                self.findings.add("tree_heads", where, "the signature does not verify under the bundle's public key")
+                self.findings.add("tree_heads", where, "the signature does not verify under the key in force at its "
+                                                       "size (the bundle's first key and the rotations after it)")
             if head.timestamp_us < previous_time_us:
                 self.findings.add("tree_heads", where, "signed earlier than the smaller head before it")
             previous_time_us = head.timestamp_us
@@ -503,6 +510,13 @@ def _check_anchor_chain(rows: list[dict], parsed: dict, findings: Findings) -> N
 
 
 # --- the chain of anchors found on chain (audit --chain) ------------------------------------------------
+
+def check_pinned_log_key(named: str | None, pinned: bytes, findings: Findings) -> None:
+    """The bundle's first tree-head key is the one the auditor pinned (--log-key); rotations are followed from it."""
+    if named != pinned.hex():
+        findings.add("tree_heads", "file public_key.hex", f"the bundle's first tree-head key is {named or 'missing'}, "
+                                                          f"not the pinned {pinned.hex()}")
+
 
 def check_pinned_genesis(named: str | None, pinned: Outpoint, findings: Findings) -> None:
     """The bundle names the genesis the auditor pinned from an earlier report; another one means the chain of

@@ -17,6 +17,7 @@ from ledger.accounts import CUSTODY_KINDS, NOMINAL_PREFIX
 from ledger.currencies import ISO_4217_MINOR_UNITS
 from ledger.descriptors import DescriptorInvalid, DescriptorShape, parse_descriptor
 from ledger.errors import RequestInvalid, Violation
+from ledger.key_history import rotation_signatures_hold
 
 # Every pattern is applied with fullmatch: "$" would also match before a trailing newline.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,%d}" % limits.REQUEST_ID_LENGTH_MAX)
@@ -471,3 +472,29 @@ class RecordDiscrepancyReorgedOut(Command):
             c.fail("discrepancy_id", "DISCREPANCY_ID_MALFORMED", "discrepancy_id must look like rd-<number>")
         if self.best_block_hash and not BLOCK_HASH_PATTERN.fullmatch(self.best_block_hash):
             c.fail("best_block_hash", "BLOCK_HASH_MALFORMED", "best_block_hash must be 64 lower-case hex characters")
+
+
+@dataclasses.dataclass(frozen=True)
+class RotateSigningKey(Command):
+    """Hand the tree-head key over from previous_public_key to public_key (ledger/key_history.py): both keys
+    sign the statement; heads from the tree size that includes the event on are signed by the new key."""
+
+    request_id: str
+    previous_public_key: str
+    public_key: str
+    previous_key_signature: str
+    new_key_signature: str
+
+    def check(self, c: _Checker) -> None:
+        for name, length in (("previous_public_key", 64), ("public_key", 64), ("previous_key_signature", 128),
+                             ("new_key_signature", 128)):
+            if not re.fullmatch(f"[0-9a-f]{{{length}}}", getattr(self, name)):
+                c.fail(name, "HEX_MALFORMED", f"{name} must be {length} lower-case hex characters")
+        if c.violations:
+            return
+        if self.previous_public_key == self.public_key:
+            c.fail("public_key", "KEY_NOT_NEW", "the new key must differ from the previous one")
+        elif not rotation_signatures_hold(*(bytes.fromhex(getattr(self, name)) for name in (
+                "previous_public_key", "public_key", "previous_key_signature", "new_key_signature"))):
+            c.fail("new_key_signature", "ROTATION_SIGNATURE_INVALID",
+                   "both keys must sign the rotation statement (docs/FORMATS.md §3a)")

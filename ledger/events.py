@@ -71,6 +71,7 @@ EVENT_FIELDS: dict[str, frozenset[str]] = {name: frozenset(fields) for name, fie
     "ReserveDiscrepancyObserved": ("discrepancy_id", "account_id", "block_height", "block_hash", "txids",
                                    "movement_sats", "onchain_sats", "ledger_sats", "finding"),
     "ReserveDiscrepancyReorgedOut": ("discrepancy_id", "best_block_hash"),
+    "SigningKeyRotated": ("previous_public_key", "public_key", "previous_key_signature", "new_key_signature"),
 }.items()}
 # Fields an event carries only when they are set, so that the canonical bytes of events recorded before the
 # field existed (and of every event that leaves it unset) stay as they were.

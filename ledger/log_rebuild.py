@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from ledger import merkle
 from ledger.events import CanonicalEvent
+from ledger.key_history import KeyHistory
 from ledger.state import ReserveState
 from ledger.tree_heads import TreeHead, verify_tree_head
 
@@ -32,6 +33,7 @@ class LogRebuild:
         self.frontier = merkle.CompactRange(wanted)
         self.roots: dict[int, bytes] = {0: merkle.EMPTY_ROOT} if 0 in self._sizes else {}
         self.state: ReserveState | None = ReserveState()
+        self.keys = KeyHistory()  # the tree-head key's rotations, in log order
 
     @property
     def size(self) -> int:
@@ -46,6 +48,7 @@ class LogRebuild:
                observe: Callable[[CanonicalEvent, ReserveState], None] | None = None) -> Exception | None:
         """Fold the event (after `observe` looked at it and the state before it); a refusal by either is
         returned and stops the replay (later events are not folded)."""
+        self.keys.observe(event)
         if self.state is None:
             return None
         try:
@@ -57,12 +60,14 @@ class LogRebuild:
             return error
         return None
 
-    def head_checks(self, heads: Sequence[TreeHead], public_key_raw: bytes | None) -> Iterator[HeadCheck]:
-        """Each head, in the order given (by size), against the rebuilt root at its size and the key."""
+    def head_checks(self, heads: Sequence[TreeHead], first_key_raw: bytes | None) -> Iterator[HeadCheck]:
+        """Each head, in the order given (by size), against the rebuilt root at its size and the key in force
+        at its size: the first key, then each rotation recorded in the log (ledger/key_history.py)."""
         previous_size = 0
         for head in heads:
             root = self.roots.get(head.tree_size) if head.tree_size <= self.size else None
             assert head.tree_size > self.size or root is not None, (head.tree_size, "a size not asked for")
-            signature_valid = None if public_key_raw is None else verify_tree_head(public_key_raw, head)
+            key = None if first_key_raw is None else self.keys.key_at(head.tree_size, first_key_raw)
+            signature_valid = None if first_key_raw is None else key is not None and verify_tree_head(key, head)
             yield HeadCheck(head, previous_size, None if root is None else head.root_hash == root, signature_valid)
             previous_size = head.tree_size

@@ -141,6 +141,8 @@ def decide(state: "ReserveState", command: cmd.Command, caller: cmd.Caller, time
         case cmd.RejectTransfer():
             _pending(state, command.transfer_id, kinds.TRANSFER)
             return kinds.TRANSFER.rejected, command.payload()
+        case cmd.RotateSigningKey():
+            return "SigningKeyRotated", command.payload()
         case cmd.ExpirePending():
             return _expire(state, command.pending_id, time_us, "pending_id")
         case cmd.ExpireTransfer():
@@ -328,6 +330,7 @@ RECORDING_COMMAND: dict[str, type[cmd.Command]] = {
     **{kind.expired: cmd.ExpirePending for kind in kinds.PENDING_KINDS},
     "ReserveDiscrepancyObserved": cmd.ObserveReserveDiscrepancy,
     "ReserveDiscrepancyReorgedOut": cmd.RecordDiscrepancyReorgedOut,
+    "SigningKeyRotated": cmd.RotateSigningKey,
 }
 assert RECORDING_COMMAND.keys() == EVENT_FIELDS.keys(), set(RECORDING_COMMAND) ^ set(EVENT_FIELDS)
 EVENT_KEYS = frozenset({"format_version", "position", "type", "time_us", "data", *METADATA_FIELDS})

@@ -262,6 +262,9 @@ class ReserveState:
 
     # --- serialisation (snapshots, rebuild comparison) ------------------------------------------------
 
+    def _on_SigningKeyRotated(self, data: dict[str, Any], event: CanonicalEvent) -> None:
+        pass  # the balances do not change; whoever checks heads follows the key (ledger/key_history.py)
+
     def to_bytes(self) -> bytes:
         """Deterministic: records in the order the fold created them, keys sorted, no whitespace."""
         fields = {"format_version": STATE_FORMAT_VERSION, "position": self.position, "time_us": self.time_us,

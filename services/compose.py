@@ -8,6 +8,7 @@ The defaults live in the dataclasses below; the CLI's options read them from her
 
 import dataclasses
 import ipaddress
+import logging
 import pathlib
 import random
 import socket
@@ -17,21 +18,24 @@ from urllib.parse import urlparse
 from ledger.anchor_policy import AnchorPolicy
 from ledger.application import ReserveLedger
 from ledger.rules import Policy
-from ledger.tree_heads import raw_public_key
 from services.bitcoin.backends import check_spec, open_backend
 from services.errors import ConfigurationInvalid, NothingStoredHere
 from services.api.streams import STREAMS_PER_IDENTITY_MAX, STREAMS_TOTAL_MAX
-from services.store.config import SQLITE_FILE_NAME, postgres_env, sized_pool, sqlite_env
+from services.keys.files import check_private, read_secret_line
+from services.keys.signers import open_token_anchor_key, open_tree_head_key
+from services.keys.uri import is_pkcs11_uri, parse_pkcs11_uri
+from services.store.config import SQLITE_FILE_NAME, postgres_env, sized_pool, sqlite_env, tighten_database_files
 from services.store.seals import StateProofs
-from services.store.signing import (SIGNING_KEY_FILE_NAME, TREE_HEAD_KEEP_EVERY_EVENTS, TreeHeadSigner,
-                                    load_or_create_signing_key)
+from services.store.signing import SIGNING_KEY_FILE_NAME, TREE_HEAD_KEEP_EVERY_EVENTS, TreeHeadSigner
 
 DEFAULT_DATA_DIR = "./reserve-data"
 ANCHOR_KEY_FILE_NAME = "anchor-wallet.wif"
 NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 POSTGRES_PROBE_TIMEOUT_S = 5
 CERT_FILES = ("ca.pem", "server.pem", "server.key")
+CA_KEY_FILE_NAME = "ca.key"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+log = logging.getLogger("reserve_ledger.compose")
 CALL_THREADS = 32
 CALL_THREADS_MAX = 512
 # Store connections beyond the call threads: the command writer, the supervised workers, a metrics scrape.
@@ -60,7 +64,10 @@ def _setting(default, help_text: str):
 class StorageConfig:
     data_dir: str | None = _setting(DEFAULT_DATA_DIR, "SQLite data directory")
     database_url: str | None = _setting(
-        None, "PostgreSQL URL, postgresql://user[:password]@host[:port]/dbname[?schema=name]")
+        None, "PostgreSQL URL, postgresql://user@host[:port]/dbname[?schema=name]; the password comes from "
+              "--database-password-file or libpq's PGPASSFILE / ~/.pgpass, never from the command line")
+    database_password_file: str | None = _setting(
+        None, "file (mode 0600) whose first line is the PostgreSQL password")
 
     @property
     def label(self) -> str:
@@ -70,17 +77,28 @@ class StorageConfig:
         return f"data dir {self.data_dir}"
 
     def env(self) -> dict:
-        """The eventsourcing environment (does not touch the disk or the network)."""
+        """The eventsourcing environment (reads --database-password-file, nothing else on disk or the network)."""
         if self.database_url:
             try:
-                return postgres_env(self.database_url)
+                env = postgres_env(self.database_url)
             except ValueError as error:
                 raise ConfigurationInvalid(f"--database: {error}") from None
+            if self.database_password_file:
+                if env["POSTGRES_PASSWORD"]:
+                    raise ConfigurationInvalid("--database carries a password and --database-password-file "
+                                               "gives another: remove the password from the URL")
+                env["POSTGRES_PASSWORD"] = read_secret_line(self.database_password_file, "--database-password-file")
+            return env
+        if self.database_password_file:
+            raise ConfigurationInvalid("--database-password-file is for --database (PostgreSQL)")
         return sqlite_env(self.data_dir or DEFAULT_DATA_DIR, create=False)
 
 
-def storage_of(data_dir: str | None, database_url: str | None) -> StorageConfig:
-    return StorageConfig(None, database_url) if database_url else StorageConfig(data_dir or DEFAULT_DATA_DIR, None)
+def storage_of(data_dir: str | None, database_url: str | None, database_password_file: str | None = None
+               ) -> StorageConfig:
+    if database_url:
+        return StorageConfig(None, database_url, database_password_file)
+    return StorageConfig(data_dir or DEFAULT_DATA_DIR, None, database_password_file)
 
 
 def check_store_exists(storage: StorageConfig) -> None:
@@ -132,24 +150,41 @@ def open_ledger(storage: StorageConfig, *, create: bool = False, policy: Policy 
         env = storage.env()
     if connections_max is not None:
         env = sized_pool(env, connections_max)
+    if not storage.database_url:
+        for path in tighten_database_files(pathlib.Path(storage.data_dir or DEFAULT_DATA_DIR)):
+            log.warning("%s was readable by group or others; it is now 0600", path)
     return ReserveLedger(env, policy, backoff, proofs, repair)
 
 
 # --- keys -------------------------------------------------------------------------------------------------
 
 
-def signing_key_path(storage: StorageConfig, given: str | None) -> pathlib.Path:
-    """--signing-key, or the data dir's key file (PostgreSQL replicas must all be given the same file)."""
+KeySpec = str | pathlib.Path  # a key file's path, or a `pkcs11:` URI naming a key in a token (services/keys/uri.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenAccess:
+    """How to reach keys named by `pkcs11:` URIs that carry no pin-source / module-path of their own."""
+    pin_file: str | None = None
+    module_path: str | None = None
+
+
+def signing_key_path(storage: StorageConfig, given: str | None) -> KeySpec:
+    """--signing-key (a file or a pkcs11: URI), or the data dir's key file (PostgreSQL replicas must all be
+    given the same key)."""
     if given:
-        return pathlib.Path(given)
+        return given if is_pkcs11_uri(given) else pathlib.Path(given)
     if storage.database_url:
-        raise ConfigurationInvalid("with --database every replica must sign with the same key: pass --signing-key FILE")
+        raise ConfigurationInvalid("with --database every replica must sign with the same key: pass --signing-key "
+                                   "FILE or pkcs11:URI")
     return pathlib.Path(storage.data_dir or DEFAULT_DATA_DIR) / SIGNING_KEY_FILE_NAME
 
 
-def existing_signing_key_path(storage: StorageConfig, given: str | None) -> pathlib.Path | None:
+def existing_signing_key_path(storage: StorageConfig, given: str | None) -> KeySpec | None:
     """The private key if it is at hand: --signing-key (must exist), or the data dir's key when present."""
     if given:
+        if is_pkcs11_uri(given):
+            return given
         path = pathlib.Path(given)
         if not path.is_file():
             raise NothingStoredHere(f"--signing-key {path}: no such file")
@@ -160,18 +195,18 @@ def existing_signing_key_path(storage: StorageConfig, given: str | None) -> path
     return path if path.is_file() else None
 
 
-def load_signing_key(path: pathlib.Path, *, create: bool):
-    if not create and not path.is_file():
-        raise NothingStoredHere(f"no tree-head signing key at {path}: check --signing-key")
+def load_signing_key(spec: KeySpec, *, create: bool, access: TokenAccess = TokenAccess()):
+    """The tree-head signer (services/keys/signers.py): a token key, or a PEM file (created when `create`)."""
+    if not is_pkcs11_uri(str(spec)) and not create and not pathlib.Path(spec).is_file():
+        raise NothingStoredHere(f"no tree-head signing key at {spec}: check --signing-key")
     try:
-        return load_or_create_signing_key(path)
+        return open_tree_head_key(spec, create=create, pin_file=access.pin_file, module_path=access.module_path)
     except ValueError as error:
-        raise ConfigurationInvalid(f"{path}: {error}") from None
+        raise ConfigurationInvalid(f"{spec}: {error}") from None
 
 
 def public_key_of(storage: StorageConfig, public_key_hex: str | None, signing_key: str | None) -> bytes | None:
-    """The tree heads' raw Ed25519 public key: --public-key HEX, or from the private key file at hand."""
-    from cryptography.hazmat.primitives import serialization
+    """The tree heads' raw Ed25519 public key: --public-key HEX, or from the private key at hand."""
     if public_key_hex:
         try:
             raw = bytes.fromhex(public_key_hex)
@@ -183,15 +218,33 @@ def public_key_of(storage: StorageConfig, public_key_hex: str | None, signing_ke
     path = existing_signing_key_path(storage, signing_key)
     if path is None:
         return None
-    key = load_signing_key(path, create=False)
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return load_signing_key(path, create=False).public_key_bytes
 
 
-def sealing_proofs(key_path: pathlib.Path, *, create: bool = False):
+class OneKey:
+    """The tree-head key opened once, on first use (a token session is opened once for heads and seals)."""
+
+    def __init__(self, spec: KeySpec, *, create: bool = False, access: TokenAccess = TokenAccess()):
+        self._spec, self._create, self._access = spec, create, access
+        self._key = None
+
+    @property
+    def in_token(self) -> bool:
+        return is_pkcs11_uri(str(self._spec))
+
+    def __call__(self):
+        if self._key is None:
+            self._key = load_signing_key(self._spec, create=self._create, access=self._access)
+        return self._key
+
+
+def sealing_proofs(key: "KeySpec | OneKey", *, create: bool = False):
     """ReserveLedger's `proofs`: prove saved states and seal new ones with the tree-head key (docs/ARCHITECTURE.md)."""
+    opened = key if isinstance(key, OneKey) else OneKey(key, create=create)
+
     def proofs(store) -> StateProofs:
-        key = load_signing_key(key_path, create=create)  # after the store exists: a new data dir holds the key
-        return StateProofs(store, raw_public_key(key.public_key()), key)
+        signer = opened()  # after the store exists: a new data dir holds the key
+        return StateProofs(store, signer.public_key_bytes, signer)
     return proofs
 
 
@@ -206,19 +259,32 @@ def reader_proofs(storage: StorageConfig, public_key_hex: str | None = None, sig
     return checking_proofs(public_key_of(storage, public_key_hex, signing_key))
 
 
-def tree_head_signer(ledger: ReserveLedger, key_path: pathlib.Path, *, create: bool = False,
+def tree_head_signer(ledger: ReserveLedger, key: "KeySpec | OneKey", *, create: bool = False,
                      keep_every_events: int = TREE_HEAD_KEEP_EVERY_EVENTS) -> TreeHeadSigner:
-    return TreeHeadSigner(ledger.store, load_signing_key(key_path, create=create), clock_us, keep_every_events)
+    opened = key if isinstance(key, OneKey) else OneKey(key, create=create)
+    return TreeHeadSigner(ledger.store, opened(), clock_us, keep_every_events)
 
 
-def log_checkpoints(key_path: pathlib.Path, origin: str | None):
-    """The log's C2SP checkpoints, signed with the tree-head key (services/witness/log.py)."""
+def log_checkpoints(key: "KeySpec | OneKey", origin: str | None, access: TokenAccess = TokenAccess()):
+    """The log's C2SP checkpoints, signed with the tree-head key, a file or a token's (services/witness/log.py)."""
     from services.witness import note
     from services.witness.log import LogCheckpoints
+    opened = key if isinstance(key, OneKey) else OneKey(key, access=access)
     try:
-        return LogCheckpoints(origin, note.KeySigner(load_signing_key(key_path, create=False)))
+        return LogCheckpoints(origin, _CheckpointSigner(opened()))
     except note.NoteInvalid as invalid:
         raise ConfigurationInvalid(f"--log-origin {origin!r}: {invalid}") from None
+
+
+class _CheckpointSigner:
+    """The tree-head signer (services/keys/signers.py) as the witness formats' Signer (services/witness/note.py)."""
+
+    def __init__(self, key):
+        self._key = key
+        self.public_key_raw = key.public_key_bytes
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
 
 
 def _warn_if_origin_changed(ledger: ReserveLedger, origin: str) -> None:
@@ -255,18 +321,25 @@ def open_chain(spec: str):
     return open_backend(spec)
 
 
-def anchor_key_path(storage: StorageConfig, given: str | None, network: str) -> pathlib.Path:
+def anchor_key_path(storage: StorageConfig, given: str | None, network: str) -> KeySpec:
     if given:
-        return pathlib.Path(given)
+        return given if is_pkcs11_uri(given) else pathlib.Path(given)
     if storage.database_url or network != "regtest":
-        raise ConfigurationInvalid("anchoring needs --anchor-key FILE (a WIF key of the fee-only anchor wallet)")
+        raise ConfigurationInvalid("anchoring needs --anchor-key FILE (a WIF key of the fee-only anchor wallet) or "
+                                   "pkcs11:URI (a secp256k1 key in a token)")
     return pathlib.Path(storage.data_dir or DEFAULT_DATA_DIR) / ANCHOR_KEY_FILE_NAME
 
 
-def open_anchor_key(storage: StorageConfig, given: str | None, network: str):
-    """Load the anchor wallet's key; on regtest with a data dir, create it on first use."""
-    from services.bitcoin.anchor_tx import AnchorKey
+def open_anchor_key(storage: StorageConfig, given: str | None, network: str, access: TokenAccess = TokenAccess()):
+    """Load the anchor wallet's key (a WIF file or a token key); on regtest with a data dir, create the file on
+    first use."""
+    from services.bitcoin.anchor_tx import AnchorKey, AnchorKeyError
     path = anchor_key_path(storage, given, network)
+    if is_pkcs11_uri(str(path)):
+        try:
+            return open_token_anchor_key(str(path), network, access.pin_file, access.module_path)
+        except AnchorKeyError as error:
+            raise ConfigurationInvalid(f"--anchor-key {path}: {error}") from None
     if not path.exists():
         if network == "regtest" and not given:
             AnchorKey.generate("regtest").save(path)
@@ -286,6 +359,7 @@ class ServerConfig:
     listen: str = _setting("127.0.0.1:50051", "HOST:PORT to listen on")
     data_dir: str | None = _setting(DEFAULT_DATA_DIR, "SQLite data directory")
     database_url: str | None = None
+    database_password_file: str | None = None
     certs_dir: str | None = _setting(None, "directory with ca.pem, server.pem and server.key (see `certs init`)")
     insecure_loopback: bool = _setting(False, "plaintext, loopback development only")
     create_store: bool = _setting(False, "create the ledger when the data dir or database schema holds none")
@@ -293,6 +367,10 @@ class ServerConfig:
         Policy().purchase_approval_threshold_sats, "purchases above this many sats wait for a second identity")
     expiry_interval_s: float = 30.0
     signing_key_path: str | None = None
+    pkcs11_pin_file: str | None = _setting(None, "file (mode 0600) holding the PIN of the PKCS#11 token of "
+                                           "--signing-key / --anchor-key pkcs11: URIs without pin-source")
+    pkcs11_module: str | None = _setting(None, "PKCS#11 library for pkcs11: URIs without module-path "
+                                         "(default /usr/lib/softhsm/libsofthsm2.so)")
     tree_head_keep_every_events: int = _setting(
         TREE_HEAD_KEEP_EVERY_EVENTS, "each commit signs a tree head; a superseded one is kept only when it is the "
         "first to reach a multiple of this many events (or an anchor commits to it)")
@@ -316,7 +394,11 @@ class ServerConfig:
 
     @property
     def storage(self) -> StorageConfig:
-        return storage_of(self.data_dir, self.database_url)
+        return storage_of(self.data_dir, self.database_url, self.database_password_file)
+
+    @property
+    def token_access(self) -> TokenAccess:
+        return TokenAccess(self.pkcs11_pin_file, self.pkcs11_module)
 
 
 def listen_address(listen: str) -> tuple[str, int]:
@@ -350,6 +432,7 @@ def check_server_config(config: ServerConfig) -> None:
         if missing:
             raise NothingStoredHere(f"--certs {config.certs_dir}: {', '.join(missing)} missing; create them with "
                                     "`reserve-ledger certs init DIR`")
+        check_tls_keys(pathlib.Path(config.certs_dir))
     if config.purchase_approval_threshold_sats < 0:
         raise ConfigurationInvalid("--purchase-approval-threshold-sats must be 0 or more")
     if not config.expiry_interval_s > 0:
@@ -366,7 +449,9 @@ def check_server_config(config: ServerConfig) -> None:
     if config.anchor_network not in NETWORKS:
         raise ConfigurationInvalid(f"--network {config.anchor_network!r}: expected one of {', '.join(NETWORKS)}")
     config.storage.env()  # a malformed --database URL is refused here
-    signing_key_path(config.storage, config.signing_key_path)
+    for spec in (signing_key_path(config.storage, config.signing_key_path), config.anchor_key_path):
+        if is_pkcs11_uri(str(spec)):
+            parse_pkcs11_uri(str(spec))  # a malformed URI is refused before anything is opened
     if config.chain:
         check_spec(config.chain)
         anchor_key_path(config.storage, config.anchor_key_path, config.anchor_network)
@@ -374,6 +459,14 @@ def check_server_config(config: ServerConfig) -> None:
     if config.metrics_listen:
         _check_metrics_listen(config)
     witness_endpoints(config)
+
+
+def check_tls_keys(certs_dir: pathlib.Path) -> None:
+    """server.key must be private; so must a ca.key left beside it (the server never reads it: keep it
+    elsewhere, docs/OPERATIONS.md)."""
+    check_private(certs_dir / "server.key", "--certs: the TLS key")
+    if (certs_dir / CA_KEY_FILE_NAME).exists():
+        check_private(certs_dir / CA_KEY_FILE_NAME, "--certs: the CA key")
 
 
 def _check_metrics_listen(config: ServerConfig) -> None:
@@ -417,18 +510,22 @@ def build_server(config: ServerConfig):
     storage = config.storage
     if not config.create_store:
         check_store_exists(storage)
-    key_path = signing_key_path(storage, config.signing_key_path)
+    key = OneKey(signing_key_path(storage, config.signing_key_path),
+                 create=config.create_store or storage.database_url is None, access=config.token_access)
+    if key.in_token:
+        key()  # a wrong PIN, token or label is one line before any storage is created
+    token_anchor_key = (open_anchor_key(storage, config.anchor_key_path, config.anchor_network, config.token_access)
+                        if config.chain and is_pkcs11_uri(config.anchor_key_path) else None)
     chain = open_chain(config.chain) if config.chain else None
     ledger = None
     try:
-        create_key = config.create_store or storage.database_url is None
         ledger = open_ledger(storage, create=config.create_store, policy=Policy(config.purchase_approval_threshold_sats),
-                             backoff=jittered_backoff, proofs=sealing_proofs(key_path, create=create_key), repair=True,
+                             backoff=jittered_backoff, proofs=sealing_proofs(key), repair=True,
                              connections_max=config.call_threads + BACKGROUND_CONNECTIONS)
-        signer = tree_head_signer(ledger, key_path, create=create_key,
-                                  keep_every_events=config.tree_head_keep_every_events)
-        anchor_key = open_anchor_key(storage, config.anchor_key_path, config.anchor_network) if chain else None
-        checkpoints = log_checkpoints(key_path, config.log_origin)
+        signer = tree_head_signer(ledger, key, keep_every_events=config.tree_head_keep_every_events)
+        anchor_key = token_anchor_key or (
+            open_anchor_key(storage, config.anchor_key_path, config.anchor_network) if chain else None)
+        checkpoints = log_checkpoints(key, config.log_origin)
         _warn_if_origin_changed(ledger, checkpoints.origin)
         return LedgerServer(config, ServerParts(ledger, signer, chain, anchor_key, clock_us, checkpoints,
                                                 tuple(witness_endpoints(config))))

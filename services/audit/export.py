@@ -16,6 +16,8 @@ from ledger.anchoring import Outpoint
 from ledger.anchors import Anchor
 from ledger.application import ReserveLedger
 from ledger.audit import HEADERS_MAX, custody_accounts
+from ledger.events import parse_canonical_bytes
+from ledger.key_history import ROTATION_EVENT, KeyHistory
 from ledger.state import InvariantBroken, ReserveState
 from ledger.tree_heads import TreeHead
 from services.audit import bundle
@@ -139,8 +141,8 @@ def write_bundle(source: BundleSource, out_dir: str | pathlib.Path, backend=None
 
 def _write(source: BundleSource, out: pathlib.Path, backend, progress: Callable[[int], None]) -> dict:
     size = source.snapshot_size()
-    public_key_raw = source.public_key_raw()
-    _write_events(source.event_pages(size), out, size, progress)
+    keys = _write_events(source.event_pages(size), out, size, progress)
+    public_key_raw = keys.first_key_for(source.public_key_raw())  # the log's first key: what an auditor pins
     heads = source.tree_heads(size)
     bundle.write_json(out, bundle.TREE_HEADS, [
         {"tree_size": h.tree_size, "root_hash": h.root_hash.hex(), "timestamp_us": h.timestamp_us,
@@ -161,18 +163,29 @@ def _write(source: BundleSource, out: pathlib.Path, backend, progress: Callable[
     return bundle.seal(out, counts)
 
 
-def _write_events(pages: Iterator[list[bytes]], out: pathlib.Path, size: int, progress: Callable[[int], None]) -> None:
-    writer = bundle.EventsWriter(out)
+def _observe_rotation(keys: KeyHistory, event_bytes: bytes) -> None:
+    try:
+        keys.observe(parse_canonical_bytes(event_bytes))
+    except ValueError:
+        pass  # not a canonical event: the audit names it
+
+
+def _write_events(pages: Iterator[list[bytes]], out: pathlib.Path, size: int,
+                  progress: Callable[[int], None]) -> KeyHistory:
+    writer, keys = bundle.EventsWriter(out), KeyHistory()
     try:
         for page in pages:
             for event_bytes in page:
                 writer.write(event_bytes)
+                if ROTATION_EVENT.encode() in event_bytes:
+                    _observe_rotation(keys, event_bytes)
             progress(writer.count)
     finally:
         writer.close()
     if writer.count != size:
         raise LogShorterThanItsHead(f"the source gave {writer.count} events, not the snapshot's {size}; "
                                     "no bundle written")
+    return keys
 
 
 def _remove_partial_bundle(out: pathlib.Path, created: bool) -> None:

@@ -56,6 +56,7 @@ def audit_result(facts: dict) -> dict:
             "replay_stopped_at": facts["replay_stopped_at"], "tree_heads": facts["tree_heads"],
             "anchors": facts["anchors"], "anchor_genesis": facts.get("anchor_genesis"),
             "anchor_genesis_pinned": facts.get("anchor_genesis_pinned"),
+            "log_key": facts.get("log_key"), "key_rotations": facts.get("key_rotations", []),
             "headers": facts.get("headers"), "chain": facts.get("chain"),
             "reserves": facts.get("reserves"), "balances": facts["balances"], "holdings": facts["holdings"],
             "cost_basis": facts["cost_basis"], "custody_accounts": facts["accounts"],
@@ -218,6 +219,12 @@ def _verdict(result: dict) -> str:
     scope = (f"{result['events']:,} events (root <code>{_e(result['root_hash'])}</code>), "
              f"{len(result['tree_heads'])} signed tree heads, {len(result['anchors'])} anchors. "
              f"Balances as of log position {result['as_of_position']} ({utc(result.get('as_of_time_us'))}).")
+    if result.get("log_key"):
+        rotations = result.get("key_rotations") or []
+        scope += (f" Tree heads checked from the log's first key <code>{_e(result['log_key'])}</code> (pin it with "
+                  f"--log-key) through {len(rotations)} key rotation(s)"
+                  + "".join(f"; at position {r['position']} to <code>{_e(r['public_key'])}</code>" for r in rotations)
+                  + ".")
     chain = result.get("chain")
     chain_text = (f" Checked against the auditor's node <code>{_e(chain['spec'])}</code> at height "
                   f"{chain['tip_height']}." if chain else " Offline audit: no Bitcoin node was consulted "

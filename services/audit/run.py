@@ -17,13 +17,16 @@ FINDINGS_PRINTED_MAX = 50
 def audit_directory(directory: pathlib.Path, backend=None, chain_label: str | None = None,
                     progress: Callable[[int], None] = lambda n: None, anchor_genesis: Outpoint | None = None,
                     witnesses: tuple = (), witness_quorum: int = 0,
-                    control_proofs: pathlib.Path | None = None) -> dict:
+                    control_proofs: pathlib.Path | None = None, log_key: bytes | None = None) -> dict:
     """The facts of one bundle: the offline checks, then, with a backend (the auditor's node), the chain's.
     `anchor_genesis` is the auditor's pin (from an earlier report): the bundle must name it, and the chain of
-    anchors is followed from it rather than from the bundle's."""
+    anchors is followed from it rather than from the bundle's. `log_key` is the log's first tree-head key the
+    auditor pins: the bundle's must be it (its key rotations are then followed from it)."""
     facts = bundle.audit_bundle(directory, progress)
     facts["public_key_hex"] = bundle.read_small_files(directory)["public_key_hex"]
     facts["witnessing"] = check_witnesses(directory, facts, list(witnesses), witness_quorum)
+    if log_key is not None:
+        audit.check_pinned_log_key(facts["log_key"], log_key, facts["findings"])
     facts["anchor_genesis_pinned"] = None if anchor_genesis is None else str(anchor_genesis)
     if anchor_genesis is not None:
         audit.check_pinned_genesis(facts["anchor_genesis"], anchor_genesis, facts["findings"])
@@ -135,6 +138,9 @@ def _print_summary(result: dict) -> None:
                f"{len(result['anchors'])} anchors, replay to position {result['as_of_position']}")
     if result.get("anchor_genesis"):
         summary += f"; anchor genesis {result['anchor_genesis']} (pin it in later audits with --anchor-genesis)"
+    if result.get("log_key"):
+        summary += (f"; first tree-head key {result['log_key']} with {len(result.get('key_rotations') or [])} "
+                    "rotation(s) (pin it with --log-key)")
     if result["verdict"] == "PASS":
         print(f"OK: {summary}")
     else:

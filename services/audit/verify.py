@@ -66,6 +66,7 @@ class _Scan:
         store = ledger.store
         self.report = report
         self.public_key_raw = public_key_raw
+        self.first_key_raw = self.last_key_raw = public_key_raw  # until the key history is followed
         # By size; a head of the empty log commits to nothing the rows could contradict.
         self.heads = [head for head in store.list_tree_heads() if head.tree_size > 0]
         projection = store.load_projection(PROJECTION_NAME)
@@ -118,9 +119,22 @@ class _Scan:
     def append_leaf(self, position: int, leaf: bytes) -> None:
         self.rebuild.append(leaf)
 
+    def follow_key_history(self) -> None:
+        """From the key given (the first key, or the one in force now) through each SigningKeyRotated event."""
+        if self.public_key_raw is None:
+            return
+        keys = self.rebuild.keys
+        self.first_key_raw = keys.first_key_for(self.public_key_raw)
+        for position, why in keys.problems(self.first_key_raw):
+            self.report.add(position, f"position {position}: {why}")
+        self.last_key_raw = keys.last_key(self.first_key_raw)
+        if keys.rotations:
+            self.report.notes.append(f"the tree-head key was rotated {len(keys.rotations)} time(s); first key "
+                                     f"{self.first_key_raw.hex()}")
+
     def check_heads(self) -> None:
         size = self.rebuild.size
-        for check in self.rebuild.head_checks(self.heads, self.public_key_raw):
+        for check in self.rebuild.head_checks(self.heads, self.first_key_raw):
             head = check.head
             if check.root_matches is None:
                 self.report.add(size, f"tree head {head.tree_size} covers more events than the log holds ({size})")
@@ -152,6 +166,7 @@ def verify_ledger(ledger: ReserveLedger, public_key_raw: bytes | None,
             expected += 1
         progress(expected)
     report.events = size
+    scan.follow_key_history()
     scan.check_heads()
     _check_after_scan(ledger, scan, size, report)
     check_stored_anchors(scan.anchors, ledger.store.load_anchor_genesis(), scan.rebuild.roots, size, report)
@@ -187,7 +202,7 @@ def _check_saved_states(store, scan: _Scan, size: int, report: VerifyReport) -> 
     """Each saved state's proof (with the public key), saved states beyond the log, rows kept for inspection."""
     rows = [(f"projection {PROJECTION_NAME!r}", *scan.projection)] if scan.projection else []
     rows += [("checkpoint", position, store.load_checkpoint(position)[1]) for position in scan.saved_states]
-    proofs = None if scan.public_key_raw is None else StateProofs(store, scan.public_key_raw)
+    proofs = None if scan.last_key_raw is None else StateProofs(store, scan.last_key_raw)
     for row, position, state_bytes in rows:
         if position >= size:
             report.add(None, f"the saved {row} at position {position} is beyond the log ({size} events)")

@@ -17,6 +17,7 @@ import secrets
 import stat
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 import pbk
 from base58check import b58decode, b58encode
@@ -309,6 +310,20 @@ def _signing_key(key: "AnchorKey | str") -> PrivateKey:
     return PrivateKey(b=secret)
 
 
+def _input_signer(key) -> tuple[bytes, Callable[[Transaction, Script, int], str]]:
+    """(compressed public key, signer of input 0 -> hex DER + SIGHASH_ALL) for an AnchorKey or a WIF, or for a
+    key that signs BIP-143 digests itself (`sign_digest`, a key in a PKCS#11 token: services/keys/)."""
+    if hasattr(key, "sign_digest"):
+        def sign_in_token(tx: Transaction, script_code: Script, amount_sats: int) -> str:
+            digest = tx.get_transaction_segwit_digest(0, script_code, amount_sats, SIGHASH_ALL)
+            return (key.sign_digest(digest) + bytes([SIGHASH_ALL])).hex()
+        return key.public_key, sign_in_token
+    signing_key = _signing_key(key)
+    public_key = bytes.fromhex(signing_key.get_public_key().to_hex(compressed=True))
+    return public_key, lambda tx, script_code, amount_sats: minimal_der_signature(
+        signing_key.sign_segwit_input(tx, 0, script_code, amount_sats))
+
+
 def build_anchor_tx(prev: Utxo, key: "AnchorKey | str", payload: bytes, fee_rate_sat_per_vb: FeeRate,
                     fee_max_sats: int, locktime_height: int, change_public_key: bytes | None = None) -> AnchorTx:
     """Build and sign the anchor spending ``prev`` (a P2WPKH output of ``key``); its change pays ``key`` again,
@@ -317,14 +332,13 @@ def build_anchor_tx(prev: Utxo, key: "AnchorKey | str", payload: bytes, fee_rate
     Refuses with FeeAboveCap or ChangeBelowDust; the result is checked with check_anchor_shape and
     libbitcoinkernel before it is returned. The txid is the hash of the bytes returned.
     """
-    signing_key = _signing_key(key)
-    public_key = bytes.fromhex(signing_key.get_public_key().to_hex(compressed=True))
+    public_key, sign_input = _input_signer(key)
     script_pubkey = p2wpkh_script_pubkey(public_key)
     plan = _plan(prev, public_key, payload, fee_rate_sat_per_vb, fee_max_sats, locktime_height, change_public_key)
     change_script = p2wpkh_script_pubkey(change_public_key or public_key)
     # BIP143 scriptCode of a P2WPKH input is the P2PKH template, not the scriptPubKey.
     script_code = Script(["OP_DUP", "OP_HASH160", hash160(public_key).hex(), "OP_EQUALVERIFY", "OP_CHECKSIG"])
-    signature = minimal_der_signature(signing_key.sign_segwit_input(plan.tx, 0, script_code, prev.value_sats))
+    signature = sign_input(plan.tx, script_code, prev.value_sats)
     plan.tx.witnesses = [TxWitnessInput([signature, public_key.hex()])]
     raw = plan.tx.to_bytes(True)
     parsed = parse_transaction(raw)

@@ -52,6 +52,9 @@ def add_audit_commands(commands) -> None:
     audit.add_argument("--witness-quorum", type=int, default=None, metavar="K",
                        help="cosignatures from the listed witnesses the last head and every confirmed anchor's head "
                             "must carry (default: every --witness)")
+    audit.add_argument("--log-key", metavar="HEX",
+                       help="the log's first tree-head public key (64 hex), pinned: the bundle's must be it, and "
+                            "each SigningKeyRotated event is followed from it")
     audit.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report and FILE.json")
     audit.add_argument("--control-proofs", metavar="DIR",
                        help="DIR/challenge.json and DIR/signatures/: every funded script must prove control with a "
@@ -127,6 +130,18 @@ def _export(source, args) -> int:
     return 0
 
 
+def _log_key(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigurationInvalid("--log-key must be 64 hex digits (a raw Ed25519 public key)")
+    return key
+
+
 def cmd_audit(args) -> int:
     if args.chain:
         check_spec(args.chain)
@@ -150,7 +165,7 @@ def cmd_audit(args) -> int:
     try:
         with _progress_bar(bundle_event_count(directory), "auditing") as bar:
             facts = audit_directory(directory, backend, args.chain, lambda n: bar.update(n - bar.n), pinned,
-                                    witnesses, quorum, proofs)
+                                    witnesses, quorum, proofs, _log_key(args.log_key))
     except bundle.BundleInvalid as error:
         print(f"FAIL bundle: {error}")
         return 1

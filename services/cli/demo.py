@@ -190,7 +190,7 @@ def _custody_addresses(directory: pathlib.Path) -> dict[str, str]:
     """A watch-only regtest address per custody account (the custodians' keys are not the ledger's business;
     the demo keeps them in DATA_DIR/custody-keys so that a rerun on the same directory finds the same ones)."""
     keys_dir = directory / "custody-keys"
-    keys_dir.mkdir(exist_ok=True)
+    keys_dir.mkdir(mode=0o700, exist_ok=True)
     addresses = {}
     for account_id, *_ in CUSTODY_ACCOUNTS:
         if account_id == MULTISIG_ACCOUNT:

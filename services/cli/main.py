@@ -18,7 +18,7 @@ from services import compose
 from services.api.certs import init_certs, parse_identities
 from services.bitcoin.backends import CHAIN_SPEC_HELP
 from services.bitcoin.regtest.command import add_regtest_node_command
-from services.cli import anchor, audit, reserves, witness
+from services.cli import anchor, audit, keys, reserves, witness
 from services.cli.errors import OneLineArgumentParser, run_command
 from services.cli.options import add_setting, add_storage_options, position, positive_number, storage_from
 from services.cli.tables import balances_table, holdings_table
@@ -30,9 +30,11 @@ ANCHOR_DEFAULTS = AnchorPolicy()
 def _server_config(args) -> compose.ServerConfig:
     return compose.ServerConfig(
         listen=args.listen, data_dir=None if args.database else args.data_dir, database_url=args.database,
+        database_password_file=args.database_password_file,
         certs_dir=args.certs_dir, insecure_loopback=args.insecure_loopback, create_store=args.create_store,
         purchase_approval_threshold_sats=args.purchase_approval_threshold_sats,
         signing_key_path=args.signing_key, tree_head_keep_every_events=args.tree_head_keep_every_events,
+        pkcs11_pin_file=args.pkcs11_pin_file, pkcs11_module=args.pkcs11_module,
         chain=args.chain, anchor_key_path=args.anchor_key, anchor_network=args.anchor_network,
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
         monitor_interval_s=args.monitor_interval_s,
@@ -160,8 +162,10 @@ def _add_serve(commands) -> None:
     add_setting(serve, "--init", config, "create_store", action="store_true")
     add_setting(serve, "--purchase-approval-threshold-sats", config, "purchase_approval_threshold_sats",
                 type=int, metavar="SATS")
-    serve.add_argument("--signing-key", metavar="FILE", help="Ed25519 PEM key for tree heads (default "
-                       "DATA_DIR/tree-head-signing.key, created on first start; required with --database)")
+    serve.add_argument("--signing-key", metavar="FILE|URI", help="Ed25519 key for tree heads: a PEM file (default "
+                       "DATA_DIR/tree-head-signing.key, created on first start; required with --database) or a "
+                       "pkcs11: URI naming a key in a token (`keys init --pkcs11`)")
+    keys.add_token_options(serve)
     add_setting(serve, "--tree-head-keep-every-events", config, "tree_head_keep_every_events", type=int, metavar="N")
     add_setting(serve, "--metrics-listen", config, "metrics_listen", metavar="HOST:PORT")
     add_setting(serve, "--call-threads", config, "call_threads", type=int, metavar="N")
@@ -169,8 +173,9 @@ def _add_serve(commands) -> None:
     add_setting(serve, "--streams-total-max", config, "streams_total_max", type=int, metavar="N")
     serve.add_argument("--chain", metavar="SPEC", help=f"anchor tree heads in Bitcoin: {CHAIN_SPEC_HELP} "
                        "(default: no anchoring)")
-    serve.add_argument("--anchor-key", metavar="FILE", help="WIF key of the fee-only anchor wallet "
-                       "(regtest default DATA_DIR/anchor-wallet.wif, created on first start)")
+    serve.add_argument("--anchor-key", metavar="FILE|URI", help="WIF key of the fee-only anchor wallet "
+                       "(regtest default DATA_DIR/anchor-wallet.wif, created on first start), or a pkcs11: URI "
+                       "naming a secp256k1 key in a token")
     add_setting(serve, "--network", config, "anchor_network", choices=compose.NETWORKS)
     serve.add_argument("--anchor-interval-s", type=positive_number(float), default=ANCHOR_DEFAULTS.interval_s,
                        help=f"anchor step period (default {ANCHOR_DEFAULTS.interval_s:g})")
@@ -245,6 +250,7 @@ def build_parser() -> OneLineArgumentParser:
     witness.add_witness_commands(commands)
     witness.add_checkpoint_command(commands)
     reserves.add_reserves_commands(commands)
+    keys.add_keys_commands(commands)
     return parser
 
 

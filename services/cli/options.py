@@ -30,11 +30,13 @@ def add_storage_options(parser: argparse.ArgumentParser):
     group.add_argument("--data-dir", default=default_of(StorageConfig, "data_dir"), metavar="DIR",
                        help=help_of(StorageConfig, "data_dir"))
     group.add_argument("--database", metavar="URL", help=help_of(StorageConfig, "database_url"))
+    parser.add_argument("--database-password-file", metavar="FILE",
+                        help=help_of(StorageConfig, "database_password_file"))
     return group
 
 
 def storage_from(args) -> StorageConfig:
-    return storage_of(args.data_dir, args.database)
+    return storage_of(args.data_dir, args.database, getattr(args, "database_password_file", None))
 
 
 def position(text: str) -> int:

@@ -4,11 +4,15 @@ The env is complete and explicit: the ledger application does not merge os.envir
 variable (e.g. POSTGRES_ENABLE_DB_FUNCTIONS, which would drop the insert lock) cannot change storage.
 """
 
+import logging
+import os
 import pathlib
 import re
+import stat
 from urllib.parse import parse_qs, unquote, urlparse
 
 from services.errors import ConfigurationInvalid
+from services.keys.files import PRIVATE_DIR_MODE, PRIVATE_MODE
 
 SQLITE_FILE_NAME = "ledger.sqlite"
 POSTGRES_LOCK_TIMEOUT_S = 5
@@ -17,13 +21,15 @@ POSTGRES_LOCK_TIMEOUT_S = 5
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # The event store writes each event's canonical bytes as they are (services/store/mapper.py).
 MAPPER_TOPIC = "services.store.mapper:CanonicalBytesMapper"
+log = logging.getLogger("reserve_ledger.store")
 
 
 def sqlite_env(data_dir: str | pathlib.Path, create: bool = True) -> dict:
-    """With `create`, the directory is made (0700) when missing; the file is created on first open."""
+    """With `create`, the directory is made (0700) when missing and the database file created (0600) when
+    missing; SQLite gives its -wal and -shm files the database file's mode."""
     path = pathlib.Path(data_dir)
     if create:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        create_private_database(path)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(path / SQLITE_FILE_NAME),
@@ -32,6 +38,39 @@ def sqlite_env(data_dir: str | pathlib.Path, create: bool = True) -> dict:
         "MAPPER_TOPIC": MAPPER_TOPIC,
         "CREATE_TABLE": "y",
     }
+
+
+def create_private_database(data_dir: pathlib.Path) -> None:
+    """The data dir (0700) and an empty database file, 0600 from the first byte (SQLite would create it 0644
+    under the usual umask, and its -wal and -shm files with it). An existing empty directory is made 0700; a
+    non-empty one keeps its mode, with a warning when group or others may enter it."""
+    data_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if mode & 0o077 and not any(data_dir.iterdir()):
+        data_dir.chmod(PRIVATE_DIR_MODE)
+    elif mode & 0o077:
+        log.warning("the data dir %s has mode %04o: group or others may enter it; `chmod 700 %s` keeps the "
+                    "database and keys to their owner", data_dir, mode, data_dir)
+    try:
+        os.close(os.open(data_dir / SQLITE_FILE_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE))
+    except FileExistsError:
+        pass
+
+
+def tighten_database_files(data_dir: pathlib.Path) -> list[pathlib.Path]:
+    """A data dir made by an older version may hold ledger.sqlite (and its -wal, -shm) at 0644: make them 0600
+    (only the owner may, and it changes no byte). Returns the files changed, to be reported."""
+    changed = []
+    for suffix in ("", "-wal", "-shm"):
+        path = data_dir / (SQLITE_FILE_NAME + suffix)
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                path.chmod(PRIVATE_MODE)
+                changed.append(path)
+        except (FileNotFoundError, PermissionError):
+            continue
+    return changed
 
 
 def _schema(name: str) -> str:

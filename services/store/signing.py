@@ -7,14 +7,14 @@ appends; the frontier starts from the stored log, checked against the latest sig
 (`open_log`). Events found beyond the latest head, or that contradict it, raise a `LogIntegrityAlarm`: the
 server refuses writes until an operator has looked (docs/OPERATIONS.md).
 
-With SQLite the key lives in the data directory (created on first start, mode 0600). With PostgreSQL
-every replica must sign with the same key, so `--signing-key FILE` is required and the file is
-provisioned like the TLS keys. Losing the key loses no history: heads already signed stay verifiable
-with the published public key; a new key signs new heads (its key id differs).
+With SQLite the key lives by default in the data directory (created on first start, mode 0600 from the
+first byte); it may instead live in a PKCS#11 token (services/keys/). With PostgreSQL every replica must sign
+with the same key, so `--signing-key FILE|URI` is required. A new key takes over only through a
+SigningKeyRotated event signed by both keys (`keys rotate`, services/keys/rotation.py): heads already signed
+stay verifiable with the old key, and whoever checks them follows the key history (ledger/key_history.py).
 """
 
 import logging
-import os
 import pathlib
 from typing import Callable, Protocol, Sequence
 
@@ -25,6 +25,8 @@ from ledger import limits, merkle
 from ledger.errors import InvariantBroken, LedgerError
 from ledger.tree_heads import (TreeHead, key_id, raw_public_key, sign_tree_head, superseded_head_kept,
                                verify_tree_head)
+from services.keys.files import read_private, write_private
+from services.keys.signers import as_signer
 
 SIGNING_KEY_FILE_NAME = "tree-head-signing.key"
 # Per-commit heads are pruned once superseded, except the first to reach each multiple of this size (and
@@ -34,26 +36,20 @@ log = logging.getLogger("reserve_ledger.tree_heads")
 
 
 def load_or_create_signing_key(path: str | pathlib.Path) -> Ed25519PrivateKey:
-    """Load the PEM key at `path`, creating it (exclusively, mode 0600) when it does not exist yet."""
+    """Load the PEM key at `path`, creating it (exclusively, mode 0600 from the first byte) when it does not
+    exist yet. A key file that group or others may read is refused (KeyFileTooOpen)."""
     path = pathlib.Path(path)
     if not path.exists():
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_private(path, pem)
         except FileExistsError:
             pass  # another process created it first: use theirs
-        else:
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(pem)
-                file.flush()
-                os.fsync(file.fileno())
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    key = serialization.load_pem_private_key(read_private(path, "the tree-head signing key"), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 private key")
     return key
-
-
 
 
 class LogIntegrityAlarm(LedgerError):
@@ -84,7 +80,7 @@ class TreeHeadSigner:
     def __init__(self, store, private_key: Ed25519PrivateKey, clock_us: Callable[[], int],
                  keep_every_events: int = TREE_HEAD_KEEP_EVERY_EVENTS):
         self._store = store
-        self._key = private_key
+        self._key = as_signer(private_key)
         self._clock_us = clock_us
         self._keep_every_events = keep_every_events
         self.public_key_raw = raw_public_key(private_key.public_key())
@@ -94,6 +90,19 @@ class TreeHeadSigner:
         self._pending: tuple[merkle.CompactRange, TreeHead] | None = None
         self.alarm: LogIntegrityAlarm | None = None
         self.on_alarm: Callable[[LogIntegrityAlarm], None] = lambda alarm: None
+
+    @property
+    def signing_key(self):
+        """The Ed25519 signer of heads (services/keys/signers.py: sign(message) -> bytes, public_key_bytes):
+        whatever else the log signs (checkpoints) is signed with the same key."""
+        return self._key
+
+    def rotate_to(self, new_key) -> None:
+        """Sign with `new_key` from the next commit on: `keys rotate` records the SigningKeyRotated event in
+        that commit, so the first head that includes the rotation is the new key's (ledger/key_history.py)."""
+        self._key = as_signer(new_key)
+        self.public_key_raw = raw_public_key(new_key.public_key())
+        self.key_id = key_id(new_key.public_key())
 
     def latest(self) -> TreeHead | None:
         """The latest stored head (None when none was ever signed), its signature checked first."""
@@ -171,7 +180,9 @@ class TreeHeadSigner:
         previous = recent[0]
         head = sign_tree_head(self._key, frontier.size, frontier.root(), max(self._clock_us(), previous.timestamp_us))
         retained = recent[1].tree_size if len(recent) > 1 else None
-        kept = superseded_head_kept(previous.tree_size, retained, self._keep_every_events)
+        # The last head a key signed before a rotation is kept too: its final word, linked to the new key's heads.
+        kept = previous.key_id != head.key_id or superseded_head_kept(previous.tree_size, retained,
+                                                                        self._keep_every_events)
         self._pending = (frontier, head)
         return head, None if kept else previous.tree_size
 

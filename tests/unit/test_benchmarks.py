@@ -72,3 +72,12 @@ def test_reserves_benchmark_reconciles_and_proves_control_of_what_it_funded(tmp_
     assert re.search(r"derivation: 60 scripts of a 2-of-3 multisig", out)
     assert re.search(r"reconciliation \(embedded\): [\d,]+ scripts scanned, 4 funded, status match", out)
     assert re.search(r"control proofs: 4 BIP-322 2-of-3 signatures verified .*; proven ([\d,]+) of \1 sats", out)
+
+
+def test_signing_benchmark_compares_a_softhsm2_token_with_a_key_file():
+    """The script creates its own SoftHSM2 token, checks a signature of each kind, and reports both costs."""
+    out = run("bench_signing.py", "--signatures", "40")
+    for kind in ("tree head", "anchor digest"):
+        for where in ("key file", "SoftHSM2"):
+            assert re.search(rf"{kind}, {where}: p50 [\d.,]+ us, p99 [\d.,]+ us per signature", out), out
+        assert re.search(rf"{kind}: SoftHSM2 / key file \(p50\): \d+\.\d\d", out)
