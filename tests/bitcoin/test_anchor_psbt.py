@@ -312,6 +312,14 @@ def _export_and_audit(ledger, tmp_path, name: str, spec: str, genesis: str) -> s
     return _cli("audit", out, "--chain", spec, "--anchor-genesis", genesis)
 
 
+def _only_the_unregistered_reserves_fail(audited: subprocess.CompletedProcess) -> None:
+    """Every check of the audit holds but the proof of reserves of the fixture's custody account, which has no
+    address (the audit names such an account rather than leaving it out): the anchors all pass."""
+    failures = [line for line in audited.stdout.splitlines() if line.startswith("FAIL ")]
+    assert failures and all(line.startswith("FAIL reserves account cold-a") or line.startswith("FAIL: ")
+                            for line in failures), audited.stdout + audited.stderr
+
+
 def test_the_built_in_key_imported_into_an_external_signer_continues_the_chain(ledger, chain, tmp_path):
     """A data dir anchored by its key file moves to an external signer that holds the same key (imported): the
     next anchor is a PSBT spending the built-in anchor's change, signed outside."""
@@ -381,12 +389,12 @@ def test_the_anchor_wallet_moves_from_the_built_in_key_to_external_signers_in_on
     assert verified.returncode == 0, verified.stdout + verified.stderr
     genesis = _genesis(ledger)
     on_embedded = _export_and_audit(ledger, tmp_path, "bundle", spec, genesis)
-    assert on_embedded.returncode == 0, on_embedded.stdout + on_embedded.stderr
+    _only_the_unregistered_reserves_fail(on_embedded)
     assert f"anchors on chain from the genesis {genesis}: 6" in on_embedded.stdout, on_embedded.stdout
     with RegtestNode(chain) as node:
         through_core = _cli("audit", tmp_path / "bundle", "--chain", f"core:{node.rpc_url}?cookie={node.cookie_file}",
                             "--anchor-genesis", genesis)
-    assert through_core.returncode == 0, through_core.stdout + through_core.stderr
+    _only_the_unregistered_reserves_fail(through_core)
 
 
 def _genesis(ledger) -> str:
