@@ -115,3 +115,31 @@ def test_an_idle_follow_stream_delivers_a_new_event_as_soon_as_it_is_committed(s
         assert received and received[0].events[0].position == 2, received
     finally:
         stream.cancel()
+
+
+def test_the_total_stream_cap_refuses_any_identity_once_reached(tmp_path, certs_dir):
+    """Goal: the configured caps hold: two streams per identity, three in all; the fourth stream, from an
+    identity under its own cap, is refused RESOURCE_EXHAUSTED (STREAM_LIMIT_REACHED) until one closes."""
+    server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0",
+                                       data_dir=str(tmp_path / "data"), certs_dir=str(certs_dir),
+                                       streams_per_identity_max=2, streams_total_max=3)).start()
+    clients = Clients(f"127.0.0.1:{server.port}", certs_dir)
+    streams = []
+    try:
+        funded(clients, "cold-a", 1)
+        for stub in (clients.dave, clients.dave, clients.erin):
+            streams.append(stub.StreamEvents(pb.StreamEventsRequest(start_position=0)))
+            assert next(streams[-1]).events
+        refused = clients.erin.StreamEvents(pb.StreamEventsRequest(start_position=0))
+        with pytest.raises(grpc.RpcError) as caught:
+            next(refused)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_reason(caught.value) == "STREAM_LIMIT_REACHED"
+        streams.pop(0).cancel()
+        wait_for(lambda: server.slots.open_count() == 2, what="a slot to free up")
+        streams.append(clients.erin.StreamEvents(pb.StreamEventsRequest(start_position=0)))
+        assert next(streams[-1]).events
+    finally:
+        for stream in streams:
+            stream.cancel()
+        server.stop(grace_s=1)
