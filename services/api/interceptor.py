@@ -106,12 +106,22 @@ class LedgerInterceptor(grpc.aio.ServerInterceptor):
         self.faults = faults or FaultLog()
         self._observe, self._streams = observe, streams
         self.slots = slots or StreamSlots()
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}   # method -> its wrapped handler (built once)
 
     async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        guarded = self._guarded.get(method)
+        if guarded is not None:
+            return guarded
+        handler = await continuation(handler_call_details)
         if handler is None or not method.startswith(OWN_PREFIXES):
             return handler
+        guarded = self._guard(handler, method)
+        self._guarded[method] = guarded
+        return guarded
+
+    def _guard(self, handler, method: str):
+        """The method's handler wrapped by a _Guard (which keeps no per-call state, so one serves every call)."""
         guard = _Guard(handler, method, self._dev_mode, self.faults, self._observe, self._streams, self.slots)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(

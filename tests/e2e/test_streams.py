@@ -25,6 +25,7 @@ CYCLES = 4               # rounds without and with the streams, interleaved; the
                          # the machine is shared and noisy, and a burst of another process's work spoils a round,
                          # while a cost the streams put on every call shows in every round with them
 THREADS_GROWTH_MAX = 50  # a thread per stream would add a thousand
+EVENTS_BIG = 80          # accounts with the most addresses: ~14 KB each, the log far bigger than a 64 KiB window
 
 
 def p99_s(stub, calls: int = LATENCY_SAMPLES) -> float:
@@ -115,3 +116,74 @@ def test_an_idle_follow_stream_delivers_a_new_event_as_soon_as_it_is_committed(s
         assert received and received[0].events[0].position == 2, received
     finally:
         stream.cancel()
+
+
+def test_the_total_stream_cap_refuses_any_identity_once_reached(tmp_path, certs_dir):
+    """Goal: the configured caps hold: two streams per identity, three in all; the fourth stream, from an
+    identity under its own cap, is refused RESOURCE_EXHAUSTED (STREAM_LIMIT_REACHED) until one closes."""
+    server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0",
+                                       data_dir=str(tmp_path / "data"), certs_dir=str(certs_dir),
+                                       streams_per_identity_max=2, streams_total_max=3)).start()
+    clients = Clients(f"127.0.0.1:{server.port}", certs_dir)
+    streams = []
+    try:
+        funded(clients, "cold-a", 1)
+        for stub in (clients.dave, clients.dave, clients.erin):
+            streams.append(stub.StreamEvents(pb.StreamEventsRequest(start_position=0)))
+            assert next(streams[-1]).events
+        refused = clients.erin.StreamEvents(pb.StreamEventsRequest(start_position=0))
+        with pytest.raises(grpc.RpcError) as caught:
+            next(refused)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_reason(caught.value) == "STREAM_LIMIT_REACHED"
+        streams.pop(0).cancel()
+        wait_for(lambda: server.slots.open_count() == 2, what="a slot to free up")
+        streams.append(clients.erin.StreamEvents(pb.StreamEventsRequest(start_position=0)))
+        assert next(streams[-1]).events
+    finally:
+        for stream in streams:
+            stream.cancel()
+        server.stop(grace_s=1)
+
+
+def test_a_follow_stream_whose_reader_stops_reading_stops_reading_the_log(stream_server, certs_dir):
+    """Goal: flow control: the server awaits each write, so a client that stops reading (here one whose HTTP/2
+    window stays at gRPC's initial 64 KiB: BDP probing off) holds the stream at a few batches in memory instead
+    of the whole log; when it reads again, every event arrives."""
+    import hashlib
+
+    from ledger import limits
+    from reserve_ledger.v1 import ledger_pb2_grpc
+    from services.bitcoin.addresses import address_of_script_pubkey
+    clients = Clients(f"127.0.0.1:{stream_server.port}", certs_dir)
+    for n in range(EVENTS_BIG):
+        addresses = [address_of_script_pubkey(b"\x00\x20" + hashlib.sha256(f"{n}/{i}".encode()).digest(), "regtest")
+                     for i in range(limits.ADDRESSES_MAX)]
+        clients.alice.OpenAccount(pb.OpenAccountRequest(
+            request_id=f"open-{n}", account_id=f"cold-{n:04d}", kind=pb.ACCOUNT_KIND_COLD, custodian="Vault",
+            wallet_label="w" * 64, quorum=pb.Quorum(required=2, total=3), addresses=addresses), timeout=30)
+    reads = []
+    read_events = stream_server.ledger.read_events
+    stream_server.ledger.read_events = lambda start, limit: reads.append(start) or read_events(start, limit)
+    channel = grpc.secure_channel(clients.address, _credentials(certs_dir, "dave"), options=[
+        ("grpc.ssl_target_name_override", "localhost"), ("grpc.http2.bdp_probe", 0)])
+    stream = ledger_pb2_grpc.ReserveLedgerServiceStub(channel).StreamEvents(
+        pb.StreamEventsRequest(start_position=0, batch_size=1))
+    try:
+        assert next(stream).events[0].position == 0
+        time.sleep(2)  # the client reads nothing: the server must stall
+        stalled_at = len(reads)
+        assert stalled_at <= EVENTS_BIG // 4, f"the server read {stalled_at} batches for a reader that stopped"
+        positions = [0]
+        while positions[-1] < EVENTS_BIG - 1:
+            positions.extend(event.position for event in next(stream).events)
+        assert positions == list(range(EVENTS_BIG))
+    finally:
+        stream.cancel()
+        channel.close()
+
+
+def _credentials(certs_dir, identity: str) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(root_certificates=(certs_dir / "ca.pem").read_bytes(),
+                                        private_key=(certs_dir / f"{identity}.key").read_bytes(),
+                                        certificate_chain=(certs_dir / f"{identity}.pem").read_bytes())
