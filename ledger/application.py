@@ -338,7 +338,7 @@ class ReserveLedger(Application):
         if stored is not None:
             proven = self._proven(f"projection {PROJECTION_NAME}", *stored)
             if proven is not None:
-                self._lot_chunks_saved_until = proven.lots.created - len(proven.lots.chunks[-1])
+                self._lot_chunks_saved_until = proven.lots.created - len(proven.lots.tail)
                 return proven
         state = self._catch_up(self._proven_checkpoint(self.store.log_size() - 1) or ReserveState(), self.fold_limit)
         if stored is not None and self._repair and self._can_seal:
@@ -451,7 +451,7 @@ class ReserveLedger(Application):
         chunks = state.lots.full_chunks(self._lot_chunks_saved_until)
         if chunks:
             self.store.save_lot_chunks(chunks)
-        self._lot_chunks_saved_until = state.lots.created - len(state.lots.chunks[-1])
+        self._lot_chunks_saved_until = state.lots.created - len(state.lots.tail)
 
     def projection_position(self) -> int:
         """The last position folded into the read projection (a lag gauge; no catching up)."""
