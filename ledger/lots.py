@@ -56,7 +56,6 @@ class LotQueue:
         self.first_number = 0               # the number of the first held lot: a multiple of LOT_CHUNK_LOTS
         self.head_number = 0                # the oldest lot not fully consumed (== created when every lot is)
         self.head_taken_sats = 0            # sats already taken from the head lot
-        self.remaining_sats = 0             # sats left in all lots
         self._head_chunk: list[Lot] | None = None   # full[0] parsed, once the head needs it
 
     @property
@@ -69,7 +68,6 @@ class LotQueue:
 
     def append(self, lot: Lot) -> None:
         self.tail.append(lot)
-        self.remaining_sats += lot.quantity_sats
         if len(self.tail) == LOT_CHUNK_LOTS:
             chunk = _chunk_bytes(self.created - LOT_CHUNK_LOTS, self.newest_digest, self.tail)
             if not self.full:
@@ -93,7 +91,6 @@ class LotQueue:
             left_sats = chunk[index].quantity_sats - self.head_taken_sats
             taken_sats = min(left_sats, amount_sats)
             amount_sats -= taken_sats
-            self.remaining_sats -= taken_sats
             if taken_sats < left_sats:
                 self.head_taken_sats += taken_sats
                 continue
@@ -124,7 +121,7 @@ class LotQueue:
         twin.full, twin.tail = collections.deque(self.full), list(self.tail)   # chunks are immutable: shared
         twin.previous_digest, twin.first_number = self.previous_digest, self.first_number
         twin.head_number, twin.head_taken_sats = self.head_number, self.head_taken_sats
-        twin.remaining_sats, twin._head_chunk = self.remaining_sats, self._head_chunk
+        twin._head_chunk = self._head_chunk
         return twin
 
     # --- saved form ---------------------------------------------------------------------------------------
@@ -145,20 +142,25 @@ class LotQueue:
         digest = fields["newest_chunk"]
         while number > head - head % LOT_CHUNK_LOTS:
             number -= LOT_CHUNK_LOTS
-            chunk = _load_chunk(load_chunk, digest, number)
+            chunk, parsed = _load_chunk(load_chunk, digest, number)
             queue.full.appendleft((digest, chunk))
-            digest = json.loads(chunk)["previous"]
+            digest = parsed["previous"]
         queue.previous_digest, queue.first_number = digest, number
         queue.head_number, queue.head_taken_sats = head, fields["head_taken_sats"]
-        queue.remaining_sats = sum(remaining_sats for _, remaining_sats in queue.open_lots())
+        if not queue._head_fits():
+            raise ValueError("saved lots: more is taken from the head lot than it holds")
         return queue
+
+    def _head_fits(self) -> bool:
+        lots = self._head_lots()[self.head_number - self.first_number:]
+        return 0 <= self.head_taken_sats < lots[0].quantity_sats if lots else self.head_taken_sats == 0
 
 
 def _lots_of(chunk: dict[str, Any]) -> list[Lot]:
     return [Lot(*lot) for lot in chunk["lots"]]
 
 
-def _load_chunk(load_chunk: ChunkLoader | None, digest: str, number: int) -> bytes:
+def _load_chunk(load_chunk: ChunkLoader | None, digest: str, number: int) -> tuple[bytes, dict[str, Any]]:
     data = None if load_chunk is None else load_chunk(digest)
     if data is None:
         raise ValueError(f"saved lots: chunk {digest[:16]} (lots from {number}) is not stored")
@@ -167,4 +169,4 @@ def _load_chunk(load_chunk: ChunkLoader | None, digest: str, number: int) -> byt
     chunk = json.loads(data)
     if chunk.get("number") != number or len(chunk.get("lots", ())) != LOT_CHUNK_LOTS:
         raise ValueError(f"saved lots: chunk {digest[:16]} is not the chunk of lots from {number}")
-    return data
+    return data, chunk

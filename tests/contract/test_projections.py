@@ -183,3 +183,16 @@ def test_the_projection_decides_again_an_event_changed_after_this_process_commit
             ledger.live_state_bytes()
     finally:
         ledger.close()
+
+
+def test_a_query_without_as_of_reads_the_live_projection_not_a_copy(ledger):
+    """Queries of the present read the maintained projection itself (no copy of the whole state per query);
+    an as-of query gets its own fold, which leaves the live projection as it was."""
+    drive(ledger, rounds=1)
+    live = ledger.live_state_bytes()
+    with ledger.querying(None) as state:
+        assert state is ledger._projection
+    with ledger.querying(3) as state:
+        assert state is not ledger._projection and state.position == 3
+        state.accounts["cold-a"].credits_sats += 1
+    assert ledger.live_state_bytes() == live
