@@ -255,7 +255,7 @@ class ReserveLedger(Application):
             event: CanonicalEvent = {"format_version": 1, "position": state.position + 1, "type": event_type,
                                      "time_us": time_us, **metadata, "data": data}
             events.append(logged_event(event))  # the bytes, before the fold could touch the event
-            state.apply(event, decided_here=True)   # rules.decide just produced it on this very state
+            state.apply(event)   # decided again before it is saved: every committed event is one the replay accepts
             in_batch[command.request_id] = event
             outcomes.append(Recorded(event["position"], event_type, data))
         return outcomes, events
@@ -324,7 +324,8 @@ class ReserveLedger(Application):
 
     def _catch_up_projection(self, stop_position: int | None) -> ReserveState:
         """Fold committed events into the projection; an event this process decided and committed, found in the
-        log byte for byte as decided, is not decided again (the writer decided it on an equal state)."""
+        log byte for byte as decided, is not decided a third time (the writer decided it, then decided it
+        again while folding it into its decision state, an equal fold of the same log)."""
         state, own = self._projection, self._own_events
         for row in self._iter_rows(state.position + 1, stop_position):
             state.apply(self._parsed(row), decided_here=own.pop(row.position, None) == row.canonical_bytes)

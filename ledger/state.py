@@ -81,9 +81,9 @@ class ReserveState:
     def apply(self, event: CanonicalEvent, decided_here: bool = False) -> None:
         """Fold one event, after rules.check_recorded decided its command again and got the same event: every
         check a command passes when decided is checked again here, on replay, rebuild, verify and audit.
-        `decided_here`: the caller itself decided exactly this event on a state equal to this one (the writer,
-        moments ago), so deciding it again would repeat the same computation; never for a stored event that
-        no one in this process decided."""
+        `decided_here`: this process already decided exactly this event again on a state equal to this one (the
+        writer's decision state, moments ago), so doing it once more would repeat the same computation; never
+        for a stored event that no one in this process decided."""
         if event.get("position") != self.position + 1:
             raise InvariantBroken(self.position + 1, "POSITION_OUT_OF_ORDER",
                                   f"the event at position {self.position + 1} says position {event.get('position')}")
