@@ -229,7 +229,8 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
 
     def GetCostBasis(self, request, context):
         with self._state_at(request.as_of) as state:
-            position, view = state.position, views.cost_basis(state)
+            snapshot = state.copy()   # cheap (lot chunks are shared, immutable): the view is built outside the lock
+        position, view = snapshot.position, views.cost_basis(snapshot)
         return pb.GetCostBasisResponse(position=position, lots=[pb.Lot(**lot) for lot in view["lots"]],
                                        currencies=[pb.CurrencyCost(**c) for c in view["currencies"]])
 
