@@ -101,8 +101,9 @@ def lots_scenario(ledger, purchases: int) -> None:
     t = T0_US
     run(ledger, cmd.OpenAccount("open-a", "cold-a", "cold", "Vault", "label", 2, 3), OPERATOR, t)
     for n in range(purchases):
-        run(ledger, cmd.RecordPurchase(f"buy-{n}", "cold-a", 10_000, f"{60000 + n}", "USD", f"{(60000 + n) / 10**4:.4f}",
-                                       "V", f"T{n}", "2026-11-02"), OPERATOR, t + n + 1)
+        price, fiat = f"{60000 + n}", f"{(60000 + n) / 10**4:.4f}"
+        run(ledger, cmd.RecordPurchase(f"buy-{n}", "cold-a", 10_000, price, "USD", fiat, "V", f"T{n}", "2026-11-02"),
+            OPERATOR, t + n + 1)
     proposed = run(ledger, cmd.ProposeTransfer("sell", "cold-a", "nominal:disposals", purchases * 5000 + 2500, "sold"),
                    OPERATOR, t + purchases + 1)
     run(ledger, cmd.ApproveTransfer("sell-ok", proposed.data["transfer_id"]), APPROVER, t + purchases + 2)
