@@ -5,6 +5,7 @@ queries read (balances, holdings, cost basis, pending). It consumes events in th
 (ledger.events.CanonicalEvent). An auditor's replay uses this same fold on the exported canonical bytes.
 """
 
+import collections
 import copy
 import dataclasses
 import json
@@ -281,7 +282,9 @@ def holdings(state: ReserveState) -> dict[str, Any]:
     return {"custodians": rows, "total_sats": sum(c["balance_sats"] for c in rows)}
 
 
-def cost_basis(state: ReserveState) -> dict[str, Any]:
+def cost_basis(state: ReserveState, lots_max: int | None = None) -> dict[str, Any]:
+    """Per-currency averages and FIFO remaining cost, and the open lots (the first `lots_max` of them when given:
+    a long history holds millions; `lots_total` counts them all)."""
     per_currency: dict[str, dict[str, Any]] = {}
     with localcontext() as ctx:
         ctx.prec = 60
@@ -291,16 +294,20 @@ def cost_basis(state: ReserveState) -> dict[str, Any]:
                                   "fiat_total": totals.fiat_total,
                                   "average_price_per_btc": _plain(average.quantize(Decimal("0.00000001"))),
                                   "remaining_cost_fifo": Decimal(0), "remaining_sats": 0}
-        lots = []
+        lots, lots_total, at_price = [], 0, collections.Counter()
         for lot, remaining_sats in state.lots.open_lots():
-            lots.append({**lot._asdict(), "remaining_sats": remaining_sats})
-            entry = per_currency.get(lot.currency_code)
+            if lots_max is None or lots_total < lots_max:
+                lots.append({**lot._asdict(), "remaining_sats": remaining_sats})
+            lots_total += 1
+            at_price[lot.currency_code, lot.price_per_btc] += remaining_sats
+        for (code, price_per_btc), remaining_sats in at_price.items():   # exact: 60 digits hold every sum
+            entry = per_currency.get(code)
             if entry is not None:
                 entry["remaining_sats"] += remaining_sats
-                entry["remaining_cost_fifo"] += Decimal(lot.price_per_btc) * remaining_sats / SATS_PER_BTC
+                entry["remaining_cost_fifo"] += Decimal(price_per_btc) * remaining_sats / SATS_PER_BTC
         for entry in per_currency.values():
             entry["remaining_cost_fifo"] = _plain(entry["remaining_cost_fifo"].quantize(Decimal("0.00000001")))
-    return {"lots": lots, "currencies": list(per_currency.values())}
+    return {"lots": lots, "lots_total": lots_total, "currencies": list(per_currency.values())}
 
 
 def _plain(number: Decimal) -> str:

@@ -97,3 +97,26 @@ def test_a_missing_or_altered_chunk_is_refused_by_name():
         LotQueue.from_fields(queue.to_fields(), stored.get)
     with pytest.raises(ValueError, match="is not stored"):
         LotQueue.from_fields(queue.to_fields(), {}.get)
+
+
+def test_cost_basis_equals_the_sum_over_every_open_lot_and_lists_only_as_many_as_asked(monkeypatch):
+    """The FIFO remaining cost (summed per price, exactly) equals the per-lot sum of price x remaining sats, and
+    `lots_max` shortens the listed lots without changing the totals or the count."""
+    from decimal import Decimal, localcontext
+
+    from ledger.state import CurrencyTotal, ReserveState, cost_basis
+    queue, naive = random_run(seed=3)
+    state = ReserveState()
+    state.lots = queue
+    for code in ("USD", "EUR"):
+        state.currencies[code] = CurrencyTotal(sum(lot.quantity_sats for lot, _ in naive if lot.currency_code == code),
+                                               "1234.5")
+    full, short = cost_basis(state), cost_basis(state, lots_max=5)
+    with localcontext() as ctx:
+        ctx.prec = 60
+        for entry in full["currencies"]:
+            expected = sum(Decimal(lot.price_per_btc) * left / 100_000_000 for lot, left in open_of(naive)
+                           if lot.currency_code == entry["currency_code"])
+            assert entry["remaining_cost_fifo"] == format(Decimal(expected).quantize(Decimal("0.00000001")), "f")
+    assert full["lots_total"] == short["lots_total"] == len(full["lots"]) == len(open_of(naive))
+    assert short["lots"] == full["lots"][:5] and short["currencies"] == full["currencies"]
