@@ -103,9 +103,9 @@ class LotQueue:
 
     def open_lots(self) -> Iterator[tuple[Lot, int]]:
         """Each lot not fully consumed, oldest first, with its remaining sats."""
-        later = (_lots_of(json.loads(chunk)) for _, chunk in itertools.islice(self.full, 1, None))
-        held = itertools.chain(self._head_lots()[self.head_number - self.first_number:], *later,
-                               self.tail if self.full else ())
+        later = (_lots_of(json.loads(chunk)) for _, chunk in itertools.islice(self.full, 1, None))  # one at a time
+        held = itertools.chain(self._head_lots()[self.head_number - self.first_number:],
+                               itertools.chain.from_iterable(later), self.tail if self.full else ())
         taken_sats = self.head_taken_sats
         for lot in held:
             yield lot, lot.quantity_sats - taken_sats
