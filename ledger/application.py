@@ -83,6 +83,8 @@ class LogStore(Protocol):
     def load_checkpoint(self, position_max: int) -> tuple[int, bytes] | None: ...
     def save_checkpoint(self, position: int, state: bytes, seal: StateSeal, replace: bool = False) -> None: ...
     def checkpoint_positions(self) -> list[int]: ...
+    def save_lot_chunks(self, chunks: Sequence[tuple[str, bytes]]) -> None: ...
+    def load_lot_chunk(self, digest: str) -> bytes | None: ...
     def set_aside(self, name: str, position: int, state: bytes) -> None: ...
     def writer_turn(self) -> contextlib.AbstractContextManager: ...
 
@@ -111,6 +113,7 @@ class SavedComparison:
 
     state: ReserveState
     differing: tuple[tuple[str, int, bytes], ...]   # (row, position, replay's bytes there) per differing row
+    lot_chunks: dict[int, list[tuple[str, bytes]]] = dataclasses.field(default_factory=dict)  # what those bytes name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +169,10 @@ class ReserveLedger(Application):
         # reads are served from the trusted prefix, never from rows no signed tree head covers.
         self.fold_limit: int | None = None
         self._saved_position = -1
+        self._lot_chunks_saved_until = 0   # the projection's full lot chunks before this lot number are stored
+        # Canonical bytes of the events this process decided and committed, by position, until the projection
+        # folds them: the projection skips deciding again only an event whose stored bytes are exactly these.
+        self._own_events: dict[int, bytes] = {}
 
     @property
     def _projection(self) -> ReserveState:
@@ -196,6 +203,7 @@ class ReserveLedger(Application):
                     outcomes, events = self._decide_batch(requests, time_us)
                     if events:
                         self.save(*events)
+                        self._remember_own(events)
                     return outcomes
                 except AppendConflict:
                     self._decisions = None  # another writer appended first: decide again on fresh state
@@ -206,6 +214,12 @@ class ReserveLedger(Application):
         conflict = errors.ConcurrencyRetriesExhausted(
             f"other writers kept appending first; gave up after {limits.COMMAND_ATTEMPTS_MAX} attempts")
         return [conflict for _ in requests]
+
+    def _remember_own(self, events: Sequence[LoggedEvent]) -> None:
+        if len(self._own_events) + len(events) > limits.OWN_EVENTS_MAX:
+            self._own_events.clear()   # forgotten events are decided again by the projection: only slower
+        for event in events:
+            self._own_events[event.originator_version - 1] = event.canonical_bytes
 
     def _require_canonical_mapper(self) -> None:
         """The event store must write each event's canonical bytes unchanged (MAPPER_TOPIC in the env)."""
@@ -244,7 +258,7 @@ class ReserveLedger(Application):
             event: CanonicalEvent = {"format_version": 1, "position": state.position + 1, "type": event_type,
                                      "time_us": time_us, **metadata, "data": data}
             events.append(logged_event(event))  # the bytes, before the fold could touch the event
-            state.apply(event)
+            state.apply(event)   # decided again before it is saved: every committed event is one the replay accepts
             in_batch[command.request_id] = event
             outcomes.append(Recorded(event["position"], event_type, data))
         return outcomes, events
@@ -292,6 +306,10 @@ class ReserveLedger(Application):
             raise InvariantBroken(row.position, "EVENT_MALFORMED", str(error)) from None
 
     def iter_events(self, start_position: int = 0, stop_position: int | None = None) -> Iterator[dict]:
+        for row in self._iter_rows(start_position, stop_position):
+            yield self._parsed(row)
+
+    def _iter_rows(self, start_position: int, stop_position: int | None) -> Iterator[LogRow]:
         position = start_position
         while stop_position is None or position <= stop_position:
             limit = limits.REPLAY_PAGE_SIZE if stop_position is None else min(
@@ -299,13 +317,21 @@ class ReserveLedger(Application):
             rows = self.store.read_log(position, limit)
             if not rows:
                 return
-            for row in rows:
-                yield self._parsed(row)
+            yield from rows
             position = rows[-1].position + 1
 
     def _catch_up(self, state: ReserveState, stop_position: int | None = None) -> ReserveState:
         for event in self.iter_events(state.position + 1, stop_position):
             state.apply(event)
+        return state
+
+    def _catch_up_projection(self, stop_position: int | None) -> ReserveState:
+        """Fold committed events into the projection; an event this process decided and committed, found in the
+        log byte for byte as decided, is not decided a third time (the writer decided it, then decided it
+        again while folding it into its decision state, an equal fold of the same log)."""
+        state, own = self._projection, self._own_events
+        for row in self._iter_rows(state.position + 1, stop_position):
+            state.apply(self._parsed(row), decided_here=own.pop(row.position, None) == row.canonical_bytes)
         return state
 
     # --- projections ------------------------------------------------------------------------------
@@ -316,10 +342,11 @@ class ReserveLedger(Application):
         if stored is not None:
             proven = self._proven(f"projection {PROJECTION_NAME}", *stored)
             if proven is not None:
+                self._lot_chunks_saved_until = proven.lots.created - len(proven.lots.tail)
                 return proven
         state = self._catch_up(self._proven_checkpoint(self.store.log_size() - 1) or ReserveState(), self.fold_limit)
         if stored is not None and self._repair and self._can_seal:
-            self._replace_saved(PROJECTION_NAME, stored, state.position, state.to_bytes())
+            self._replace_saved(PROJECTION_NAME, stored, state.position, state.to_bytes(), state.lots.full_chunks())
         return state
 
     @property
@@ -332,7 +359,7 @@ class ReserveLedger(Application):
             position, state_bytes)
         if reason is None:
             try:
-                return ReserveState.from_bytes(state_bytes)
+                return ReserveState.from_bytes(state_bytes, self.store.load_lot_chunk)
             except (StateFormatUnknown, ValueError) as error:
                 reason = f"sealed but unreadable ({error})"
         if self._proofs is not None:  # a ledger without keys proves nothing: not a finding
@@ -362,17 +389,21 @@ class ReserveLedger(Application):
         if failed and self._repair and self._can_seal:
             state = proven.copy() if proven is not None else ReserveState()
             for stored in reversed(failed):
-                self._replace_saved(None, stored, stored[0], self._catch_up(state, stop_position=stored[0]).to_bytes())
+                replayed = self._catch_up(state, stop_position=stored[0])
+                self._replace_saved(None, stored, stored[0], replayed.to_bytes(), replayed.lots.full_chunks())
         return proven
 
-    def _replace_saved(self, name: str | None, stored: tuple[int, bytes], position: int, state_bytes: bytes) -> str:
+    def _replace_saved(self, name: str | None, stored: tuple[int, bytes], position: int, state_bytes: bytes,
+                       lot_chunks: list[tuple[str, bytes]]) -> str:
         """Keep the old row for inspection (a projections row named set-aside:...), then save the replay's
-        `state_bytes` at `position` sealed in its place (`name` None: a checkpoint). Returns the kept name."""
+        `state_bytes` at `position` sealed in its place (`name` None: a checkpoint), with the lot chunks its
+        bytes name. Returns the kept name."""
         old_position, old_bytes = stored
         kept = f"{SET_ASIDE_PREFIX}{name or 'checkpoint'}@{old_position}:{hashlib.sha256(old_bytes).hexdigest()[:16]}"
         self.store.set_aside(kept, old_position, old_bytes)
         seal = self._proofs.seal(position, state_bytes)
         if seal is not None:
+            self.store.save_lot_chunks(lot_chunks)
             if name is None:
                 self.store.save_checkpoint(position, state_bytes, seal, replace=True)
             else:
@@ -382,16 +413,28 @@ class ReserveLedger(Application):
         return kept
 
     def _caught_up_copy(self) -> ReserveState:
+        """The writer's decision state: the projection's records without its lots (no rule reads them)."""
         with self.reading() as state:
-            return state.copy()
+            return state.copy(keep_lots=False)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[ReserveState]:
-        """The projection, caught up with every committed event (read-your-writes), under a lock."""
+        """The projection, caught up with every committed event (read-your-writes), under a lock. Read it
+        inside the block; it is the live state, not a copy."""
         with self._read_lock:
-            self._catch_up(self._projection, self.fold_limit)
+            self._catch_up_projection(self.fold_limit)
             self._persist_projection_if_due()
             yield self._projection
+
+    @contextlib.contextmanager
+    def querying(self, position: int | None) -> Iterator[ReserveState]:
+        """The state a query reads: the live projection under the read lock (`position` None: no copy, so a
+        query costs what its view costs, whatever the history's length), or a fold up to `position`."""
+        if position is None:
+            with self.reading() as state:
+                yield state
+        else:
+            yield self.state_as_of(position)
 
     def _persist_projection_if_due(self, force: bool = False) -> None:
         """Save the projection (and a checkpoint when one is due), sealed; unsealed states are never saved."""
@@ -401,10 +444,18 @@ class ReserveLedger(Application):
             seal = self._proofs.seal(state.position, state_bytes) if self._can_seal else None
             if seal is None:
                 return
+            self._save_new_lot_chunks(state)
             self.store.save_projection(PROJECTION_NAME, state.position, state_bytes, seal)
             if state.position // CHECKPOINT_EVERY > self._saved_position // CHECKPOINT_EVERY:
                 self.store.save_checkpoint(state.position, state_bytes, seal)
             self._saved_position = state.position
+
+    def _save_new_lot_chunks(self, state: ReserveState) -> None:
+        """Store the projection's full lot chunks not stored yet (each once; the saved bytes name them)."""
+        chunks = state.lots.full_chunks(self._lot_chunks_saved_until)
+        if chunks:
+            self.store.save_lot_chunks(chunks)
+        self._lot_chunks_saved_until = state.lots.created - len(state.lots.tail)
 
     def projection_position(self) -> int:
         """The last position folded into the read projection (a lag gauge; no catching up)."""
@@ -412,7 +463,7 @@ class ReserveLedger(Application):
 
     def persist_projection(self) -> None:
         with self._read_lock:
-            self._catch_up(self._projection)
+            self._catch_up_projection(None)
             self._persist_projection_if_due(force=True)
 
     def state_as_of(self, position: int) -> ReserveState:
@@ -437,7 +488,7 @@ class ReserveLedger(Application):
             state.apply(event)
             for entry in saved.get(event["position"], ()):
                 if entry[1] != (state_bytes := state.to_bytes()):
-                    entry.append(state_bytes)
+                    entry += [state_bytes, state.lots.full_chunks()]
             if event["position"] % limits.REPLAY_PAGE_SIZE == 0:
                 progress(event["position"])
         return state
@@ -453,10 +504,11 @@ class ReserveLedger(Application):
             saved.setdefault(stored[0], []).append([PROJECTION_NAME, stored[1]])
         state = self.rebuild(progress, saved)
         differing = [(entry[0], position, entry[2]) for position, entries in saved.items() for entry in entries
-                     if len(entry) == 3]
+                     if len(entry) > 2]
+        chunks = {position: entry[3] for position, entries in saved.items() for entry in entries if len(entry) > 2}
         if stored is not None and stored[0] > state.position:
             differing.append((PROJECTION_NAME, stored[0], state.to_bytes()))
-        return SavedComparison(state, tuple(sorted(differing, key=lambda item: item[1])))
+        return SavedComparison(state, tuple(sorted(differing, key=lambda item: item[1])), chunks)
 
     def replace_saved(self, comparison: SavedComparison) -> list[str]:
         """Set aside every differing saved state and save the replay in its place, sealed (needs the signing
@@ -467,12 +519,14 @@ class ReserveLedger(Application):
         with self._read_lock:
             for row, position, replay_bytes in comparison.differing:
                 if row == "checkpoint":
-                    kept.append(self._replace_saved(None, self.store.load_checkpoint(position), position, replay_bytes))
+                    kept.append(self._replace_saved(None, self.store.load_checkpoint(position), position, replay_bytes,
+                                                    comparison.lot_chunks[position]))
                 else:
-                    kept.append(self._replace_saved(row, self.store.load_projection(row),
-                                                    comparison.state.position, comparison.state.to_bytes()))
+                    kept.append(self._replace_saved(row, self.store.load_projection(row), comparison.state.position,
+                                                    comparison.state.to_bytes(), comparison.state.lots.full_chunks()))
             self._projection = comparison.state.copy()
             self._saved_position = self._projection.position
+            self._lot_chunks_saved_until = 0
         return kept
 
     def live_state_bytes(self) -> bytes:

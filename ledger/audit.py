@@ -277,8 +277,9 @@ class Audit:
             return {"as_of_position": self.replayed_position, "balances": [], "holdings": {}, "cost_basis": {},
                     "accounts": [], "replay_stopped_at": self.replay_stop}
         return {"as_of_position": state.position, "as_of_time_us": state.time_us, "balances": balances(state),
-                "holdings": holdings(state), "cost_basis": _json_cost_basis(cost_basis(state)),
-                "accounts": custody_accounts(state), "reserve_alerts": reserve_alerts(state), "replay_stopped_at": None}
+                "holdings": holdings(state), "cost_basis": _json_cost_basis(cost_basis(state, APPROVALS_LISTED_MAX)),
+                "accounts": custody_accounts(state), "reserve_alerts": reserve_alerts(state),
+                "replay_stopped_at": None}
 
 
 def _head_row(head: TreeHead) -> dict:
@@ -293,8 +294,7 @@ def _holdings_sample(state: ReserveState) -> dict:
 
 
 def _json_cost_basis(view: dict) -> dict:
-    return {"currencies": view["currencies"], "lots_total": len(view["lots"]),
-            "lots": view["lots"][:APPROVALS_LISTED_MAX]}
+    return {"currencies": view["currencies"], "lots_total": view["lots_total"], "lots": view["lots"]}
 
 
 def reserve_alerts(state: ReserveState) -> dict:

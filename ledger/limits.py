@@ -50,6 +50,11 @@ COMMAND_BATCH_MAX = 256
 COMMAND_ATTEMPTS_MAX = 12
 # Events read per page when replaying the log.
 REPLAY_PAGE_SIZE = 5000
+# Lots per saved chunk of the FIFO lot queue (ledger/lots.py): a saved state carries at most this many lots.
+LOT_CHUNK_LOTS = 1000
+# Events this process decided and committed, remembered until the read projection folds them (so that it need
+# not decide them again); beyond this many the oldest are forgotten and simply decided again.
+OWN_EVENTS_MAX = 20_000
 
 # Audit API: leaves per StreamLeaves message.
 LEAF_BATCH_DEFAULT = 500

@@ -5,6 +5,8 @@ queries read (balances, holdings, cost basis, pending). It consumes events in th
 (ledger.events.CanonicalEvent). An auditor's replay uses this same fold on the exported canonical bytes.
 """
 
+import collections
+import copy
 import dataclasses
 import json
 from decimal import Decimal, localcontext
@@ -17,29 +19,18 @@ from ledger.accounts import ACQUISITIONS, NETWORK_FEES, NOMINAL_ACCOUNTS, NOMINA
 from ledger.errors import InvariantBroken
 from ledger.events import CanonicalEvent
 from ledger.limits import SATS_PER_BTC
+from ledger.lots import ChunkLoader, Lot, LotQueue
 from ledger.pending import Pending
 
-# 2: accounts, pending items and lots as lists of typed records (1 held them as keyed dicts).
-# 3: the reserves monitor's discrepancies and expected movements; pending items carry txid, corrects_position.
-STATE_FORMAT_VERSION = 3
+# 4: lots as a FIFO queue saved in digest-chained chunks (ledger/lots.py), and the reserves monitor's
+#    discrepancies and expected movements (pending items carry txid, corrects_position); 3 had one of the two.
+# 2: every lot ever created, listed; 1 held accounts, pending items and lots as keyed dicts.
+STATE_FORMAT_VERSION = 4
 __all__ = ["InvariantBroken", "ReserveState", "StateFormatUnknown", "balances", "holdings", "cost_basis"]
 
 
 class StateFormatUnknown(ValueError):
     """Saved state bytes of another format version: rebuild the projection from the log."""
-
-
-@dataclasses.dataclass(slots=True)
-class Lot:
-    """Coins bought together at one price; consumed first in, first out. Mutable for the same reason as
-    Account (remaining_sats falls on every disposal); only ReserveState.apply writes it."""
-
-    purchase_id: str
-    trade_date: str
-    currency_code: str
-    price_per_btc: str      # decimal string
-    quantity_sats: int
-    remaining_sats: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,14 +60,17 @@ def _pending(fields: dict[str, Any]) -> Pending:
 
 
 class ReserveState:
-    """Mutable fold state. `apply` is the only writer; everything else reads."""
+    """Mutable fold state. `apply` is the only writer; everything else reads.
 
-    def __init__(self):
+    `lots` is None in a state that keeps no lots: the writer's decision state (no rule reads lots; only the
+    cost-basis view does), which is never saved."""
+
+    def __init__(self, keep_lots: bool = True):
         self.position = -1
         self.time_us = 0
         self.accounts: dict[str, Account] = {a: Account(a, NOMINAL_KIND) for a in NOMINAL_ACCOUNTS}
         self.pending: dict[str, Pending] = {}
-        self.lots: list[Lot] = []
+        self.lots: LotQueue | None = LotQueue() if keep_lots else None
         self.currencies: dict[str, CurrencyTotal] = {}
         self.debits_sats = 0
         self.credits_sats = 0
@@ -98,13 +92,17 @@ class ReserveState:
 
     # --- the fold ------------------------------------------------------------------------------------
 
-    def apply(self, event: CanonicalEvent) -> None:
+    def apply(self, event: CanonicalEvent, decided_here: bool = False) -> None:
         """Fold one event, after rules.check_recorded decided its command again and got the same event: every
-        check a command passes when decided is checked again here, on replay, rebuild, verify and audit."""
+        check a command passes when decided is checked again here, on replay, rebuild, verify and audit.
+        `decided_here`: this process already decided exactly this event again on a state equal to this one (the
+        writer's decision state, moments ago), so doing it once more would repeat the same computation; never
+        for a stored event that no one in this process decided."""
         if event.get("position") != self.position + 1:
             raise InvariantBroken(self.position + 1, "POSITION_OUT_OF_ORDER",
                                   f"the event at position {self.position + 1} says position {event.get('position')}")
-        rules.check_recorded(self, event)
+        if not decided_here:
+            rules.check_recorded(self, event)
         getattr(self, "_on_" + event["type"])(event["data"], event)
         self.position = event["position"]
         self.time_us = event["time_us"]
@@ -121,26 +119,18 @@ class ReserveState:
         self.custody_total_sats += (0 if credit.is_nominal else amount_sats) - (0 if debit.is_nominal else amount_sats)
         if not debit.is_nominal and debit.available_sats < 0:
             raise InvariantBroken(self.position + 1, "OVERDRAFT", f"account {debit_account_id} overdrawn")
+        if self.lots is None:
+            return
         if debit.is_nominal and not credit.is_nominal and debit_account_id != ACQUISITIONS:
-            self.lots.append(Lot(f"adjustment@{self.position + 1}", "", "XXX", "0", amount_sats, amount_sats))
-        elif not debit.is_nominal and credit.is_nominal:
-            self._consume_lots(amount_sats)
+            self.lots.append(Lot(f"adjustment@{self.position + 1}", "", "XXX", "0", amount_sats))
+        elif not debit.is_nominal and credit.is_nominal and not self.lots.consume(amount_sats):
+            raise InvariantBroken(self.position + 1, "LOTS_EXHAUSTED", "more sats left the reserve than its lots hold")
 
     def _hold(self, account_id: str, amount_sats: int) -> None:
         account = self.accounts[account_id]
         account.held_sats += amount_sats
         if account.held_sats < 0 or (not account.is_nominal and account.available_sats < 0):
             raise InvariantBroken(self.position + 1, "OVERDRAFT", f"a hold on {account_id} breaks its balance")
-
-    def _consume_lots(self, amount_sats: int) -> None:
-        for lot in self.lots:
-            if amount_sats == 0:
-                return
-            taken = min(lot.remaining_sats, amount_sats)
-            lot.remaining_sats -= taken
-            amount_sats -= taken
-        if amount_sats:
-            raise InvariantBroken(self.position + 1, "LOTS_EXHAUSTED", "more sats left the reserve than its lots hold")
 
     def _expect(self, txid: str, account_id: str, movement_sats: int) -> None:
         if txid:
@@ -150,8 +140,9 @@ class ReserveState:
     def _record_purchase(self, data: dict[str, Any]) -> None:
         self._post(ACQUISITIONS, data["account_id"], data["quantity_sats"])
         self._expect(data.get("txid", ""), data["account_id"], data["quantity_sats"])
-        self.lots.append(Lot(data["purchase_id"], data["trade_date"], data["currency_code"], data["price_per_btc"],
-                             data["quantity_sats"], data["quantity_sats"]))
+        if self.lots is not None:
+            self.lots.append(Lot(data["purchase_id"], data["trade_date"], data["currency_code"],
+                                 data["price_per_btc"], data["quantity_sats"]))
         totals = self.currencies.get(data["currency_code"], CurrencyTotal())
         self.currencies[data["currency_code"]] = CurrencyTotal(
             totals.quantity_sats + data["quantity_sats"], str(Decimal(totals.fiat_total) + Decimal(data["fiat_total"])))
@@ -266,11 +257,13 @@ class ReserveState:
         pass  # the balances do not change; whoever checks heads follows the key (ledger/key_history.py)
 
     def to_bytes(self) -> bytes:
-        """Deterministic: records in the order the fold created them, keys sorted, no whitespace."""
+        """Deterministic: records in the order the fold created them, keys sorted, no whitespace. The lots are
+        summarised (ledger/lots.py): the bytes name their full chunks by digest (LotQueue.full_chunks)."""
+        assert self.lots is not None, "a state that keeps no lots is never saved"
         fields = {"format_version": STATE_FORMAT_VERSION, "position": self.position, "time_us": self.time_us,
                   "accounts": [_account_fields(a) for a in self.accounts.values()],
                   "pending": [_fields(p) for p in self.pending.values()],
-                  "lots": [_fields(lot) for lot in self.lots],
+                  "lots": self.lots.to_fields(),
                   "currencies": {code: _fields(total) for code, total in self.currencies.items()},
                   "debits_sats": self.debits_sats, "credits_sats": self.credits_sats,
                   "expected_movements": self.expected_movements,
@@ -278,7 +271,9 @@ class ReserveState:
         return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "ReserveState":
+    def from_bytes(cls, data: bytes, load_chunk: ChunkLoader | None = None) -> "ReserveState":
+        """The state saved as `data`; lot chunks come from `load_chunk` (ValueError if one is missing or
+        altered)."""
         fields = json.loads(data)
         version = fields.get("format_version") if isinstance(fields, dict) else None
         if version != STATE_FORMAT_VERSION:
@@ -288,7 +283,7 @@ class ReserveState:
         state.position, state.time_us = fields["position"], fields["time_us"]
         state.accounts = {a["account_id"]: _account(a) for a in fields["accounts"]}
         state.pending = {p["pending_id"]: _pending(p) for p in fields["pending"]}
-        state.lots = [Lot(**lot) for lot in fields["lots"]]
+        state.lots = LotQueue.from_fields(fields["lots"], load_chunk)
         state.currencies = {code: CurrencyTotal(**total) for code, total in fields["currencies"].items()}
         state.debits_sats, state.credits_sats = fields["debits_sats"], fields["credits_sats"]
         state.expected_movements = fields["expected_movements"]
@@ -297,8 +292,19 @@ class ReserveState:
         state.custody_total_sats = state.reserve_total_sats()
         return state
 
-    def copy(self) -> "ReserveState":
-        return ReserveState.from_bytes(self.to_bytes())
+    def copy(self, keep_lots: bool = True) -> "ReserveState":
+        """An independent state equal to this one (records copied; immutable lots shared)."""
+        twin = ReserveState(keep_lots=False)
+        twin.position, twin.time_us = self.position, self.time_us
+        twin.accounts = {account_id: copy.copy(account) for account_id, account in self.accounts.items()}
+        twin.pending = dict(self.pending)
+        twin.lots = self.lots.copy() if keep_lots and self.lots is not None else None
+        twin.currencies = dict(self.currencies)
+        twin.debits_sats, twin.credits_sats = self.debits_sats, self.credits_sats
+        twin.custody_total_sats = self.custody_total_sats
+        twin.expected_movements = {txid: dict(moves) for txid, moves in self.expected_movements.items()}
+        twin.discrepancies = {d_id: copy.copy(d) for d_id, d in self.discrepancies.items()}  # _resolve mutates
+        return twin
 
 
 # --- query views (pure functions of a state; JSON- and proto-shaped rows) ---------------------------------
@@ -324,7 +330,9 @@ def holdings(state: ReserveState) -> dict[str, Any]:
     return {"custodians": rows, "total_sats": sum(c["balance_sats"] for c in rows)}
 
 
-def cost_basis(state: ReserveState) -> dict[str, Any]:
+def cost_basis(state: ReserveState, lots_max: int | None = None) -> dict[str, Any]:
+    """Per-currency averages and FIFO remaining cost, and the open lots (the first `lots_max` of them when given:
+    a long history holds millions; `lots_total` counts them all)."""
     per_currency: dict[str, dict[str, Any]] = {}
     with localcontext() as ctx:
         ctx.prec = 60
@@ -334,14 +342,20 @@ def cost_basis(state: ReserveState) -> dict[str, Any]:
                                   "fiat_total": totals.fiat_total,
                                   "average_price_per_btc": _plain(average.quantize(Decimal("0.00000001"))),
                                   "remaining_cost_fifo": Decimal(0), "remaining_sats": 0}
-        for lot in state.lots:
-            entry = per_currency.get(lot.currency_code)
-            if entry is not None and lot.remaining_sats:
-                entry["remaining_sats"] += lot.remaining_sats
-                entry["remaining_cost_fifo"] += Decimal(lot.price_per_btc) * lot.remaining_sats / SATS_PER_BTC
+        lots, lots_total, at_price = [], 0, collections.Counter()
+        for lot, remaining_sats in state.lots.open_lots():
+            if lots_max is None or lots_total < lots_max:
+                lots.append({**lot._asdict(), "remaining_sats": remaining_sats})
+            lots_total += 1
+            at_price[lot.currency_code, lot.price_per_btc] += remaining_sats
+        for (code, price_per_btc), remaining_sats in at_price.items():   # exact: 60 digits hold every sum
+            entry = per_currency.get(code)
+            if entry is not None:
+                entry["remaining_sats"] += remaining_sats
+                entry["remaining_cost_fifo"] += Decimal(price_per_btc) * remaining_sats / SATS_PER_BTC
         for entry in per_currency.values():
             entry["remaining_cost_fifo"] = _plain(entry["remaining_cost_fifo"].quantize(Decimal("0.00000001")))
-    return {"lots": [_fields(lot) for lot in state.lots], "currencies": list(per_currency.values())}
+    return {"lots": lots, "lots_total": lots_total, "currencies": list(per_currency.values())}
 
 
 def _plain(number: Decimal) -> str:

@@ -2,6 +2,7 @@
 errors raised as LedgerError are turned into statuses by the interceptor (services/api/interceptor.py)."""
 
 import asyncio
+import contextlib
 import json
 
 from google.protobuf import timestamp_pb2
@@ -197,20 +198,20 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
     # --- queries --------------------------------------------------------------------------------------
 
     def _state_at(self, as_of: pb.AsOf):
+        """A context manager over the state the query reads (the live one, uncopied, when `as_of` is unset)."""
         which = as_of.WhichOneof("point")
         if which == "position":
             if as_of.position < 0:
                 raise errors.RequestInvalid([errors.Violation("as_of.position", "POSITION_INVALID",
                                                               "as_of.position must not be negative")])
-            return self._ledger.state_as_of(as_of.position)
+            return self._ledger.querying(as_of.position)
         if which == "time":
             position = self._ledger.position_at_time(time_us_of(as_of.time, "as_of.time"))
             if position < 0:
                 from ledger.state import ReserveState
-                return ReserveState()
-            return self._ledger.state_as_of(position)
-        with self._ledger.reading() as state:
-            return state.copy()
+                return contextlib.nullcontext(ReserveState())
+            return self._ledger.querying(position)
+        return self._ledger.querying(None)
 
     def ListAccounts(self, request, context):
         size = page_size_of(request.page_size)
@@ -223,20 +224,22 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
                                        next_page_token=token_of("accounts", offset + len(page)) if more else "")
 
     def GetBalances(self, request, context):
-        state = self._state_at(request.as_of)
-        return pb.GetBalancesResponse(position=state.position, balances=[
-            pb.Balance(**{**row, "kind": KIND_TO_PROTO[row["kind"]]}) for row in views.balances(state)])
+        with self._state_at(request.as_of) as state:
+            position, rows = state.position, views.balances(state)
+        return pb.GetBalancesResponse(position=position, balances=[
+            pb.Balance(**{**row, "kind": KIND_TO_PROTO[row["kind"]]}) for row in rows])
 
     def GetHoldings(self, request, context):
-        state = self._state_at(request.as_of)
-        view = views.holdings(state)
-        return pb.GetHoldingsResponse(position=state.position, total_sats=view["total_sats"],
+        with self._state_at(request.as_of) as state:
+            position, view = state.position, views.holdings(state)
+        return pb.GetHoldingsResponse(position=position, total_sats=view["total_sats"],
                                       custodians=[pb.CustodianHolding(**row) for row in view["custodians"]])
 
     def GetCostBasis(self, request, context):
-        state = self._state_at(request.as_of)
-        view = views.cost_basis(state)
-        return pb.GetCostBasisResponse(position=state.position, lots=[pb.Lot(**lot) for lot in view["lots"]],
+        with self._state_at(request.as_of) as state:
+            snapshot = state.copy()   # cheap (lot chunks are shared, immutable): the view is built outside the lock
+        position, view = snapshot.position, views.cost_basis(snapshot)
+        return pb.GetCostBasisResponse(position=position, lots=[pb.Lot(**lot) for lot in view["lots"]],
                                        currencies=[pb.CurrencyCost(**c) for c in view["currencies"]])
 
     def ListPending(self, request, context):

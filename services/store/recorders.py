@@ -6,6 +6,7 @@ library's EXCLUSIVE lock on the events table, so commit order = position order):
   merkle_nodes(level, idx, hash)    complete perfect subtrees of the RFC 9162 log (level 0 = leaves)
   projections(name, position, state)  the saved read model, its position in the same row (atomic)
   checkpoints(position, state)        saved folds for point-in-time queries
+  lot_chunks(digest, chunk)           full chunks of the FIFO lot queue that saved states name (ledger/lots.py)
   state_seals(position, ...)          each saved state's seal (ledger/saved_states.py): used only once proven
   tree_heads(tree_size, ...)          signed tree heads
   anchors(anchor_id, ...)             Bitcoin anchor transactions (written by the anchor worker)
@@ -50,6 +51,7 @@ SIDE_TABLES = (
     "PRIMARY KEY (level, idx))",
     "CREATE TABLE IF NOT EXISTS {projections} (name TEXT PRIMARY KEY, position BIGINT NOT NULL, state {blob} NOT NULL)",
     "CREATE TABLE IF NOT EXISTS {checkpoints} (position BIGINT PRIMARY KEY, state {blob} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {lot_chunks} (digest TEXT PRIMARY KEY, chunk {blob} NOT NULL)",
     "CREATE TABLE IF NOT EXISTS {state_seals} (position BIGINT PRIMARY KEY, root_hash {blob} NOT NULL, "
     "signature {blob} NOT NULL, key_id TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS {tree_heads} (tree_size BIGINT PRIMARY KEY, root_hash {blob} NOT NULL, "
@@ -69,8 +71,8 @@ SIDE_TABLES = (
     "checkpoint TEXT NOT NULL, signature_line TEXT NOT NULL, timestamp_s BIGINT NOT NULL, "
     "PRIMARY KEY (tree_size, witness))",
 )
-TABLES = ("ledger_log", "merkle_nodes", "projections", "checkpoints", "state_seals", "tree_heads", "anchors",
-          "store_format", "anchor_genesis", "anchor_request", "cosignatures")
+TABLES = ("ledger_log", "merkle_nodes", "projections", "checkpoints", "lot_chunks", "state_seals", "tree_heads",
+          "anchors", "store_format", "anchor_genesis", "anchor_request", "cosignatures")
 INDEXES = ("ledger_log_time_us",)
 # One column per field of ledger.anchors.Anchor (the CREATE TABLE above must name the same columns).
 ANCHOR_COLUMNS = ANCHOR_FIELDS
@@ -334,6 +336,17 @@ class _LedgerTables:
             self._execute(cursor, "INSERT INTO {checkpoints} (position, state) VALUES (?, ?) ON CONFLICT (position) "
                                   + conflict, (position, state))
             self._save_seal(cursor, seal)
+
+    def save_lot_chunks(self, chunks: Sequence[tuple[str, bytes]]) -> None:
+        """Full lot chunks by digest (ledger/lots.py); content-addressed, so a stored one is never rewritten."""
+        with self.datastore.transaction(commit=True) as cursor:
+            for digest, chunk in chunks:
+                self._execute(cursor, "INSERT INTO {lot_chunks} (digest, chunk) VALUES (?, ?) ON CONFLICT (digest) "
+                                      "DO NOTHING", (digest, chunk))
+
+    def load_lot_chunk(self, digest: str) -> bytes | None:
+        row = self._read_one("SELECT chunk FROM {lot_chunks} WHERE digest = ?", (digest,))
+        return None if row is None else bytes(row["chunk"])
 
     def _save_seal(self, cursor, seal: StateSeal) -> None:
         self._execute(cursor, "INSERT INTO {state_seals} (position, root_hash, signature, key_id) VALUES (?, ?, ?, ?) "

@@ -81,3 +81,17 @@ def test_signing_benchmark_compares_a_softhsm2_token_with_a_key_file():
         for where in ("key file", "SoftHSM2"):
             assert re.search(rf"{kind}, {where}: p50 [\d.,]+ us, p99 [\d.,]+ us per signature", out), out
         assert re.search(rf"{kind}: SoftHSM2 / key file \(p50\): \d+\.\d\d", out)
+
+
+def test_longrun_benchmark_reports_every_window_on_a_prefilled_log(tmp_path):
+    """The long-run mix runs against a real server on a log prefilled through the application, prints one row
+    per window and the first/last comparison."""
+    out = run("bench_longrun.py", "--minutes", "0.1", "--window-s", "3", "--probe", "20",
+              "--prefill-purchases", "600", "--data-dir", str(tmp_path))
+    assert re.search(r"prefilled 600 purchases \(616 events\)", out), out
+    position = int(re.search(r"GetBalances alone, one client, log position ([\d,]+)", out).group(1).replace(",", ""))
+    assert position == 615, out   # the opening commands replayed by request id: nothing added before the load
+    rows = re.findall(r"^ +\d+ +\d+ +\d+ +\d+ ", out, re.MULTILINE)
+    assert len(rows) == 2, out
+    assert re.search(r"last / first window commands/s: \d+\.\d\d", out)
+    assert re.search(r"server RSS: \d+ MB before the load, \d+ MB at the end", out)
