@@ -1,5 +1,6 @@
 """`reserve-ledger demo` runs end to end, and the history it leaves behind passes `reserve-ledger verify`."""
 
+import re
 import subprocess
 import sys
 
@@ -37,7 +38,7 @@ def test_demo_runs_and_its_history_verifies(tmp_path):
     offline = subprocess.run([sys.executable, "-m", "services.cli.main", "audit", str(tmp_path / "audit-bundle")],
                              capture_output=True, text=True, timeout=180)
     assert offline.returncode == 0 and offline.stdout.startswith("OK: "), offline.stdout + offline.stderr
-    witness = demo.stdout.split("--witness ", 1)[1].split(")", 1)[0]
+    witness = re.search(r"--witness (\S+?)[\s)]", demo.stdout).group(1)  # the printed audit command's argument
     for given, code in ((witness, 0), (_stranger(witness), 1)):
         required = subprocess.run([sys.executable, "-m", "services.cli.main", "audit", str(tmp_path / "audit-bundle"),
                                    "--witness", given], capture_output=True, text=True, timeout=180)
