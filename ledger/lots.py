@@ -169,7 +169,7 @@ class LotChunkUnusable(ValueError):
 
     def __init__(self, digest: str, number: int, problem: str):
         super().__init__(f"saved lots: chunk {digest} (lots from {number}) {problem}")
-        self.digest, self.number = digest, number
+        self.digest, self.number, self.problem = digest, number, problem
 
 
 def _load_chunk(load_chunk: ChunkLoader | None, digest: str, number: int) -> tuple[bytes, dict[str, Any]]:
