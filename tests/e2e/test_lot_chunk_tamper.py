@@ -1,6 +1,7 @@
 """`reserve-ledger verify` checks the lot chunks saved states name (ledger/lots.py): a chunk row deleted or
 altered with raw SQL on the real store is reported on one line naming the chunk's digest and the saved states'
-position, exit 1; untouched chunks pass."""
+position, exit 1; untouched chunks pass; the restarted server replaces the saved states by a replay, which
+stores the chunk again."""
 
 import json
 
@@ -8,7 +9,7 @@ import pytest
 
 from ledger import lots
 from ledger.application import PROJECTION_NAME
-from tests.e2e.test_saved_state_tamper import cli, record_some, saved_table, storage_args
+from tests.e2e.test_saved_state_tamper import cli, record_some, saved_table, start, storage_args
 from tests.e2e.test_verify_tamper import Tables
 
 CHUNK_LOTS = 4
@@ -37,7 +38,8 @@ def test_verify_names_a_deleted_or_altered_lot_chunk_and_the_saved_states_that_n
         storage, certs_dir, tmp_path, monkeypatch, capsys, tamper):
     """verify passes on the untouched store; after one chunk row is deleted or altered it fails with exactly one
     line for it, naming the chunk's full digest and the position of the saved states (projection, checkpoint)
-    that need it, although their own bytes and seals are intact."""
+    that need it, although their own bytes and seals are intact; a restart (which replays and saves the
+    replay's chunks) repairs the chunk, and verify passes again."""
     monkeypatch.setattr(lots, "LOT_CHUNK_LOTS", CHUNK_LOTS)
     key = tmp_path / "signing.key"
     record_some(storage, certs_dir, key, purchases=PURCHASES)
@@ -57,3 +59,8 @@ def test_verify_names_a_deleted_or_altered_lot_chunk_and_the_saved_states_that_n
     assert code == 1, out
     assert len(failures) == 1 and expected in failures[0], out
     assert f"projection {PROJECTION_NAME!r} at position {position}" in failures[0], out
+
+    server, _ = start(storage, certs_dir, key)
+    server.stop(grace_s=1)
+    code, out = cli(capsys, "verify", *storage_args(storage), "--signing-key", str(key))
+    assert code == 0, out
