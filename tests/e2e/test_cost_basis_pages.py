@@ -153,3 +153,24 @@ def test_a_negative_page_size_and_tokens_never_issued_are_refused_by_name(client
     second = clients.dave.GetCostBasis(pb.GetCostBasisRequest(page_size=2, page_token=token_of(
         "cost_basis", position, 4)), timeout=30)
     assert [lot.purchase_id for lot in second.lots] == [reserve.bought[4][0], reserve.bought[5][0]]
+
+
+def test_more_lots_than_a_chunk_page_through_at_the_default_and_the_largest_page_size(storage, certs_dir, tmp_path):
+    """With the real chunk size (1,000 lots), 1,100 lots page through at the default page size (100) and at a
+    page size above the maximum (lowered to 1,000) to exactly the lots recorded, lots_total on every page."""
+    data_dir, database_url = storage
+    server = build_server(ServerConfig(create_store=True, metrics_listen=None, listen="127.0.0.1:0", data_dir=data_dir,
+                                       database_url=database_url, certs_dir=str(certs_dir),
+                                       signing_key_path=str(tmp_path / "signing.key"))).start()
+    try:
+        reserve = Reserve(Clients(f"127.0.0.1:{server.port}", certs_dir))
+        reserve.buy(1100)
+        reserve.spend(1000)
+        expected = reserve.open_lots()
+        for page_size, pages_expected in ((0, 11), (5000, 2)):
+            first = reserve.clients.dave.GetCostBasis(pb.GetCostBasisRequest(page_size=page_size), timeout=30)
+            pages = listing(reserve.clients.dave, page_size, first)
+            assert len(pages) == pages_expected and {page.lots_total for page in pages} == {len(expected)}
+            assert [(lot.purchase_id, lot.remaining_sats) for page in pages for lot in page.lots] == expected
+    finally:
+        server.stop(grace_s=1)
