@@ -42,6 +42,8 @@ EXPIRY_MAX_US = 90 * 24 * 3600 * 1_000_000
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
 STREAM_BATCH_DEFAULT = 200
+# GetCostBasis listings whose snapshot (state and totals) a server keeps for their later pages.
+COST_BASIS_SNAPSHOTS_MAX = 4
 STREAM_BATCH_MAX = 1000
 
 # Commands decided and committed together in one transaction by the writer (group commit).

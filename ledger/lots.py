@@ -101,15 +101,21 @@ class LotQueue:
                 self._head_chunk = None
         return True
 
-    def open_lots(self) -> Iterator[tuple[Lot, int]]:
-        """Each lot not fully consumed, oldest first, with its remaining sats."""
-        later = (_lots_of(json.loads(chunk)) for _, chunk in itertools.islice(self.full, 1, None))  # one at a time
-        held = itertools.chain(self._head_lots()[self.head_number - self.first_number:],
-                               itertools.chain.from_iterable(later), self.tail if self.full else ())
-        taken_sats = self.head_taken_sats
-        for lot in held:
-            yield lot, lot.quantity_sats - taken_sats
-            taken_sats = 0
+    def open_lots(self, number_min: int = 0) -> Iterator[tuple[Lot, int]]:
+        """Each lot not fully consumed, oldest first, with its remaining sats; from lot number `number_min` on
+        when given (the open lots are numbers head_number..created - 1; earlier chunks are skipped unparsed)."""
+        start = max(number_min, self.head_number)
+        if start >= self.created:
+            return
+        index, skip = divmod(start - self.first_number, LOT_CHUNK_LOTS)
+        later = (_lots_of(json.loads(chunk)) for _, chunk in itertools.islice(self.full, max(index, 1), None))
+        chunks = itertools.chain([self._head_lots()] if index == 0 and self.full else [], later, [self.tail])
+        taken_sats = self.head_taken_sats if start == self.head_number else 0
+        for lots in chunks:   # one chunk parsed at a time
+            for lot in lots[skip:]:
+                yield lot, lot.quantity_sats - taken_sats
+                taken_sats = 0
+            skip = 0
 
     def full_chunks(self, number_min: int = 0) -> list[tuple[str, bytes]]:
         """(digest, bytes) of each full chunk held in memory whose first lot number is at least `number_min`."""
@@ -136,9 +142,7 @@ class LotQueue:
         that names it. Raises ValueError when a chunk is missing, altered or out of place."""
         queue = cls()
         queue.tail = _lots_of({"lots": fields["tail"]})
-        number, head = fields["created"] - len(queue.tail), fields["head"]
-        if number % LOT_CHUNK_LOTS or len(queue.tail) >= LOT_CHUNK_LOTS or not 0 <= head <= fields["created"]:
-            raise ValueError("saved lots: the tail, the count and the head do not fit together")
+        number, head = _first_lot_of_tail(fields), fields["head"]
         digest = fields["newest_chunk"]
         while number > head - head % LOT_CHUNK_LOTS:
             number -= LOT_CHUNK_LOTS
@@ -160,13 +164,49 @@ def _lots_of(chunk: dict[str, Any]) -> list[Lot]:
     return [Lot(*lot) for lot in chunk["lots"]]
 
 
+class LotChunkUnusable(ValueError):
+    """A chunk a saved state needs is missing, altered or out of place; names it by its full digest."""
+
+    def __init__(self, digest: str, number: int, problem: str):
+        super().__init__(f"saved lots: chunk {digest} (lots from {number}) {problem}")
+        self.digest, self.number, self.problem = digest, number, problem
+
+
 def _load_chunk(load_chunk: ChunkLoader | None, digest: str, number: int) -> tuple[bytes, dict[str, Any]]:
     data = None if load_chunk is None else load_chunk(digest)
     if data is None:
-        raise ValueError(f"saved lots: chunk {digest[:16]} (lots from {number}) is not stored")
+        raise LotChunkUnusable(digest, number, "is not stored")
     if chunk_digest(data) != digest:
-        raise ValueError(f"saved lots: chunk {digest[:16]} does not match its digest")
-    chunk = json.loads(data)
-    if chunk.get("number") != number or len(chunk.get("lots", ())) != LOT_CHUNK_LOTS:
-        raise ValueError(f"saved lots: chunk {digest[:16]} is not the chunk of lots from {number}")
+        raise LotChunkUnusable(digest, number, "does not match its digest")
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        chunk = None
+    if not isinstance(chunk, dict) or chunk.get("number") != number or \
+            len(chunk.get("lots", ())) != LOT_CHUNK_LOTS:
+        raise LotChunkUnusable(digest, number, f"is not the chunk of lots from {number}")
     return data, chunk
+
+
+def check_saved_chunks(fields: dict[str, Any], load_chunk: ChunkLoader, checked: dict[str, tuple[int, str]]) -> None:
+    """Every chunk the saved queue `fields` needs to load (from its newest back to its head's) is stored and
+    intact; raises LotChunkUnusable for the first that is not (ValueError for fields that do not fit).
+    `checked` (digest -> (lot number, previous digest)) remembers chunks found intact, so that saved states
+    sharing older chunks read each of them once."""
+    number, head = _first_lot_of_tail(fields), fields["head"]
+    digest = fields["newest_chunk"]
+    while number > head - head % LOT_CHUNK_LOTS:
+        number -= LOT_CHUNK_LOTS
+        if digest not in checked:
+            checked[digest] = (number, _load_chunk(load_chunk, digest, number)[1]["previous"])
+        elif checked[digest][0] != number:
+            raise LotChunkUnusable(digest, number, f"is not the chunk of lots from {number}")
+        digest = checked[digest][1]
+
+
+def _first_lot_of_tail(fields: dict[str, Any]) -> int:
+    """The number of the saved tail's first lot, once the tail, the count and the head are seen to fit."""
+    number, head = fields["created"] - len(fields["tail"]), fields["head"]
+    if number % LOT_CHUNK_LOTS or len(fields["tail"]) >= LOT_CHUNK_LOTS or not 0 <= head <= fields["created"]:
+        raise ValueError("saved lots: the tail, the count and the head do not fit together")
+    return number

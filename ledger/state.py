@@ -8,6 +8,7 @@ queries read (balances, holdings, cost basis, pending). It consumes events in th
 import collections
 import copy
 import dataclasses
+import itertools
 import json
 from decimal import Decimal, localcontext
 from typing import Any
@@ -26,7 +27,8 @@ from ledger.pending import Pending
 #    discrepancies and expected movements (pending items carry txid, corrects_position); 3 had one of the two.
 # 2: every lot ever created, listed; 1 held accounts, pending items and lots as keyed dicts.
 STATE_FORMAT_VERSION = 4
-__all__ = ["InvariantBroken", "ReserveState", "StateFormatUnknown", "balances", "holdings", "cost_basis"]
+__all__ = ["InvariantBroken", "ReserveState", "StateFormatUnknown", "balances", "holdings", "cost_basis", "cost_totals",
+           "open_lots_page", "saved_lot_fields"]
 
 
 class StateFormatUnknown(ValueError):
@@ -274,11 +276,7 @@ class ReserveState:
     def from_bytes(cls, data: bytes, load_chunk: ChunkLoader | None = None) -> "ReserveState":
         """The state saved as `data`; lot chunks come from `load_chunk` (ValueError if one is missing or
         altered)."""
-        fields = json.loads(data)
-        version = fields.get("format_version") if isinstance(fields, dict) else None
-        if version != STATE_FORMAT_VERSION:
-            raise StateFormatUnknown(f"saved state has format version {version!r}; this build reads only "
-                                     f"{STATE_FORMAT_VERSION} (rebuild the projection from the log)")
+        fields = _fields_of_saved(data)
         state = cls()
         state.position, state.time_us = fields["position"], fields["time_us"]
         state.accounts = {a["account_id"]: _account(a) for a in fields["accounts"]}
@@ -330,9 +328,39 @@ def holdings(state: ReserveState) -> dict[str, Any]:
     return {"custodians": rows, "total_sats": sum(c["balance_sats"] for c in rows)}
 
 
+def _fields_of_saved(data: bytes) -> dict[str, Any]:
+    fields = json.loads(data)
+    version = fields.get("format_version") if isinstance(fields, dict) else None
+    if version != STATE_FORMAT_VERSION:
+        raise StateFormatUnknown(f"saved state has format version {version!r}; this build reads only "
+                                 f"{STATE_FORMAT_VERSION} (rebuild the projection from the log)")
+    return fields
+
+
+def saved_lot_fields(data: bytes) -> dict[str, Any]:
+    """The lot queue's fields in saved state bytes (ledger/lots.py check_saved_chunks checks the chunks they
+    name); StateFormatUnknown or ValueError when the bytes are no saved state of this format."""
+    lots = _fields_of_saved(data).get("lots")
+    if not isinstance(lots, dict):
+        raise ValueError("the saved state holds no lot queue")
+    return lots
+
+
 def cost_basis(state: ReserveState, lots_max: int | None = None) -> dict[str, Any]:
     """Per-currency averages and FIFO remaining cost, and the open lots (the first `lots_max` of them when given:
     a long history holds millions; `lots_total` counts them all)."""
+    return {"lots": open_lots_page(state, 0, lots_max), **cost_totals(state)}
+
+
+def open_lots_page(state: ReserveState, number_min: int, lots_max: int | None) -> list[dict[str, Any]]:
+    """The open lots from lot number `number_min` on (lots are numbered in the order the fold created them),
+    oldest first, at most `lots_max` of them (None: all)."""
+    lots = itertools.islice(state.lots.open_lots(number_min), lots_max)
+    return [{**lot._asdict(), "remaining_sats": remaining_sats} for lot, remaining_sats in lots]
+
+
+def cost_totals(state: ReserveState) -> dict[str, Any]:
+    """Per-currency averages and FIFO remaining cost, and the number of open lots: a walk over every open lot."""
     per_currency: dict[str, dict[str, Any]] = {}
     with localcontext() as ctx:
         ctx.prec = 60
@@ -342,10 +370,8 @@ def cost_basis(state: ReserveState, lots_max: int | None = None) -> dict[str, An
                                   "fiat_total": totals.fiat_total,
                                   "average_price_per_btc": _plain(average.quantize(Decimal("0.00000001"))),
                                   "remaining_cost_fifo": Decimal(0), "remaining_sats": 0}
-        lots, lots_total, at_price = [], 0, collections.Counter()
+        lots_total, at_price = 0, collections.Counter()
         for lot, remaining_sats in state.lots.open_lots():
-            if lots_max is None or lots_total < lots_max:
-                lots.append({**lot._asdict(), "remaining_sats": remaining_sats})
             lots_total += 1
             at_price[lot.currency_code, lot.price_per_btc] += remaining_sats
         for (code, price_per_btc), remaining_sats in at_price.items():   # exact: 60 digits hold every sum
@@ -355,7 +381,7 @@ def cost_basis(state: ReserveState, lots_max: int | None = None) -> dict[str, An
                 entry["remaining_cost_fifo"] += Decimal(price_per_btc) * remaining_sats / SATS_PER_BTC
         for entry in per_currency.values():
             entry["remaining_cost_fifo"] = _plain(entry["remaining_cost_fifo"].quantize(Decimal("0.00000001")))
-    return {"lots": lots, "lots_total": lots_total, "currencies": list(per_currency.values())}
+    return {"lots_total": lots_total, "currencies": list(per_currency.values())}
 
 
 def _plain(number: Decimal) -> str:

@@ -2,8 +2,10 @@
 errors raised as LedgerError are turned into statuses by the interceptor (services/api/interceptor.py)."""
 
 import asyncio
+import collections
 import contextlib
 import json
+import threading
 
 from google.protobuf import timestamp_pb2
 
@@ -16,7 +18,7 @@ from ledger.pending import Pending
 from reserve_ledger.v1 import ledger_pb2 as pb
 from reserve_ledger.v1 import ledger_pb2_grpc
 from services.api.auth import caller_of
-from services.api.paging import offset_of, token_of, within_bytes
+from services.api.paging import offset_of, offsets_of, token_invalid, token_of, within_bytes
 from services.api.tail import LogTail
 from services.reserves.descriptors import require_derivable
 from services.store.writer import CommandWriter
@@ -82,6 +84,49 @@ def page_size_of(requested: int, field: str = "page_size") -> int:
     return min(requested or limits.PAGE_SIZE_DEFAULT, limits.PAGE_SIZE_MAX)
 
 
+class CostBasisSnapshots:
+    """The states (and their totals) that GetCostBasis listings page through, by position, the newest few kept:
+    later pages read the first page's position without walking every open lot again. A snapshot not kept
+    (evicted, or another server issued the token) is folded again from the log."""
+
+    def __init__(self, ledger: ReserveLedger):
+        self._ledger = ledger
+        self._kept: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def totals(self, snapshot) -> dict:
+        """The totals of a first page's snapshot, kept with it for the later pages."""
+        with self._lock:
+            kept = self._kept.get(snapshot.position)
+        if kept is not None:
+            return kept[1]
+        totals = views.cost_totals(snapshot)
+        self._keep(snapshot, totals)
+        return totals
+
+    def at(self, position: int) -> tuple:
+        """The snapshot at `position` and its totals (a page token's position, not beyond the log)."""
+        with self._lock:
+            kept = self._kept.get(position)
+            if kept is not None:
+                self._kept.move_to_end(position)
+                return kept
+        with self._ledger.reading() as live:
+            if position > live.position:
+                raise token_invalid()
+        snapshot = self._ledger.state_as_of(position)
+        totals = views.cost_totals(snapshot)
+        self._keep(snapshot, totals)
+        return snapshot, totals
+
+    def _keep(self, snapshot, totals: dict) -> None:
+        with self._lock:
+            self._kept[snapshot.position] = (snapshot, totals)
+            self._kept.move_to_end(snapshot.position)
+            while len(self._kept) > limits.COST_BASIS_SNAPSHOTS_MAX:
+                self._kept.popitem(last=False)
+
+
 class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
     def __init__(self, ledger: ReserveLedger, writer: CommandWriter, leaf_of, dev_mode: bool = False,
                  tail: LogTail | None = None):
@@ -91,6 +136,7 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
         self._leaf_of = leaf_of
         self._dev_mode = dev_mode
         self._tail = tail or LogTail(ledger.store.log_size)
+        self._cost_snapshots = CostBasisSnapshots(ledger)
 
     def _run(self, command: cmd.Command, context) -> Recorded:
         command.validate()
@@ -236,11 +282,24 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
                                       custodians=[pb.CustodianHolding(**row) for row in view["custodians"]])
 
     def GetCostBasis(self, request, context):
-        with self._state_at(request.as_of) as state:
-            snapshot = state.copy()   # cheap (lot chunks are shared, immutable): the view is built outside the lock
-        position, view = snapshot.position, views.cost_basis(snapshot)
-        return pb.GetCostBasisResponse(position=position, lots=[pb.Lot(**lot) for lot in view["lots"]],
-                                       currencies=[pb.CurrencyCost(**c) for c in view["currencies"]])
+        """A page of the open lots at one position (a page token carries the position and the next lot's
+        number), with the totals over all of them."""
+        size = page_size_of(request.page_size)
+        if request.page_token:
+            position, number = offsets_of(request.page_token, "cost_basis", 2)
+            snapshot, totals = self._cost_snapshots.at(position)
+            if not snapshot.lots.head_number <= number < snapshot.lots.created:
+                raise token_invalid()
+        else:
+            with self._state_at(request.as_of) as state:
+                snapshot = state.copy()   # cheap (lot chunks are shared, immutable): the view is built outside the lock
+            totals, number = self._cost_snapshots.totals(snapshot), snapshot.lots.head_number
+        page = within_bytes([pb.Lot(**lot) for lot in views.open_lots_page(snapshot, number, size)])
+        more = number + len(page) < snapshot.lots.created
+        return pb.GetCostBasisResponse(
+            position=snapshot.position, lots=page, currencies=[pb.CurrencyCost(**c) for c in totals["currencies"]],
+            lots_total=totals["lots_total"],
+            next_page_token=token_of("cost_basis", snapshot.position, number + len(page)) if more else "")
 
     def ListPending(self, request, context):
         with self._ledger.reading() as state:

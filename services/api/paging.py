@@ -26,18 +26,26 @@ def within_bytes(items: list, budget_bytes: int = RESPONSE_BYTES_MAX) -> list:
 
 def offset_of(token: str, kind: str) -> int:
     """The offset a token of this kind of list carries; 0 for no token; RequestInvalid for a token we never issued."""
-    if not token:
-        return 0
+    return offsets_of(token, kind, 1)[0] if token else 0
+
+
+def offsets_of(token: str, kind: str, count: int) -> tuple[int, ...]:
+    """The `count` offsets a token of this kind of list carries; RequestInvalid for a token we never issued."""
     try:
-        found_kind, _, offset = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if found_kind == kind and offset.isascii() and offset.isdigit() and int(offset) <= OFFSET_MAX:
-            return int(offset)
+        found_kind, _, offsets = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        parts = offsets.split(":")
+        if found_kind == kind and len(parts) == count and \
+                all(part.isascii() and part.isdigit() and int(part) <= OFFSET_MAX for part in parts):
+            return tuple(int(part) for part in parts)
     except (ValueError, UnicodeDecodeError):
         pass
-    raise errors.RequestInvalid([errors.Violation("page_token", "PAGE_TOKEN_INVALID",
-                                                  "page_token is not one we issued")])
+    raise token_invalid()
 
 
-def token_of(kind: str, offset: int) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{offset}".encode()).decode()
+def token_invalid() -> errors.RequestInvalid:
+    return errors.RequestInvalid([errors.Violation("page_token", "PAGE_TOKEN_INVALID",
+                                                   "page_token is not one we issued")])
 
+
+def token_of(kind: str, *offsets: int) -> str:
+    return base64.urlsafe_b64encode(":".join([kind, *map(str, offsets)]).encode()).decode()

@@ -10,6 +10,8 @@ log position it concerns. What it catches, and how:
   inserted event row              -> an event row no log position refers to
   events appended behind the back -> they lie beyond the latest signed tree head (each commit signs its own)
   edited leaves and subtrees too  -> a signed tree head's root no longer matches (its signature does)
+  deleted / altered lot chunk     -> a saved state names a lot chunk that is missing, no longer matches its digest
+                                     or is not the chunk of lots it should be (loading it would fail)
   deleted / edited anchor rows    -> a gap in anchor_ids, a chain of anchors that starts elsewhere than the
                                      recorded genesis, a payload root that is not the recomputed root at its size,
                                      an anchor beyond the log's size (the log was truncated)
@@ -25,7 +27,8 @@ from ledger.anchors import Anchor
 from ledger.application import PROJECTION_NAME, SET_ASIDE_PREFIX, ReserveLedger
 from ledger.events import CanonicalEvent, parse_canonical_bytes
 from ledger.log_rebuild import LogRebuild
-from ledger.state import ReserveState
+from ledger.lots import LotChunkUnusable, check_saved_chunks
+from ledger.state import ReserveState, StateFormatUnknown, saved_lot_fields
 from services.store.seals import StateProofs
 
 SCAN_PAGE_SIZE = 5000
@@ -203,15 +206,35 @@ def _check_saved_states(store, scan: _Scan, size: int, report: VerifyReport) -> 
     rows = [(f"projection {PROJECTION_NAME!r}", *scan.projection)] if scan.projection else []
     rows += [("checkpoint", position, store.load_checkpoint(position)[1]) for position in scan.saved_states]
     proofs = None if scan.last_key_raw is None else StateProofs(store, scan.last_key_raw)
+    checked: dict[str, tuple[int, str]] = {}
+    naming: dict[str, list[str]] = {}   # a lot chunk's problem -> the saved states that need the chunk
     for row, position, state_bytes in rows:
         if position >= size:
             report.add(None, f"the saved {row} at position {position} is beyond the log ({size} events)")
         elif proofs is not None and (reason := proofs.unproven_reason(position, state_bytes)) is not None:
             report.add(None, f"the saved {row} at position {position} is unproven: {reason}")
+        if (problem := _lot_chunks_problem(store, state_bytes, checked)) is not None:
+            naming.setdefault(problem, []).append(f"the saved {row} at position {position}")
+    for problem, states in naming.items():   # one line per chunk, however many saved states need it
+        report.add(None, f"{problem}; {' and '.join(states)} {'needs' if len(states) == 1 else 'need'} it")
     for name in store.projection_names():
         if name.startswith(SET_ASIDE_PREFIX):
             report.notes.append(f"projections row {name!r} holds a saved state that failed its proof, kept for "
                                 "inspection (delete it once inspected)")
+
+
+def _lot_chunks_problem(store, state_bytes: bytes, checked: dict[str, tuple[int, str]]) -> str | None:
+    """Why the lot chunks a saved state needs cannot be loaded (missing, altered, out of place), or None.
+    A state of another format is said by the comparison with the replay."""
+    try:
+        check_saved_chunks(saved_lot_fields(state_bytes), store.load_lot_chunk, checked)
+    except StateFormatUnknown:
+        return None
+    except LotChunkUnusable as unusable:
+        return f"lot chunk {unusable.digest} (lots from {unusable.number}) {unusable.problem}"
+    except (ValueError, KeyError, TypeError) as error:
+        return f"a lot queue that cannot be read ({error!r})"
+    return None
 
 
 def check_stored_anchors(anchors: list[Anchor], genesis: Outpoint | None, roots: dict[int, bytes], size: int,

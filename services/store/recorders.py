@@ -338,11 +338,13 @@ class _LedgerTables:
             self._save_seal(cursor, seal)
 
     def save_lot_chunks(self, chunks: Sequence[tuple[str, bytes]]) -> None:
-        """Full lot chunks by digest (ledger/lots.py); content-addressed, so a stored one is never rewritten."""
+        """Full lot chunks by digest (ledger/lots.py); content-addressed, so a stored chunk is rewritten only when
+        its bytes differ (it was altered: a replay saving its chunks repairs it)."""
         with self.datastore.transaction(commit=True) as cursor:
             for digest, chunk in chunks:
-                self._execute(cursor, "INSERT INTO {lot_chunks} (digest, chunk) VALUES (?, ?) ON CONFLICT (digest) "
-                                      "DO NOTHING", (digest, chunk))
+                self._execute(cursor, "INSERT INTO {lot_chunks} AS stored (digest, chunk) VALUES (?, ?) "
+                                      "ON CONFLICT (digest) DO UPDATE SET chunk = excluded.chunk "
+                                      "WHERE stored.chunk <> excluded.chunk", (digest, chunk))
 
     def load_lot_chunk(self, digest: str) -> bytes | None:
         row = self._read_one("SELECT chunk FROM {lot_chunks} WHERE digest = ?", (digest,))

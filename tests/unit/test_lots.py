@@ -120,3 +120,42 @@ def test_cost_basis_equals_the_sum_over_every_open_lot_and_lists_only_as_many_as
             assert entry["remaining_cost_fifo"] == format(Decimal(expected).quantize(Decimal("0.00000001")), "f")
     assert full["lots_total"] == short["lots_total"] == len(full["lots"]) == len(open_of(naive))
     assert short["lots"] == full["lots"][:5] and short["currencies"] == full["currencies"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_open_lots_from_any_lot_number_is_the_tail_of_the_whole_listing(seed):
+    """open_lots(number_min), what a cost-basis page reads, lists exactly the open lots numbered number_min on
+    (the whole listing when number_min is at or before the head), for every number in and around the queue."""
+    queue, naive = random_run(seed)
+    numbered = [(number, lot, remaining) for number, (lot, remaining) in enumerate(naive) if remaining]
+    for number_min in range(queue.created + 2):
+        expected = [(lot, remaining) for number, lot, remaining in numbered if number >= number_min]
+        assert list(queue.open_lots(number_min)) == expected, number_min
+
+
+def test_check_saved_chunks_names_a_missing_or_altered_chunk_and_reads_each_chunk_once():
+    """The check walks the chunks loading needs (newest back to the head's): a missing or altered one raises
+    LotChunkUnusable naming its full digest and first lot; chunks found intact are not read again."""
+    from ledger.lots import LotChunkUnusable, check_saved_chunks
+    queue = LotQueue()
+    for n in range(3 * CHUNK_LOTS + 1):
+        queue.append(Lot(f"pu-{n}", "2026-11-02", "USD", "60000", 10))
+    assert queue.consume(10 * CHUNK_LOTS + 5)   # the head lies in the second chunk: the first is not needed
+    stored = dict(queue.full_chunks())
+    reads = []
+
+    def load(digest):
+        reads.append(digest)
+        return stored.get(digest)
+
+    checked = {}
+    check_saved_chunks(queue.to_fields(), load, checked)
+    check_saved_chunks(queue.to_fields(), load, checked)
+    assert len(reads) == len(set(reads)) == 2
+    newest = queue.newest_digest
+    with pytest.raises(LotChunkUnusable, match=f"chunk {newest} \\(lots from {2 * CHUNK_LOTS}\\) is not stored"):
+        check_saved_chunks(queue.to_fields(), {}.get, {})
+    older = checked[newest][1]
+    stored[older] = stored[older].replace(b"60000", b"60001", 1)
+    with pytest.raises(LotChunkUnusable, match=f"chunk {older} \\(lots from {CHUNK_LOTS}\\) does not match"):
+        check_saved_chunks(queue.to_fields(), stored.get, {})
