@@ -21,6 +21,7 @@ then prints one row for the whole system and one per replica (`1/r0`, ...), whos
 """
 
 import argparse
+import os
 import pathlib
 import random
 import statistics
@@ -55,6 +56,7 @@ CALL_TYPES = ("RecordPurchase", "ProposeTransfer", "ApproveTransfer", "GetBalanc
 COMMANDS = CALL_TYPES[:3]
 OPERATOR, APPROVER = cmd.Caller("alice", "operator"), cmd.Caller("bob", "approver")
 T0_US = 1_790_000_000_000_000
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def opening_commands() -> list[cmd.Command]:
@@ -134,14 +136,17 @@ def prefill(storage: Storage, purchases: int) -> None:
 
 # --- servers ------------------------------------------------------------------------------------------------
 
-def start_server(certs_dir: str, storage: Storage, index: int, timeout_s: float) -> tuple[subprocess.Popen, str]:
-    """Replica `index`; the first one is started with --init (it creates the tables and, on PostgreSQL, the key)."""
-    port = _free_port()
+def start_server(certs_dir: str, storage: Storage, index: int, timeout_s: float,
+                 profile: str | None = None) -> tuple[subprocess.Popen, str, str]:
+    """Replica `index`; the first one is started with --init (it creates the tables and, on PostgreSQL, the key)
+    and, given `profile`, under cProfile in every thread (benchmarks/profile_threads.py)."""
+    port, metrics_port = _free_port(), _free_port()
+    python = [sys.executable, str(ROOT / "benchmarks" / "profile_threads.py"), profile] if profile else [sys.executable]
     log_path = storage.data_dir.parent / f"{storage.data_dir.name}-server-{index}.log"
     log = open(log_path, "ab")   # a file: a pipe left unread would block
     init = ["--init"] if index == 0 else []
-    process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "serve", *init, "--metrics-listen",
-                                "off", "--listen", f"127.0.0.1:{port}", "--certs", certs_dir,
+    process = subprocess.Popen([*python, "-m", "services.cli.main", "serve", *init, "--metrics-listen",
+                                f"127.0.0.1:{metrics_port}", "--listen", f"127.0.0.1:{port}", "--certs", certs_dir,
                                 *storage.serve_args()], stdout=log, stderr=log, cwd=ROOT)
     health = health_pb2_grpc.HealthStub(secure_channel(f"127.0.0.1:{port}", certs_dir, "dave"))
     deadline = time.monotonic() + timeout_s
@@ -150,23 +155,23 @@ def start_server(certs_dir: str, storage: Storage, index: int, timeout_s: float)
             reply = health.Check(health_pb2.HealthCheckRequest(service="reserve_ledger.v1.ReserveLedgerService"),
                                  timeout=2)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return process, f"127.0.0.1:{port}"
+                return process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
         except grpc.RpcError:
             time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"server {index} did not become healthy (log: {log_path})")
 
 
-def start_servers(certs_dir: str, storage: Storage, replicas: int, timeout_s: float):
+def start_servers(certs_dir: str, storage: Storage, replicas: int, timeout_s: float, profile: str | None = None):
     """The replicas one after the other (the first creates what the others open); stopped if any fails."""
     servers = []
     try:
         for index in range(replicas):
-            servers.append(start_server(certs_dir, storage, index, timeout_s))
+            servers.append(start_server(certs_dir, storage, index, timeout_s, profile if index == 0 else None))
     except BaseException:
-        stop_servers([process for process, _ in servers])
+        stop_servers([server[0] for server in servers])
         raise
-    return [process for process, _ in servers], [address for _, address in servers]
+    return tuple(list(column) for column in zip(*servers))
 
 
 def stop_servers(processes: list[subprocess.Popen]) -> None:
@@ -179,11 +184,72 @@ def stop_servers(processes: list[subprocess.Popen]) -> None:
             process.kill()
 
 
+def batch_totals(metrics_url: str) -> tuple[float, float]:
+    """(commands, group commits) so far, from the replica's group-commit batch-size histogram."""
+    import urllib.request
+    with urllib.request.urlopen(metrics_url, timeout=30) as reply:
+        text = reply.read().decode()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                  if line.startswith("reserve_ledger_group_commit_batch_size_"))
+    return (float(values["reserve_ledger_group_commit_batch_size_sum"]),
+            float(values["reserve_ledger_group_commit_batch_size_count"]))
+
+
+def mean_batches(before: list[tuple[float, float]], metrics_urls: list[str]) -> str:
+    cells = []
+    for replica, (url, (commands, commits)) in enumerate(zip(metrics_urls, before)):
+        commands_now, commits_now = batch_totals(url)
+        cells.append(f"r{replica} {(commands_now - commands) / max(commits_now - commits, 1):.1f} "
+                     f"({commits_now - commits:.0f} commits)")
+    return "commands per group commit during the load: " + ", ".join(cells)
+
+
 def _free_port() -> int:
     import socket
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 once it is gone)."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL process on this machine (the server is local; other users' backends count too)."""
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds spent by the replicas, this load generator and PostgreSQL between start and `shares`."""
+
+    def __init__(self, pids: list[int]):
+        self.pids = pids
+        self.started = time.perf_counter()
+        self.replicas = [cpu_s(pid) for pid in pids]
+        self.client = time.process_time()
+        self.postgres = {pid: cpu_s(pid) for pid in postgres_pids()}
+
+    def shares(self) -> str:
+        wall_s = time.perf_counter() - self.started
+        replicas = [cpu_s(pid) - before for pid, before in zip(self.pids, self.replicas)]
+        postgres = sum(cpu_s(pid) - self.postgres.get(pid, 0.0) for pid in postgres_pids())
+        cells = ", ".join(f"r{i} {used / wall_s:.2f}" for i, used in enumerate(replicas))
+        return (f"CPU, in cores busy over the load: replicas {cells}; load generator "
+                f"{(time.process_time() - self.client) / wall_s:.2f}; PostgreSQL {postgres / wall_s:.2f} "
+                f"(of {os.cpu_count()} cores)")
 
 
 def rss_mb(pid: int) -> float:
@@ -313,16 +379,28 @@ def run(args) -> None:
             prefill(storage, args.prefill_purchases)
         print(f"storage: {'PostgreSQL schema ' + storage.schema if storage.schema else 'SQLite'}, "
               f"{args.replicas} replica(s)", flush=True)
-        servers, addresses = start_servers(certs_dir, storage, args.replicas, args.start_timeout_s)
+        servers, addresses, metrics_urls = start_servers(certs_dir, storage, args.replicas, args.start_timeout_s,
+                                                         args.profile)
         try:
             open_accounts(addresses[0], certs_dir)
             if args.probe:
                 probe_balances(addresses[0], certs_dir, args.probe)
+            batches = [batch_totals(url) for url in metrics_urls]
             report(Load(addresses, certs_dir, args.clients), [server.pid for server in servers], args)
+            print(mean_batches(batches, metrics_urls), flush=True)
         finally:
             stop_servers(servers)
     finally:
         storage.drop()
+    if args.profile:
+        print_profile(args.profile)
+
+
+def print_profile(path: str) -> None:
+    """Replica 0's threads merged: where its wall time went, by own time (builtins included)."""
+    import pstats
+    print(f"replica 0 under cProfile (every thread; {path}), the 25 functions with the most own time:")
+    pstats.Stats(path, stream=sys.stdout).sort_stats("tottime").print_stats(25)
 
 
 def open_accounts(address: str, certs_dir: str) -> None:
@@ -349,6 +427,7 @@ def report(load: Load, pids: list[int], args) -> None:
           "latencies p50/p99 ms", flush=True)
     print(HEADER, flush=True)
     rss_start = sum(rss_mb(pid) for pid in pids)
+    cpu = CpuMeter(pids)
     began = time.perf_counter()
     threads = load.start(seconds)
     rows, rss = [], []
@@ -359,6 +438,7 @@ def report(load: Load, pids: list[int], args) -> None:
         rss.append(sum(rss_mb(pid) for pid in pids))
     for thread in threads:
         thread.join()
+    print(cpu.shares())
     summarize(load, pids, rows, began, began + len(rows) * args.window_s)
     print(f"server RSS: {rss_start:.0f} MB before the load, {rss[-1]:.0f} MB at the end "
           f"(growth {rss[-1] - rss[0]:+.0f} MB since the first window); log position {load.last_position:,}")
@@ -400,6 +480,8 @@ def main() -> None:
     parser.add_argument("--prefill-purchases", type=int, default=0)
     parser.add_argument("--probe", type=int, default=200, help="GetBalances calls timed alone before the load")
     parser.add_argument("--start-timeout-s", type=float, default=900.0)
+    parser.add_argument("--profile", metavar="FILE", help="run replica 0 under cProfile in every thread and "
+                        "write its statistics here (pstats); slows that replica down")
     args = parser.parse_args()
     if args.replicas < 1 or (args.replicas > 1 and not args.database):
         parser.error("--replicas N > 1 needs --database (replicas share a PostgreSQL database)")
