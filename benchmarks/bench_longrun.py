@@ -232,6 +232,12 @@ def postgres_pids() -> list[int]:
     return pids
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of every core since boot (/proc/stat; idle and iowait count as not busy)."""
+    ticks = [int(field) for field in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
 class CpuMeter:
     """CPU seconds spent by the replicas, this load generator and PostgreSQL between start and `shares`."""
 
@@ -241,15 +247,17 @@ class CpuMeter:
         self.replicas = [cpu_s(pid) for pid in pids]
         self.client = time.process_time()
         self.postgres = {pid: cpu_s(pid) for pid in postgres_pids()}
+        self.machine = machine_jiffies()
 
     def shares(self) -> str:
         wall_s = time.perf_counter() - self.started
         replicas = [cpu_s(pid) - before for pid, before in zip(self.pids, self.replicas)]
         postgres = sum(cpu_s(pid) - self.postgres.get(pid, 0.0) for pid in postgres_pids())
         cells = ", ".join(f"r{i} {used / wall_s:.2f}" for i, used in enumerate(replicas))
+        busy, total = (now - then for now, then in zip(machine_jiffies(), self.machine))
         return (f"CPU, in cores busy over the load: replicas {cells}; load generator "
-                f"{(time.process_time() - self.client) / wall_s:.2f}; PostgreSQL {postgres / wall_s:.2f} "
-                f"(of {os.cpu_count()} cores)")
+                f"{(time.process_time() - self.client) / wall_s:.2f}; PostgreSQL {postgres / wall_s:.2f}; "
+                f"whole machine {os.cpu_count() * busy / max(total, 1):.2f} of {os.cpu_count()}")
 
 
 def rss_mb(pid: int) -> float:
