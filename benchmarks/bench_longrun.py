@@ -18,6 +18,10 @@ dropped at the end, all signing with one key file (--signing-key); --replicas N 
 Client c sends its purchases, proposals and reads to replica c mod N and its approvals to the next replica
 (a replica decides against the shared log, so any replica may approve what another proposed). Each window
 then prints one row for the whole system and one per replica (`1/r0`, ...), whose RSS is that process's.
+The end also gives the CPU used over the load by each replica, this load generator, PostgreSQL's processes and
+the whole machine (shared machines are noisy: read the figures with it), and each replica's mean commands per
+group commit (from its metrics endpoint). With --profile FILE replica 0 runs under cProfile in every thread
+(benchmarks/profile_threads.py) and the end lists the functions with the most own time.
 """
 
 import argparse
