@@ -8,6 +8,11 @@ import re
 import subprocess
 import sys
 
+import psycopg
+import pytest
+
+from tests.conftest import POSTGRES_URL
+
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -95,3 +100,26 @@ def test_longrun_benchmark_reports_every_window_on_a_prefilled_log(tmp_path):
     assert len(rows) == 2, out
     assert re.search(r"last / first window commands/s: \d+\.\d\d", out)
     assert re.search(r"server RSS: \d+ MB before the load, \d+ MB at the end", out)
+
+
+@pytest.mark.postgres
+def test_longrun_benchmark_spreads_the_mix_over_two_postgresql_replicas_and_drops_its_schema(tmp_path):
+    """Two servers on one PostgreSQL schema: each window has a system row and one row per replica, both replicas
+    record commands, approvals sent to the other replica than the proposal succeed (no errors), the CPU and
+    group-commit lines and replica 0's profile are printed, and the schema the run made is gone afterwards. An
+    unreachable PostgreSQL fails the run, hence the test."""
+    out = run("bench_longrun.py", "--database", POSTGRES_URL, "--replicas", "2", "--minutes", "0.1",
+              "--window-s", "3", "--probe", "5", "--data-dir", str(tmp_path), "--profile", str(tmp_path / "r0.prof"))
+    schema = re.search(r"storage: PostgreSQL schema (longrun_[0-9a-f]{12}), 2 replica\(s\)", out).group(1)
+    assert len(re.findall(r"^ +\d+ +\d+ +\d+ +\d+ ", out, re.MULTILINE)) == 2, out
+    for replica in ("r0", "r1"):
+        assert len(re.findall(rf"^ +\d+/{replica} +\d+ +\d+ +\d+ ", out, re.MULTILINE)) == 2, out
+    whole = re.search(r"whole run: \d+ calls/s, \d+ commands/s \(r0 (\d+), r1 (\d+)\), (\d+) errors", out)
+    assert whole and int(whole.group(1)) > 0 and int(whole.group(2)) > 0, out
+    assert whole.group(3) == "0", out
+    assert re.search(r"CPU, in cores busy over the load: replicas r0 [\d.]+, r1 [\d.]+; .* whole machine", out), out
+    assert re.search(r"commands per group commit during the load: r0 [\d.]+ \(\d+ commits\), r1 ", out), out
+    assert re.search(r"the 25 functions with the most own time:\n.*ncalls +tottime", out, re.DOTALL), out
+    with psycopg.connect(POSTGRES_URL) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()[0]
+    assert left == 0
