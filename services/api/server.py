@@ -108,7 +108,8 @@ class LedgerServer:
         if self.chain is not None:
             self.anchor_worker = AnchorWorker(
                 self.ledger.store, self.signer, self.chain, parts.anchor_key, config.anchor_policy, parts.clock_us,
-                witnessed_head_choice(self.ledger.store, self.signer.latest, config.witness_quorum)
+                witnessed_head_choice(self.ledger.store, self.signer.latest, config.witness_quorum,
+                                      parts.checkpoints.vkey, list(parts.witnesses))
                 if parts.witnesses and config.witness_quorum else None)
         self.monitor = None
         if self.chain is not None:

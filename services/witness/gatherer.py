@@ -9,6 +9,7 @@ wait for witnesses. A cosignature is checked against the witness's configured ke
 """
 
 import dataclasses
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +21,8 @@ from services.errors import ConfigurationInvalid
 from services.witness import note
 from services.witness.log import LogCheckpoints
 from services.witness.witness import format_add_checkpoint
+
+log = logging.getLogger("reserve_ledger.witness")
 
 POLL_INTERVAL_S = 0.25
 SEND_GAP_S = 1.0
@@ -150,10 +153,12 @@ class WitnessedHead:
     root_hash: bytes
 
 
-def witnessed_head_choice(store, latest: Callable[[], TreeHead | None], quorum: int):
+def witnessed_head_choice(store, latest: Callable[[], TreeHead | None], quorum: int, log_vkey: note.VerifierKey,
+                          witnesses: list[WitnessEndpoint]):
     """What the anchor worker anchors when witnesses are configured: the largest head a quorum cosigned, when
     it is newer than the last anchor; otherwise the latest signed head (a witness outage never stops
-    anchoring; the audit then names that anchored head as not witnessed)."""
+    anchoring; the audit then names that anchored head as not witnessed). The stored rows are not trusted:
+    the checkpoint must carry the log's own signature and `quorum` cosignatures by configured witnesses."""
     def choose():
         head = latest()
         witnessed = store.latest_witnessed(quorum)
@@ -161,9 +166,35 @@ def witnessed_head_choice(store, latest: Callable[[], TreeHead | None], quorum: 
         anchored_size = chain[-1].tree_size if chain else 0
         if witnessed is None or witnessed[0] <= anchored_size or head is None:
             return head
-        made = note.parse_checkpoint(note.parse_note(witnessed[1].encode()).text)
+        signed = _proven_witnessed(store, witnessed, quorum, log_vkey, witnesses)
+        if signed is None:
+            log.warning("the stored cosignatures of tree size %d do not prove a quorum: anchoring the latest head",
+                        witnessed[0])
+            return head
+        made = note.parse_checkpoint(signed.text)
         return WitnessedHead(made.tree_size, made.root_hash)
     return choose
+
+
+def _proven_witnessed(store, witnessed: tuple[int, str], quorum: int, log_vkey: note.VerifierKey,
+                      witnesses: list[WitnessEndpoint]) -> note.Note | None:
+    """The stored checkpoint, if the log's key signed it and `quorum` configured witnesses cosigned its text."""
+    tree_size, checkpoint_text = witnessed
+    try:
+        signed = note.open_note(checkpoint_text.encode(), log_vkey)
+    except note.NoteInvalid:
+        return None
+    keys = {w.name: w.vkey for w in witnesses}
+    cosigners = set()
+    for row in store.list_cosignatures(tree_size):
+        key = keys.get(row["witness"])
+        try:
+            line = note.parse_signature_line(row["signature_line"].rstrip("\n"))  # stored as written
+        except note.NoteInvalid:
+            continue
+        if key is not None and note.cosignature_time_s(signed.text, line, key) is not None:
+            cosigners.add(row["witness"])
+    return signed if len(cosigners) >= quorum else None
 
 
 def start_feeds(supervisor, store, checkpoints: LogCheckpoints, witnesses: list[WitnessEndpoint]) -> list[WitnessFeed]:

@@ -109,7 +109,8 @@ def test_the_anchor_worker_is_offered_the_newest_witnessed_head_not_a_newer_unwi
                    [f"witness.test/w1={key}@http://127.0.0.1:{port}"], 1)
     try:
         store = server.ledger.store
-        choose = witnessed_head_choice(store, server.signer.latest, 1)
+        choose = witnessed_head_choice(store, server.signer.latest, 1, server.checkpoints.vkey,
+                                       list(server._witnesses))
         clients = Clients(f"127.0.0.1:{server.port}", certs_dir)
         open_account(clients.alice, "cold-0")
         assert choose().tree_size == 1                               # nothing witnessed yet: the latest
@@ -126,5 +127,10 @@ def test_the_anchor_worker_is_offered_the_newest_witnessed_head_not_a_newer_unwi
         assert store.load_tree_head(3) is None                     # pruned once superseded ...
         kept = stub.GetCheckpoint(apb.GetCheckpointRequest(tree_size=3), timeout=30)
         assert [c.witness for c in kept.cosignatures] == ["witness.test/w1"]   # ... its cosigned checkpoint is not
+        real = store.list_cosignatures(3)[0]
+        origin, _size, rest = real["checkpoint"].split("\n", 2)
+        forged = f"{origin}\n9\n{rest}"      # a row an insider wrote: size 9, the size-3 signatures
+        store.save_cosignature(9, real["witness"], forged, real["signature_line"], real["timestamp_s"])
+        assert choose().tree_size == 5                             # not proven: the latest head, never size 9
     finally:
         server.stop(grace_s=1)
