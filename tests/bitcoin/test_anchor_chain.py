@@ -12,27 +12,8 @@ from ledger.anchoring import AnchorChainBroken, Outpoint, encode_payload, parse_
 from services.bitcoin.anchor_tx import AnchorKey, build_anchor_tx, minimal_der_signature
 from services.bitcoin.core_rpc import CoreRpcClient
 from services.bitcoin.esplora import EsploraClient
-from services.bitcoin.regtest.chain import RegtestChain
 from services.bitcoin.regtest.node import RegtestNode
 from tests.bitcoin.helpers import ROOT, anchor_spending, funded_anchor_key
-
-BACKENDS = ("embedded", "core", "esplora")
-
-
-@pytest.fixture
-def chain(tmp_path):
-    with RegtestChain.create(tmp_path / "chain") as chain:
-        yield chain
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, chain):
-    if request.param == "embedded":
-        yield chain
-        return
-    with RegtestNode(chain) as node:
-        yield (CoreRpcClient(node.rpc_url, cookie_file=str(node.cookie_file)) if request.param == "core"
-               else EsploraClient(node.esplora_url))
 
 
 def _anchor_chain(chain, key, count: int) -> tuple[Outpoint, list[bytes]]:

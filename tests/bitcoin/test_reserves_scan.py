@@ -3,34 +3,10 @@
 multisig descriptor is expanded on its receive and change branches with its gap limit; an account with a balance
 and nothing to scan is named; the totals add up line by line."""
 
-import pytest
-
 from ledger.audit import Findings
 from services.audit.chain import reconcile_reserves
-from services.bitcoin.core_rpc import CoreRpcClient
-from services.bitcoin.esplora import EsploraClient
-from services.bitcoin.regtest.chain import RegtestChain
-from services.bitcoin.regtest.node import RegtestNode
 from services.reserves.descriptors import expand
 from services.reserves.dev_signer import dev_multisig
-
-BACKENDS = ("embedded", "core", "esplora")
-
-
-@pytest.fixture
-def chain(tmp_path):
-    with RegtestChain.create(tmp_path / "chain") as chain:
-        yield chain
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, chain):
-    if request.param == "embedded":
-        yield chain
-        return
-    with RegtestNode(chain) as node:
-        yield (CoreRpcClient(node.rpc_url, cookie_file=str(node.cookie_file)) if request.param == "core"
-               else EsploraClient(node.esplora_url))
 
 
 def _pay(chain, descriptor: str, branch: int, index: int, sats: int) -> None:
