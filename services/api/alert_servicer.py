@@ -1,8 +1,6 @@
 """AlertService: the reserves monitor's alerts (ReserveDiscrepancyObserved and what resolved them), read from the
 projection (ListAlerts) or followed in the log (StreamAlerts, built like StreamEvents). No business rules here."""
 
-import asyncio
-
 from ledger import errors, limits
 from ledger import monitor
 from ledger.application import ReserveLedger
@@ -77,17 +75,8 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
         if request.start_position < 0:
             raise errors.RequestInvalid([errors.Violation("start_position", "POSITION_INVALID",
                                                           "start_position must not be negative")])
-        position = request.start_position
-        while True:  # runs until the client cancels or the server stops (the call's task is cancelled)
-            read_to = position
-            events, position = await asyncio.to_thread(self._alert_events, position,
-                                                       min(size, limits.STREAM_BATCH_MAX))
-            if events:
-                yield pb.StreamAlertsResponse(events=events, next_position=position)
-                continue
-            if position > read_to:  # log events that touch no alert: read on
-                continue
-            if self._tail.size > position:  # the tail saw more than the read did: read again soon, never spin
-                await asyncio.sleep(STREAM_RETRY_S)
-            while not await self._tail.wait_beyond(position, STREAM_HEARTBEAT_S):
-                yield pb.StreamAlertsResponse(next_position=position)
+        batch_size = min(size, limits.STREAM_BATCH_MAX)
+        async for events, position in self._tail.follow(request.start_position,
+                                                         lambda start: self._alert_events(start, batch_size),
+                                                         STREAM_HEARTBEAT_S, STREAM_RETRY_S):
+            yield pb.StreamAlertsResponse(events=events, next_position=position)

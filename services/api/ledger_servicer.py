@@ -1,7 +1,6 @@
 """ReserveLedgerService: proto -> one ledger call -> proto. No business rules and no try/except here;
 errors raised as LedgerError are turned into statuses by the interceptor (services/api/interceptor.py)."""
 
-import asyncio
 import collections
 import contextlib
 import json
@@ -330,14 +329,13 @@ class LedgerServicer(ledger_pb2_grpc.ReserveLedgerServiceServicer):
         if request.start_position < 0:
             raise errors.RequestInvalid([errors.Violation("start_position", "POSITION_INVALID",
                                                           "start_position must not be negative")])
-        position = request.start_position
-        while True:  # runs until the client cancels or the server stops (the call's task is cancelled)
-            events = within_bytes(await asyncio.to_thread(self._events, position, min(size, limits.STREAM_BATCH_MAX)))
-            if events:
-                position = events[-1].position + 1
-                yield pb.StreamEventsResponse(events=events, next_position=position)
-                continue
-            if self._tail.size > position:  # the tail saw more than the read did: read again soon, never spin
-                await asyncio.sleep(STREAM_RETRY_S)
-            while not await self._tail.wait_beyond(position, STREAM_HEARTBEAT_S):
-                yield pb.StreamEventsResponse(next_position=position)
+        batch_size = min(size, limits.STREAM_BATCH_MAX)
+        async for events, position in self._tail.follow(request.start_position,
+                                                         lambda start: self._event_batch(start, batch_size),
+                                                         STREAM_HEARTBEAT_S, STREAM_RETRY_S):
+            yield pb.StreamEventsResponse(events=events, next_position=position)
+
+    def _event_batch(self, start: int, limit: int) -> tuple[list, int]:
+        """StreamEvents' read: the next events from `start` within the byte budget, and the position after them."""
+        events = within_bytes(self._events(start, limit))
+        return events, events[-1].position + 1 if events else start

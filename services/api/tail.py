@@ -8,7 +8,7 @@ thousand idle streams cost one small query per poll interval, not a thousand.
 """
 
 import asyncio
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 POLL_S = 0.2
 
@@ -47,6 +47,25 @@ class LogTail:
             finally:
                 self._waiting -= 1
         return True
+
+    async def follow(self, start: int, read: Callable[[int], tuple[list, int]], heartbeat_s: float,
+                     retry_s: float) -> AsyncIterator[tuple[list, int]]:
+        """The loop of every follow stream: `read(position)` (blocking, run in the executor) returns the items to
+        send and the position after what it read; yields (items, next position) for each batch, and ([], position)
+        as a heartbeat after `heartbeat_s` with nothing new. Runs until the call's task is cancelled."""
+        position = start
+        while True:
+            items, next_position = await asyncio.to_thread(read, position)
+            moved, position = next_position > position, next_position
+            if items:
+                yield items, position
+                continue
+            if moved:  # it read past entries this stream does not send: read on
+                continue
+            if self.size > position:  # the tail saw more than the read did: read again soon, never spin
+                await asyncio.sleep(retry_s)
+            while not await self.wait_beyond(position, heartbeat_s):
+                yield [], position
 
     def poke(self) -> None:
         """The log may have grown (a local commit): re-read its size now. Safe from any thread."""
