@@ -18,7 +18,7 @@ from services.anchoring.event_proofs import event_proof
 from services.api.paging import offset_of, token_of, within_bytes
 from services.store.signing import TreeHeadSigner
 from services.witness.log import LogCheckpoints, cosigned
-from services.witness.note import parse_checkpoint
+from services.witness.note import NoteInvalid, open_note, parse_checkpoint
 
 
 def head_to_proto(head: TreeHead) -> pb.SignedTreeHead:
@@ -190,7 +190,14 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         witnessed head, §8): served from the store."""
         if tree_size <= 0 or tree_size > self._store.log_size() or self._store.load_tree_head(tree_size):
             return None
-        return cosigned(self._store, tree_size)
+        found = cosigned(self._store, tree_size)
+        if found is None:
+            return None
+        try:  # a stored row is evidence, not authority: the log's own key must have signed it, at that size
+            opened = open_note(found[0].encode(), self._checkpoints.vkey)
+        except NoteInvalid:
+            return None
+        return found if parse_checkpoint(opened.text).tree_size == tree_size else None
 
     def GetAnchorGenesis(self, request, context):
         genesis = self._store.load_anchor_genesis()

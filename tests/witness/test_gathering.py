@@ -134,3 +134,33 @@ def test_the_anchor_worker_is_offered_the_newest_witnessed_head_not_a_newer_unwi
         assert choose().tree_size == 5                             # not proven: the latest head, never size 9
     finally:
         server.stop(grace_s=1)
+
+
+def test_get_checkpoint_refuses_bad_sizes_and_serves_no_stored_row_the_log_did_not_sign(certs_dir, tmp_path):
+    """GetCheckpoint: a negative size is INVALID_ARGUMENT, a size beyond the log OUT_OF_RANGE, and nothing is
+    written by either; a cosignatures row an insider wrote for a pruned size, with a checkpoint another key signed,
+    is not served as that size's checkpoint."""
+    import grpc
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    server = serve((str(tmp_path / "data"), None), certs_dir, tmp_path, [], 0)
+    try:
+        store = server.ledger.store
+        clients = Clients(f"127.0.0.1:{server.port}", certs_dir)
+        for i in range(3):
+            open_account(clients.alice, f"cold-{i}")
+        stub = audit_stub(clients.address, certs_dir, "dave")
+        size = store.log_size()
+        for tree_size, code in ((-1, grpc.StatusCode.INVALID_ARGUMENT), (size + 5, grpc.StatusCode.OUT_OF_RANGE)):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetCheckpoint(apb.GetCheckpointRequest(tree_size=tree_size), timeout=30)
+            assert refused.value.code() == code
+        assert store.log_size() == size and store.cosigned_sizes(size + 5) == []
+        pruned = next(n for n in range(1, size) if store.load_tree_head(n) is None)   # pruned once superseded
+        other = note.KeySigner(Ed25519PrivateKey.generate())
+        forged = note.sign_checkpoint(note.checkpoint("reserve.test/ledger", pruned, b"\x07" * 32), other)
+        store.save_cosignature(pruned, "witness.test/w1", forged.encode().decode(), forged.signatures[0].line(), 1)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetCheckpoint(apb.GetCheckpointRequest(tree_size=pruned), timeout=30)
+        assert refused.value.code() != grpc.StatusCode.OK
+    finally:
+        server.stop(grace_s=1)
