@@ -26,7 +26,7 @@ class Servicer:
         self.threads["SyncUnary"] = threading.current_thread().name
         self.contexts.append(context)
         remaining_s = context.time_remaining()
-        return b"%d" % (0 < remaining_s <= 30)
+        return b"%d" % (0 < remaining_s <= 31)   # the client's 30 s, sent as grpc-timeout (which may round up)
 
     async def AsyncUnary(self, request: bytes, context) -> bytes:
         self.threads["AsyncUnary"] = threading.current_thread().name
